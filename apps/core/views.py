@@ -1,0 +1,24 @@
+from django.http import JsonResponse
+from django.shortcuts import render
+from django.views.decorators.cache import never_cache
+
+from apps.core.health import run_checks
+
+
+@never_cache
+def healthz(request):
+    """Liveness: the process answers. No dependencies are touched."""
+    return JsonResponse({"status": "ok"})
+
+
+@never_cache
+def readyz(request):
+    """Readiness: 200 when every dependency answers, 503 naming the failures."""
+    healthy, checks = run_checks()
+    failed = [name for name, result in checks.items() if not result["ok"]]
+    body = {"status": "ok" if healthy else "unavailable", "failed": failed, "checks": checks}
+    return JsonResponse(body, status=200 if healthy else 503)
+
+
+def home(request):
+    return render(request, "core/home.html")

@@ -1,0 +1,9 @@
+"""Everything under /api/v1/. Each app contributes its own ``api_urls`` module."""
+
+from django.urls import include, path
+
+app_name = "api"
+
+urlpatterns: list = [
+    path("", include("apps.core.api_urls")),
+]

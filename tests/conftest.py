@@ -1,0 +1,165 @@
+"""Shared fixtures: a real Celery worker process, a throwaway Redis server, and
+pytest-playwright pointed at Debian's chromium. Nothing here mocks our own
+database or queue."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from django.conf import settings
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+CHROMIUM_PATHS = ["/usr/lib/chromium/chromium", "/usr/bin/chromium", "/usr/bin/chromium-browser"]
+# pytest-playwright's sync API runs an event loop in the test thread; ORM calls
+# made by browser tests for setup are still plain synchronous code.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_database_url() -> str:
+    """URL of the pytest-django test database, for child processes."""
+    from django.db import connection
+
+    db = connection.settings_dict
+    host = quote(db.get("HOST") or "", safe="")
+    auth = quote(db.get("USER") or "", safe="")
+    if db.get("PASSWORD"):
+        auth += ":" + quote(db["PASSWORD"], safe="")
+    port = f":{db['PORT']}" if db.get("PORT") else ""
+    return f"postgres://{auth}@{host}{port}/{db['NAME']}"
+
+
+def child_env(**extra) -> dict:
+    """Environment for a child process that must see the same test DB, queue and cache."""
+    env = dict(os.environ)
+    env.update(
+        DJANGO_SETTINGS_MODULE="config.settings.test",
+        DATABASE_URL=test_database_url(),
+        REDIS_URL=settings.REDIS_URL,
+        CELERY_TASK_DEFAULT_QUEUE=settings.CELERY_TASK_DEFAULT_QUEUE,
+        QUIRE_TEST_RUN_ID=settings.CELERY_TASK_DEFAULT_QUEUE.removeprefix("quire-test-"),
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+class WorkerProcess:
+    """A real `celery worker` subprocess consuming this run's queue."""
+
+    def __init__(self, concurrency: int = 1, extra_env: dict | None = None):
+        self.concurrency = concurrency
+        self.extra_env = extra_env or {}
+        self.proc: subprocess.Popen | None = None
+        self.log_path = Path(tempfile.mkstemp(prefix="celery-worker-", suffix=".log")[1])
+
+    def start(self, timeout: float = 90) -> WorkerProcess:
+        from config.celery_app import app
+
+        log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the worker
+        self.proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "celery", "-A", "config.celery_app", "worker",
+                "--loglevel", "WARNING", "--pool", "prefork", "--concurrency", str(self.concurrency),
+                "-Q", settings.CELERY_TASK_DEFAULT_QUEUE, "-n", f"test-{os.getpid()}-{time.time_ns()}@%h",
+                "--without-gossip", "--without-mingle", "--without-heartbeat",
+            ],
+            cwd=BASE_DIR, env=child_env(**self.extra_env), stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        result = app.send_task("core.ping", args=["ready"], queue=settings.CELERY_TASK_DEFAULT_QUEUE)
+        try:
+            result.get(timeout=timeout)
+        except Exception as exc:
+            self.stop()
+            raise RuntimeError(f"worker did not start: {self.log_path.read_text()[-3000:]}") from exc
+        return self
+
+    def kill(self) -> None:
+        """kill -9 the whole worker (main process and its children)."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture(scope="session")
+def celery_worker(django_db_setup, django_db_blocker):
+    """One real worker for the session, on this run's queue and test database."""
+    with django_db_blocker.unblock():
+        worker = WorkerProcess().start()
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def worker_factory(django_db_setup, django_db_blocker):
+    """Start (and always stop) extra workers, e.g. to kill one mid-task."""
+    started: list[WorkerProcess] = []
+
+    def start(**kwargs) -> WorkerProcess:
+        with django_db_blocker.unblock():
+            worker = WorkerProcess(**kwargs).start()
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A throwaway real redis-server on a free port, stopped at the end."""
+    from apps.core import devservices
+
+    port = free_port()
+    url = devservices.start_redis(port=port, data_dir=tmp_path / "redis")
+    yield type("RedisServer", (), {"port": port, "url": url,
+                                   "stop": staticmethod(lambda: devservices.stop_redis(port, tmp_path / "redis"))})
+    devservices.stop_redis(port, tmp_path / "redis")
+
+
+def chromium_path() -> str | None:
+    for candidate in CHROMIUM_PATHS:
+        if Path(candidate).exists():
+            return candidate
+    return shutil.which("chromium")
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    path = chromium_path()
+    if path is None:
+        pytest.skip("chromium is not installed (make test installs it when run as root)")
+    return {
+        **browser_type_launch_args,
+        "executable_path": path,
+        "args": ["--disable-gpu", "--no-sandbox", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+    }
