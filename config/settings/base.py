@@ -37,6 +37,10 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "django_prometheus",
     "apps.core",
+    "apps.llm",
+    "apps.documents",
+    "apps.search",
+    "apps.chat",
 ]
 
 MIDDLEWARE = [

@@ -1,0 +1,116 @@
+"""Documents and their embedded chunks.
+
+A ``Document`` is what staff write; the pipeline (signals → ``embed_document``
+task → services) turns it into ``Chunk`` rows carrying a 384-d vector (HNSW,
+cosine) and a weighted tsvector (title above body) for keyword search.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
+from django.contrib.postgres.indexes import GinIndex
+from django.contrib.postgres.search import SearchVectorField
+from django.db import models
+from pgvector.django import HnswIndex, VectorField
+
+EMBEDDING_DIMENSIONS = 384
+# HNSW build parameters: m=16 / ef_construction=64 are pgvector's defaults and
+# reach recall@10 >= 0.99 at ef_search 40-100 on 100k MiniLM vectors (see
+# docs/benchmarks.md); raising them mostly slows builds on 2 cores.
+HNSW_M = 16
+HNSW_EF_CONSTRUCTION = 64
+
+
+class Document(models.Model):
+    class Status(models.TextChoices):
+        DRAFT = "draft", "Draft"
+        PUBLISHED = "published", "Published"
+
+    class Visibility(models.TextChoices):
+        PUBLIC = "public", "Public"
+        INTERNAL = "internal", "Internal (signed-in users)"
+        PRIVATE = "private", "Private (author and staff)"
+
+    class EmbeddingStatus(models.TextChoices):
+        PENDING = "pending", "Pending"
+        PROCESSING = "processing", "Processing"
+        READY = "ready", "Ready"
+        FAILED = "failed", "Failed"
+
+    title = models.CharField(max_length=300)
+    slug = models.SlugField(max_length=320, unique=True)
+    body = models.TextField(blank=True, help_text="Markdown source.")
+    summary = models.TextField(blank=True)
+    tags = ArrayField(models.CharField(max_length=64), default=list, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT, db_index=True)
+    visibility = models.CharField(
+        max_length=16, choices=Visibility.choices, default=Visibility.PUBLIC, db_index=True
+    )
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="documents"
+    )
+    source = models.CharField(max_length=100, default="manual", db_index=True)
+    external_id = models.CharField(max_length=200, null=True, blank=True)
+    published_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True, db_index=True)
+
+    # Pipeline state. content_hash covers (title, body, embedding model id) and is
+    # what the stored chunks were built from; empty until the first embedding.
+    content_hash = models.CharField(max_length=64, blank=True)
+    embedding_status = models.CharField(
+        max_length=16, choices=EmbeddingStatus.choices, default=EmbeddingStatus.PENDING, db_index=True
+    )
+    embedded_at = models.DateTimeField(null=True, blank=True)
+    embedding_error = models.TextField(blank=True)
+
+    # Enrichment suggestions from the `enrich` LLM route, accepted by staff in admin.
+    suggested_summary = models.TextField(blank=True)
+    suggested_tags = ArrayField(models.CharField(max_length=64), default=list, blank=True)
+
+    class Meta:
+        ordering = ["-updated_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["source", "external_id"],
+                condition=models.Q(external_id__isnull=False),
+                name="document_unique_source_external_id",
+            ),
+        ]
+        indexes = [GinIndex(fields=["tags"], name="document_tags_gin")]
+
+    def __str__(self) -> str:
+        return self.title
+
+
+class Chunk(models.Model):
+    document = models.ForeignKey(Document, on_delete=models.CASCADE, related_name="chunks")
+    ordinal = models.PositiveIntegerField()
+    text = models.TextField()
+    heading_path = models.CharField(max_length=500, blank=True)
+    token_count = models.PositiveIntegerField()
+    content_hash = models.CharField(max_length=64, db_index=True)
+    embedding = VectorField(dimensions=EMBEDDING_DIMENSIONS, null=True)
+    embedding_model = models.CharField(max_length=200)
+    # setweight(title, 'A') || setweight(text, 'B') with the 'english' configuration.
+    search_vector = SearchVectorField(null=True)
+
+    class Meta:
+        ordering = ["document_id", "ordinal"]
+        constraints = [
+            models.UniqueConstraint(fields=["document", "ordinal"], name="chunk_unique_document_ordinal"),
+        ]
+        indexes = [
+            GinIndex(fields=["search_vector"], name="chunk_search_vector_gin"),
+            HnswIndex(
+                name="chunk_embedding_hnsw",
+                fields=["embedding"],
+                m=HNSW_M,
+                ef_construction=HNSW_EF_CONSTRUCTION,
+                opclasses=["vector_cosine_ops"],
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.document_id}#{self.ordinal}"
