@@ -5,3 +5,8 @@ class DocumentsConfig(AppConfig):
     name = "apps.documents"
     label = "documents"
     verbose_name = "Documents"
+
+    def ready(self):
+        from apps.documents.checks import check_embedding_dimensions
+
+        check_embedding_dimensions()

