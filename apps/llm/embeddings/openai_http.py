@@ -126,10 +126,11 @@ class OpenAIHTTPBackend(EmbeddingBackend):
         message = f"{self.base_url}/embeddings returned HTTP {response.status_code}: {message or response.text[:300]}"
         retry_after = _parse_retry_after(response.headers.get("retry-after"))
         if response.status_code == 429:
-            return EmbeddingRateLimited(message, backend=self.alias, retry_after=retry_after)
+            return EmbeddingRateLimited(message, backend=self.alias, retry_after=retry_after, status=429)
         if response.status_code >= 500:
-            return EmbeddingUnavailable(message, backend=self.alias, retry_after=retry_after)
-        return EmbeddingBadResponse(message, backend=self.alias)
+            return EmbeddingUnavailable(message, backend=self.alias, retry_after=retry_after,
+                                        status=response.status_code)
+        return EmbeddingBadResponse(message, backend=self.alias, status=response.status_code)
 
     def _parse(self, response: httpx.Response, expected: int) -> list[list[float]]:
         try:
