@@ -1,0 +1,1 @@
+"""Chat backends: one module per provider, all speaking :class:`base.ChatBackend`."""

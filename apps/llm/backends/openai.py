@@ -1,0 +1,78 @@
+"""OpenAI-compatible chat completions (OpenAI, Ollama, vLLM, llama.cpp server, LM Studio ...)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from apps.llm.backends.base import BackendCall, Completion, Delta, HTTPChatBackend, Usage, sse_data
+from apps.llm.exceptions import LLMUnavailable
+
+
+class OpenAIChatBackend(HTTPChatBackend):
+    """``POST {base_url}/chat/completions``; streaming SSE parsed line by line.
+
+    OPTIONS: ``base_url`` (ending in ``/v1``), ``api_key``, ``model``, ``headers``
+    (extra HTTP headers), ``stream_usage`` (send ``stream_options.include_usage``
+    so usage comes in the stream's last chunk; turn off for servers that reject it).
+    """
+
+    OPTIONS = {"base_url": "https://api.openai.com/v1", "api_key": "", "model": "", "headers": {},
+               "stream_usage": True}
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._url = self.options["base_url"].rstrip("/") + "/chat/completions"
+        self._headers = {"Content-Type": "application/json", **self.options["headers"]}
+        if self.options["api_key"]:
+            self._headers["Authorization"] = f"Bearer {self.options['api_key']}"
+
+    def url(self) -> str:
+        return self._url
+
+    def headers(self) -> dict:
+        return self._headers
+
+    def body(self, call: BackendCall, *, stream: bool) -> dict:
+        body = {"model": call.model, "messages": call.messages, **call.params, "stream": stream}
+        if stream and self.options["stream_usage"]:
+            body["stream_options"] = {"include_usage": True}
+        return body
+
+    async def stream(self, call: BackendCall) -> AsyncIterator[Delta | Usage]:
+        finished = False
+        async with self.post(self.body(call, stream=True), call) as response:
+            async for data in sse_data(response, self.alias):
+                if data == "[DONE]":
+                    finished = True
+                    break
+                if "error" in data:
+                    raise LLMUnavailable(f"error in stream: {str(data['error'])[:200]}", provider=self.alias)
+                for choice in data.get("choices") or ():
+                    text = (choice.get("delta") or {}).get("content")
+                    if text:
+                        yield Delta(text)
+                    if choice.get("finish_reason"):
+                        finished = True
+                if data.get("usage"):
+                    yield _usage(data["usage"])
+        if not finished:
+            raise LLMUnavailable("stream ended before the answer was finished", provider=self.alias)
+
+    async def complete(self, call: BackendCall) -> Completion:
+        async with self.post(self.body(call, stream=False), call) as response:
+            try:
+                data = await response.json(content_type=None)
+                choice = data["choices"][0]
+                text = choice["message"].get("content") or ""
+            except (ValueError, KeyError, IndexError, TypeError) as exc:
+                raise LLMUnavailable("malformed completion response", provider=self.alias) from exc
+        usage = data.get("usage")
+        return Completion(
+            text=text,
+            usage=_usage(usage) if usage else None,
+            finish_reason=choice.get("finish_reason"),
+        )
+
+
+def _usage(usage: dict) -> Usage:
+    return Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))

@@ -1,0 +1,122 @@
+"""Long-lived, per-process resources of the inference layer.
+
+aiohttp sessions and asyncio Redis pools belong to one event loop, so they are
+kept per (process, loop): a uvicorn worker has one loop and therefore one
+connection pool to each upstream for its whole life, which is what keeps the
+proxy's added latency low. Synchronous callers (Celery tasks via
+``services.complete``) run their coroutine on one background loop per process
+(:func:`run_sync`), so they share a pool too instead of opening one per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import aiohttp
+import redis
+import redis.asyncio as aioredis
+from django.conf import settings
+
+T = TypeVar("T")
+_per_loop: dict[asyncio.AbstractEventLoop, dict[str, Any]] = {}
+_lock = threading.Lock()
+
+
+def loop_local(name: str, factory: Callable[[], T]) -> T:
+    """The ``name`` resource of the running loop, created by ``factory`` on first use."""
+    loop = asyncio.get_running_loop()
+    resources = _per_loop.get(loop)
+    if resources is None:
+        with _lock:
+            for stale in [lp for lp in _per_loop if lp.is_closed()]:
+                _per_loop.pop(stale, None)
+            resources = _per_loop.setdefault(loop, {})
+    value = resources.get(name)
+    if value is None:
+        value = resources[name] = factory()
+    return value
+
+
+def http_session() -> aiohttp.ClientSession:
+    """This loop's pooled HTTP client (keep-alive connections to every upstream)."""
+
+    def create() -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(limit=256, limit_per_host=128, keepalive_timeout=60, ttl_dns_cache=300)
+        # Timeouts are per request (route settings), never session-wide.
+        return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None))
+
+    session = loop_local("http", create)
+    if session.closed:
+        _per_loop[asyncio.get_running_loop()].pop("http", None)
+        session = loop_local("http", create)
+    return session
+
+
+def key(*parts: object) -> str:
+    """A Redis key in this deployment's (or test run's) namespace."""
+    prefix = settings.CACHES["default"].get("KEY_PREFIX", "quire")
+    return ":".join([prefix, "llm", *(str(p) for p in parts)])
+
+
+def aredis() -> aioredis.Redis:
+    """This loop's asyncio Redis client."""
+    return loop_local("redis", lambda: aioredis.Redis.from_url(settings.REDIS_URL))
+
+
+_sync_redis: redis.Redis | None = None
+
+
+def sync_redis() -> redis.Redis:
+    global _sync_redis
+    if _sync_redis is None:
+        _sync_redis = redis.Redis.from_url(settings.REDIS_URL)
+    return _sync_redis
+
+
+async def aclose_loop_resources() -> None:
+    """Close this loop's sessions (for code that runs a short-lived loop)."""
+    resources = _per_loop.pop(asyncio.get_running_loop(), {})
+    for value in resources.values():
+        close = getattr(value, "aclose", None) or getattr(value, "close", None)
+        if close is not None:
+            result = close()
+            if asyncio.iscoroutine(result):
+                await result
+
+
+class _BackgroundLoop:
+    def __init__(self):
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.pid = None
+        self.lock = threading.Lock()
+
+    def get(self) -> asyncio.AbstractEventLoop:
+        import os
+
+        with self.lock:
+            # After fork (Celery prefork) the parent's thread does not exist here.
+            if self.loop is None or self.pid != os.getpid() or self.loop.is_closed():
+                self.loop = asyncio.new_event_loop()
+                self.pid = os.getpid()
+                threading.Thread(target=self.loop.run_forever, name="llm-loop", daemon=True).start()
+            return self.loop
+
+
+_background = _BackgroundLoop()
+
+
+def run_sync(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+    """Run ``coro`` on this process's background loop and wait for its result."""
+    future = asyncio.run_coroutine_threadsafe(coro, _background.get())
+    try:
+        return future.result(timeout)
+    except BaseException:
+        future.cancel()
+        raise
+
+
+def background_loop() -> asyncio.AbstractEventLoop:
+    return _background.get()
