@@ -7,6 +7,7 @@ class DocumentsConfig(AppConfig):
     verbose_name = "Documents"
 
     def ready(self):
+        from apps.documents import signals  # noqa: F401 - connects the handlers
         from apps.documents.checks import check_embedding_dimensions
 
         check_embedding_dimensions()

@@ -1,0 +1,31 @@
+"""Signal handlers only enqueue, after the transaction commits."""
+
+from __future__ import annotations
+
+from django.db import transaction
+from django.db.models.signals import post_delete, post_save
+from django.dispatch import receiver
+
+from apps.documents.models import Document
+
+EMBEDDED_FIELDS = frozenset({"title", "body"})
+
+
+@receiver(post_save, sender=Document, dispatch_uid="documents.enqueue_embedding")
+def enqueue_embedding(sender, instance: Document, raw: bool = False, update_fields=None, **kwargs):
+    if raw:
+        return
+    if update_fields is not None and not (EMBEDDED_FIELDS & set(update_fields)):
+        return  # e.g. publish/unpublish: the embedded content did not change
+    from apps.documents.tasks import embed_document
+
+    document_id = instance.pk
+    transaction.on_commit(lambda: embed_document.delay(document_id))
+
+
+@receiver(post_delete, sender=Document, dispatch_uid="documents.enqueue_purge")
+def enqueue_purge(sender, instance: Document, **kwargs):
+    from apps.documents.tasks import purge_document
+
+    document_id = instance.pk
+    transaction.on_commit(lambda: purge_document.delay(document_id))

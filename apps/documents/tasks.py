@@ -1,0 +1,90 @@
+"""Celery tasks of the embedding pipeline. They take ids, call one service, and
+own their retries: transient embedding errors (and database hiccups) are retried
+with exponential backoff and full jitter; after the last retry the document is
+marked ``failed`` with the error text, which staff see in admin.
+
+Safe under ``acks_late`` redelivery and concurrency: the services are idempotent
+(see ``apps.documents.services``).
+"""
+
+from __future__ import annotations
+
+import random
+
+from celery import shared_task
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_init
+from django.conf import settings
+from django.db import InterfaceError, OperationalError
+
+from apps.core.logging import get_logger
+from apps.documents import services
+from apps.llm.embeddings import EmbeddingError, get_embedding_backend
+
+logger = get_logger("quire.documents.tasks")
+
+TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError)
+
+
+def retry_delay(retries: int) -> float:
+    """Exponential backoff with jitter: uniform in [cap/2, cap], cap = min(max, base * 2**retries).
+
+    Half the window is random so retries of many documents failing together spread
+    out, and the other half keeps the delay growing even on unlucky draws."""
+    cap = min(settings.EMBEDDING_TASK_BACKOFF_MAX, settings.EMBEDDING_TASK_BACKOFF * (2 ** retries))
+    return random.uniform(cap / 2, cap)
+
+
+def _run(task, document_ids: list[int]) -> list[dict]:
+    try:
+        results = services.embed_documents_bulk(document_ids)
+    except (EmbeddingError, SoftTimeLimitExceeded, *TRANSIENT_DB_ERRORS) as exc:
+        transient = getattr(exc, "transient", True)
+        final = not transient or task.request.retries >= settings.EMBEDDING_TASK_MAX_RETRIES
+        services.EMBEDDING_FAILURES.labels(error=type(exc).__name__, final=str(final).lower()).inc()
+        if not final:
+            delay = retry_delay(task.request.retries)
+            logger.warning("documents.embed_retry", document_ids=document_ids[:20], attempt=task.request.retries + 1,
+                           delay_s=round(delay, 3), error=str(exc))
+            raise task.retry(exc=exc, countdown=delay) from exc
+        services.mark_embedding_failed(
+            document_ids, error=f"{type(exc).__name__}: {exc} (after {task.request.retries + 1} attempts)")
+        return [{"document_id": i, "outcome": "failed", "error": str(exc)} for i in document_ids]
+    return [{"document_id": r.document_id, "outcome": r.outcome, "chunks": r.chunks,
+             "embedded_chunks": r.embedded_chunks, "reused_chunks": r.reused_chunks, "tokens": r.tokens}
+            for r in results]
+
+
+@shared_task(bind=True, name="documents.embed_document", acks_late=True, max_retries=None)
+def embed_document(self, document_id: int) -> dict:
+    """Chunk and embed one document (no-op if its content is already embedded)."""
+    return _run(self, [int(document_id)])[0]
+
+
+@shared_task(bind=True, name="documents.embed_documents_batch", acks_late=True, max_retries=None)
+def embed_documents_batch(self, document_ids: list[int]) -> list[dict]:
+    """Many documents with batched model calls (imports and reindex enqueue these)."""
+    return _run(self, [int(i) for i in document_ids])
+
+
+@shared_task(name="documents.purge_document", acks_late=True)
+def purge_document(document_id: int) -> int:
+    """After a delete: make sure no chunk of the document survives (the foreign key
+    cascades, so this normally deletes nothing; it guards raw deletes)."""
+    from apps.documents.models import Chunk
+
+    deleted, _ = Chunk.objects.filter(document_id=document_id).delete()
+    return deleted
+
+
+@worker_init.connect
+def _load_embedding_model(**kwargs):
+    """Load the model in the worker's main process before it forks its pool, so
+    no task pays the 4-7 s import and children share the weights copy-on-write."""
+    backend = get_embedding_backend()
+    load = getattr(backend, "load", None)
+    if load is not None:
+        try:
+            load()
+        except Exception:  # the first task will raise the same error, with retries
+            logger.exception("documents.model_preload_failed")
