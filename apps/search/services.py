@@ -1,0 +1,495 @@
+"""Hybrid retrieval: BM25 keyword ranking + HNSW semantic ranking, fused with
+reciprocal rank fusion, all in SQL with the visibility rule inside the query.
+
+Public face (used by the pages, the API, evaluation and chat):
+
+* :func:`hybrid_search` — documents (best chunk per document) with snippet, facets, total;
+* :func:`retrieve_passages` — the best chunks for RAG (at most a few per document);
+* :func:`similar_documents` — "more like this" from a document's vectors.
+
+How the keyword side works: ``search_posting`` (kept current by triggers on
+``documents_chunk``, see migration 0001) holds (lexeme, chunk, tf, chunk length)
+under a covering primary key. A query reads the postings of its lexemes with an
+index-only scan, counts document frequency from those same rows, and computes
+Lucene-style BM25 in one GROUP BY.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime, timedelta
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.urls import reverse
+from prometheus_client import Counter, Histogram
+
+from apps.core.logging import get_logger
+from apps.documents.selectors import visibility_sql
+from apps.search.query import ParsedQuery, parse_query
+
+logger = get_logger("quire.search")
+
+MODES = ("hybrid", "semantic", "keyword")
+# Passages per document in retrieve_passages: enough context, not one document's monologue.
+PASSAGES_PER_DOCUMENT = 2
+PASSAGE_CANDIDATES = 50
+# Private-use sentinels for ts_headline: the snippet is HTML-escaped afterwards and
+# only these become <mark> tags, so a document can never inject markup.
+_MARK_START, _MARK_STOP = "\ue000", "\ue001"
+_HEADLINE_OPTIONS = (
+    f"StartSel={_MARK_START}, StopSel={_MARK_STOP}, MaxWords=40, MinWords=18, "
+    'MaxFragments=2, FragmentDelimiter=" … "'
+)
+
+SEARCH_QUERIES = Counter("quire_search_queries_total", "Search queries served", ["mode"])
+SEARCH_ZERO_RESULTS = Counter("quire_search_zero_results_total", "Search queries with no result", ["mode"])
+SEARCH_LATENCY = Histogram(
+    "quire_search_latency_seconds",
+    "Search service latency (SQL and query embedding)",
+    ["mode"],
+    buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
+)
+
+
+@dataclass
+class SearchFilters:
+    tags: list[str] = field(default_factory=list)  # documents carrying ALL of these tags
+    date_from: date | None = None  # published on or after
+    date_to: date | None = None  # published on or before
+    sources: list[str] = field(default_factory=list)  # e.g. ["beir:scifact"] for evaluation
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.tags or self.date_from or self.date_to or self.sources)
+
+
+@dataclass
+class SearchResult:
+    document_id: int
+    slug: str
+    title: str
+    url: str
+    snippet: str  # HTML: escaped text with <mark> around query terms
+    score: float
+    tags: list[str]
+    published_at: datetime | None
+    chunk_id: int
+    heading_path: str = ""
+    keyword_rank: int | None = None
+    semantic_rank: int | None = None
+
+
+@dataclass
+class SearchResults:
+    query: str
+    mode: str
+    results: list[SearchResult]
+    total: int
+    facets: list[tuple[str, int]]  # (tag, documents in the whole result set), most common first
+    took_ms: float
+    limit: int
+    offset: int
+    degraded: bool = False  # semantic side unavailable; keyword results only
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Passage:
+    document_id: int
+    chunk_id: int
+    title: str
+    slug: str
+    url: str
+    heading_path: str
+    text: str
+    score: float
+
+
+# --- SQL building blocks ---------------------------------------------------------------
+def _filter_sql(filters: SearchFilters | None, *, alias: str = "d") -> tuple[str, list]:
+    if filters is None or filters.is_empty:
+        return "TRUE", []
+    parts, params = [], []
+    if filters.tags:
+        parts.append(f"{alias}.tags @> %s::varchar[]")
+        params.append(list(filters.tags))
+    if filters.date_from:
+        parts.append(f"{alias}.published_at >= %s")
+        params.append(datetime.combine(filters.date_from, datetime.min.time()).astimezone())
+    if filters.date_to:
+        parts.append(f"{alias}.published_at < %s")
+        params.append(datetime.combine(filters.date_to + timedelta(days=1), datetime.min.time()).astimezone())
+    if filters.sources:
+        parts.append(f"{alias}.source = ANY(%s)")
+        params.append(list(filters.sources))
+    return " AND ".join(parts), params
+
+
+def _text_filter_sql(parsed: ParsedQuery, *, alias: str = "c") -> tuple[str, list]:
+    """Quoted phrases must match, exclusions must not (websearch meaning)."""
+    parts, params = [], []
+    for phrase in parsed.phrases:
+        parts.append(f"(numnode(phraseto_tsquery('english', %s)) = 0 OR {alias}.search_vector @@ phraseto_tsquery('english', %s))")
+        params += [phrase, phrase]
+    for excluded in parsed.excluded:
+        parts.append(f"NOT coalesce({alias}.search_vector @@ phraseto_tsquery('english', %s), false)")
+        params.append(excluded)
+    return (" AND ".join(parts) or "TRUE"), params
+
+
+@dataclass
+class _Scope:
+    """Everything that restricts which chunks may be returned, as SQL over d (document) and c (chunk)."""
+
+    where: str
+    params: list
+    needs_chunk_join: bool
+    filtered: bool  # anything beyond "all rows": decides hnsw.iterative_scan
+
+
+def _scope(user, filters: SearchFilters | None, parsed: ParsedQuery) -> _Scope:
+    vis, vis_params = visibility_sql(user, alias="d")
+    flt, flt_params = _filter_sql(filters)
+    txt, txt_params = _text_filter_sql(parsed)
+    return _Scope(
+        where=f"{vis} AND {flt} AND {txt}",
+        params=[*vis_params, *flt_params, *txt_params],
+        needs_chunk_join=txt != "TRUE",
+        filtered=(vis != "TRUE" or flt != "TRUE" or txt != "TRUE"),
+    )
+
+
+def _keyword_chunks_cte(parsed: ParsedQuery, scope: _Scope) -> tuple[str, list]:
+    """CTEs ending in ``kw_chunks(chunk_id, document_id, score)``: BM25 per visible chunk."""
+    k1, b = settings.SEARCH_BM25_K1, settings.SEARCH_BM25_B
+    chunk_join = "JOIN documents_chunk c ON c.id = s.chunk_id" if scope.needs_chunk_join else ""
+    sql = f"""
+    kw_terms AS (
+        SELECT coalesce(array_agg(lexeme), '{{}}') AS lexemes FROM (
+            SELECT DISTINCT t.lexeme FROM unnest(to_tsvector('english', %s)) t LIMIT %s
+        ) x
+    ),
+    kw_stats AS (
+        SELECT greatest(coalesce(sum(chunks), 0), 1)::float8 AS n,
+               greatest(coalesce(sum(total_length), 0), 1)::float8 / greatest(coalesce(sum(chunks), 0), 1) AS avgdl
+        FROM search_corpus_stats
+    ),
+    kw_post AS MATERIALIZED (
+        SELECT p.lexeme, p.chunk_id, p.document_id, p.tf, p.dl FROM search_posting p
+        WHERE p.lexeme = ANY((SELECT lexemes FROM kw_terms)::text[])
+    ),
+    kw_df AS (SELECT lexeme, count(*)::float8 AS df FROM kw_post GROUP BY lexeme),
+    kw_scored AS (
+        SELECT kp.chunk_id, kp.document_id,
+               sum(ln(1 + (st.n - kd.df + 0.5) / (kd.df + 0.5))
+                   * kp.tf * {k1 + 1} / (kp.tf + {k1} * (1 - {b} + {b} * kp.dl / st.avgdl))) AS score
+        FROM kw_post kp JOIN kw_df kd USING (lexeme) CROSS JOIN kw_stats st
+        GROUP BY kp.chunk_id, kp.document_id
+    ),
+    kw_chunks AS (
+        SELECT s.chunk_id, s.document_id, s.score FROM kw_scored s
+        JOIN documents_document d ON d.id = s.document_id {chunk_join}
+        WHERE {scope.where}
+    )"""
+    return sql, [parsed.text, settings.SEARCH_MAX_QUERY_TERMS, *scope.params]
+
+
+def _semantic_chunks_cte(scope: _Scope, depth: int, *, exclude_document: int | None = None) -> tuple[str, list]:
+    """CTE ``sem_chunks(chunk_id, document_id, distance)``: nearest visible chunks via HNSW.
+
+    Callers bind: vector, *returned params, vector, depth. ORDER BY distance + LIMIT is what lets
+    PostgreSQL walk the HNSW index; with a filter, hnsw.iterative_scan keeps walking
+    until ``depth`` rows passed it.
+    """
+    extra = "AND c.document_id <> %s" if exclude_document is not None else ""
+    sql = f"""
+    sem_chunks AS MATERIALIZED (
+        SELECT c.id AS chunk_id, c.document_id, c.embedding <=> %s::vector AS distance
+        FROM documents_chunk c JOIN documents_document d ON d.id = c.document_id
+        WHERE c.embedding IS NOT NULL AND {scope.where} {extra}
+        ORDER BY c.embedding <=> %s::vector
+        LIMIT %s
+    )"""
+    params = [*scope.params, *([exclude_document] if exclude_document is not None else [])]
+    return sql, params
+
+
+def _configure_hnsw(cursor, *, depth: int, filtered: bool) -> None:
+    ef_search = min(1000, max(settings.SEARCH_HNSW_EF_SEARCH, depth))
+    cursor.execute(
+        "SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', %s, true)",
+        [str(ef_search), "relaxed_order" if filtered else "off"],
+    )
+
+
+def _embed_query(text: str) -> list[float] | None:
+    from apps.llm.embeddings import EmbeddingError, get_embedding_backend
+
+    try:
+        return get_embedding_backend().embed_query(text)
+    except EmbeddingError as exc:
+        logger.warning("search.embedding_unavailable", error=str(exc))
+        return None
+
+
+def _vector_literal(vector) -> str:
+    return "[" + ",".join(f"{float(x):.7g}" for x in vector) + "]"
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}")
+
+
+# --- hybrid_search ---------------------------------------------------------------------
+def _ranked_documents(cursor, *, parsed, scope, mode, vector, depth) -> list[tuple]:
+    """All candidate documents ordered best first: (document_id, chunk_id, score, kw_rank, sem_rank)."""
+    ctes, params = [], []
+    if mode in ("keyword", "hybrid"):
+        sql, p = _keyword_chunks_cte(parsed, scope)
+        ctes.append(sql)
+        params += p
+        ctes.append("""
+    kw_ranked AS (
+        SELECT document_id, chunk_id, score, row_number() OVER (ORDER BY score DESC, document_id) AS rnk
+        FROM (SELECT DISTINCT ON (document_id) document_id, chunk_id, score FROM kw_chunks
+              ORDER BY document_id, score DESC) best
+    )""")
+    if vector is not None:
+        sql, p = _semantic_chunks_cte(scope, depth)
+        ctes.append(sql)
+        literal = _vector_literal(vector)
+        params += [literal, *p, literal, depth]
+        ctes.append("""
+    sem_ranked AS (
+        SELECT document_id, chunk_id, distance, row_number() OVER (ORDER BY distance, document_id) AS rnk
+        FROM (SELECT DISTINCT ON (document_id) document_id, chunk_id, distance FROM sem_chunks
+              WHERE distance < 1 ORDER BY document_id, distance) best
+    )""")
+    if mode == "keyword" or vector is None:
+        final = "SELECT document_id, chunk_id, score, rnk, NULL FROM kw_ranked ORDER BY rnk"
+    elif mode == "semantic":
+        final = "SELECT document_id, chunk_id, 1 - distance, NULL, rnk FROM sem_ranked ORDER BY rnk"
+    else:
+        weights, k = settings.SEARCH_RRF_WEIGHTS, settings.SEARCH_RRF_K
+        final = f"""
+    SELECT coalesce(kr.document_id, sr.document_id),
+           coalesce(kr.chunk_id, sr.chunk_id),
+           coalesce({float(weights['keyword'])} / ({int(k)} + kr.rnk), 0)
+             + coalesce({float(weights['semantic'])} / ({int(k)} + sr.rnk), 0) AS fused,
+           kr.rnk, sr.rnk
+    FROM kw_ranked kr FULL OUTER JOIN sem_ranked sr ON sr.document_id = kr.document_id
+    ORDER BY fused DESC, 1"""
+    cursor.execute("WITH " + ",".join(ctes) + final, params)
+    return cursor.fetchall()
+
+
+def _facets(cursor, document_ids: list[int]) -> list[tuple[str, int]]:
+    if not document_ids:
+        return []
+    cursor.execute(
+        """SELECT tag, count(*) FROM documents_document d, unnest(d.tags) AS tag
+           WHERE d.id = ANY(%s) GROUP BY tag ORDER BY count(*) DESC, tag LIMIT 30""",
+        [document_ids],
+    )
+    return [(tag, n) for tag, n in cursor.fetchall()]
+
+
+def _highlight(headline: str) -> str:
+    escaped = html.escape(headline, quote=True)
+    return escaped.replace(_MARK_START, "<mark>").replace(_MARK_STOP, "</mark>")
+
+
+def _result_rows(cursor, *, user, parsed, page: list[tuple]) -> list[SearchResult]:
+    if not page:
+        return []
+    vis, vis_params = visibility_sql(user, alias="d")
+    cursor.execute(
+        f"""SELECT r.ord, d.id, d.slug, d.title, d.tags, d.published_at, c.id, c.heading_path,
+                   ts_headline('english', translate(c.text, %s, ''), websearch_to_tsquery('english', %s), %s)
+            FROM unnest(%s::bigint[], %s::bigint[]) WITH ORDINALITY AS r(doc_id, chunk_id, ord)
+            JOIN documents_document d ON d.id = r.doc_id
+            JOIN documents_chunk c ON c.id = r.chunk_id AND c.document_id = d.id
+            WHERE {vis} ORDER BY r.ord""",
+        [_MARK_START + _MARK_STOP, parsed.headline_query, _HEADLINE_OPTIONS,
+         [row[0] for row in page], [row[1] for row in page], *vis_params],
+    )
+    by_ord = {row[0]: row for row in cursor.fetchall()}
+    results = []
+    for ordinal, (doc_id, chunk_id, score, kw_rank, sem_rank) in enumerate(page, start=1):
+        row = by_ord.get(ordinal)
+        if row is None:  # deleted between the two statements
+            continue
+        _, _, slug, title, tags, published_at, _, heading_path, headline = row
+        results.append(SearchResult(
+            document_id=doc_id, slug=slug, title=title, url=reverse("search:document", args=[slug]),
+            snippet=_highlight(headline), score=float(score), tags=list(tags or []),
+            published_at=published_at, chunk_id=chunk_id, heading_path=heading_path,
+            keyword_rank=kw_rank, semantic_rank=sem_rank,
+        ))
+    return results
+
+
+def hybrid_search(
+    *,
+    query: str,
+    user,
+    filters: SearchFilters | None = None,
+    limit: int = 10,
+    offset: int = 0,
+    mode: str = "hybrid",
+) -> SearchResults:
+    """Search documents visible to ``user``; best chunk per document, best documents first.
+
+    ``mode`` is ``hybrid`` (BM25 and semantic fused by RRF), ``keyword`` or
+    ``semantic``. Any text is accepted: operators are parsed, never passed to SQL as
+    syntax. ``total`` counts every matching document (semantic: the nearest
+    candidates), ``facets`` count tags over that whole set.
+    """
+    _check_mode(mode)
+    started = time.perf_counter()
+    limit, offset = max(0, min(int(limit), 100)), max(0, int(offset))
+    parsed = parse_query(query)
+    rows, degraded = [], False
+    if not parsed.is_empty:
+        vector = None
+        if mode in ("semantic", "hybrid"):
+            vector = _embed_query(parsed.text)
+            degraded = vector is None
+        scope = _scope(user, filters, parsed)
+        depth = min(1000, max(settings.SEARCH_SEMANTIC_CANDIDATES, offset + limit))
+        with transaction.atomic(), connection.cursor() as cursor:
+            if vector is not None:
+                _configure_hnsw(cursor, depth=depth, filtered=scope.filtered)
+            if mode == "semantic" and vector is None:
+                rows = []
+            else:
+                rows = _ranked_documents(cursor, parsed=parsed, scope=scope, mode=mode, vector=vector, depth=depth)
+            facets = _facets(cursor, [r[0] for r in rows])
+            results = _result_rows(cursor, user=user, parsed=parsed, page=rows[offset : offset + limit])
+    else:
+        facets, results = [], []
+    took = time.perf_counter() - started
+    SEARCH_QUERIES.labels(mode=mode).inc()
+    SEARCH_LATENCY.labels(mode=mode).observe(took)
+    if not rows:
+        SEARCH_ZERO_RESULTS.labels(mode=mode).inc()
+    logger.info("search.query", mode=mode, query_chars=len(parsed.raw), terms=len(parsed.words),
+                total=len(rows), took_ms=round(took * 1000, 2), degraded=degraded,
+                filtered=bool(filters and not filters.is_empty))
+    return SearchResults(
+        query=parsed.raw, mode=mode, results=results, total=len(rows), facets=facets,
+        took_ms=round(took * 1000, 2), limit=limit, offset=offset, degraded=degraded,
+    )
+
+
+# --- retrieve_passages -----------------------------------------------------------------
+def retrieve_passages(*, query: str, user, limit: int = 8, mode: str = "hybrid") -> list[Passage]:
+    """The best chunks for ``query`` visible to ``user`` (for RAG), best first.
+
+    Not grouped per document, but at most two chunks of any one document.
+    Scores: hybrid = RRF of chunk ranks, keyword = BM25, semantic = cosine similarity.
+    """
+    _check_mode(mode)
+    parsed = parse_query(query)
+    if parsed.is_empty or limit <= 0:
+        return []
+    vector = _embed_query(parsed.text) if mode in ("semantic", "hybrid") else None
+    if mode == "semantic" and vector is None:
+        return []
+    scope = _scope(user, None, parsed)
+    depth = max(PASSAGE_CANDIDATES, limit * 4)
+    ctes, params, lists = [], [], []
+    if mode in ("keyword", "hybrid"):
+        sql, p = _keyword_chunks_cte(parsed, scope)
+        ctes.append(sql)
+        params += p
+        ctes.append(f"""
+    kw_top AS (SELECT chunk_id, document_id, score, row_number() OVER (ORDER BY score DESC, chunk_id) AS rnk
+               FROM kw_chunks ORDER BY score DESC, chunk_id LIMIT {int(depth)})""")
+        lists.append("kw_top")
+    if vector is not None:
+        sql, p = _semantic_chunks_cte(scope, depth)
+        ctes.append(sql)
+        literal = _vector_literal(vector)
+        params += [literal, *p, literal, depth]
+        ctes.append("""
+    sem_top AS (SELECT chunk_id, document_id, 1 - distance AS score,
+                       row_number() OVER (ORDER BY distance, chunk_id) AS rnk
+                FROM sem_chunks WHERE distance < 1)""")
+        lists.append("sem_top")
+    if len(lists) == 2:
+        weights, k = settings.SEARCH_RRF_WEIGHTS, int(settings.SEARCH_RRF_K)
+        ctes.append(f"""
+    scored AS (
+        SELECT coalesce(kt.chunk_id, st.chunk_id) AS chunk_id, coalesce(kt.document_id, st.document_id) AS document_id,
+               coalesce({float(weights['keyword'])} / ({k} + kt.rnk), 0)
+                 + coalesce({float(weights['semantic'])} / ({k} + st.rnk), 0) AS score
+        FROM kw_top kt FULL OUTER JOIN sem_top st ON st.chunk_id = kt.chunk_id
+    )""")
+    else:
+        ctes.append(f"scored AS (SELECT chunk_id, document_id, score FROM {lists[0]})")
+    final = f"""
+    SELECT s.document_id, s.chunk_id, d.title, d.slug, c.heading_path, c.text, s.score
+    FROM (SELECT *, row_number() OVER (PARTITION BY document_id ORDER BY score DESC, chunk_id) AS per_doc
+          FROM scored) s
+    JOIN documents_chunk c ON c.id = s.chunk_id
+    JOIN documents_document d ON d.id = s.document_id
+    WHERE s.per_doc <= {PASSAGES_PER_DOCUMENT}
+    ORDER BY s.score DESC, s.chunk_id
+    LIMIT %s"""
+    with transaction.atomic(), connection.cursor() as cursor:
+        if vector is not None:
+            _configure_hnsw(cursor, depth=depth, filtered=scope.filtered)
+        cursor.execute("WITH " + ",".join(ctes) + final, [*params, int(limit)])
+        rows = cursor.fetchall()
+    return [
+        Passage(document_id=doc_id, chunk_id=chunk_id, title=title, slug=slug,
+                url=reverse("search:document", args=[slug]), heading_path=heading_path, text=text,
+                score=float(score))
+        for doc_id, chunk_id, title, slug, heading_path, text, score in rows
+    ]
+
+
+# --- similar_documents -----------------------------------------------------------------
+def similar_documents(*, document, user, limit: int = 5) -> list[SearchResult]:
+    """Documents nearest to ``document`` (mean of its chunk vectors), visible to ``user``.
+
+    Empty when ``user`` may not see ``document`` itself or it has no vectors yet.
+    """
+    parsed = parse_query("")
+    scope = _scope(user, None, parsed)
+    depth = max(settings.SEARCH_SEMANTIC_CANDIDATES, limit * 10)
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            f"""SELECT avg(c.embedding)::text FROM documents_chunk c
+                JOIN documents_document d ON d.id = c.document_id
+                WHERE c.document_id = %s AND c.embedding IS NOT NULL AND {scope.where}""",
+            [document.pk, *scope.params],
+        )
+        centroid = cursor.fetchone()[0]
+        if centroid is None:
+            return []
+        _configure_hnsw(cursor, depth=depth, filtered=True)
+        sql, params = _semantic_chunks_cte(scope, depth, exclude_document=document.pk)
+        cursor.execute(
+            "WITH " + sql + """
+            SELECT best.document_id, best.chunk_id, 1 - best.distance, d.slug, d.title, d.tags, d.published_at
+            FROM (SELECT DISTINCT ON (document_id) document_id, chunk_id, distance FROM sem_chunks
+                  WHERE distance < 1 ORDER BY document_id, distance) best
+            JOIN documents_document d ON d.id = best.document_id
+            ORDER BY best.distance, best.document_id LIMIT %s""",
+            [centroid, *params, centroid, depth, int(limit)],
+        )
+        rows = cursor.fetchall()
+    return [
+        SearchResult(document_id=doc_id, slug=slug, title=title, url=reverse("search:document", args=[slug]),
+                     snippet="", score=float(score), tags=list(tags or []), published_at=published_at,
+                     chunk_id=chunk_id, semantic_rank=rank)
+        for rank, (doc_id, chunk_id, score, slug, title, tags, published_at) in enumerate(rows, start=1)
+    ]
