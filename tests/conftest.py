@@ -41,6 +41,10 @@ def test_database_url() -> str:
     if db.get("PASSWORD"):
         auth += ":" + quote(db["PASSWORD"], safe="")
     port = f":{db['PORT']}" if db.get("PORT") else ""
+    if (db.get("HOST") or "").startswith("/"):
+        # django-environ does not unquote a %2F-encoded socket path in the netloc;
+        # it does pass ?host= through to psycopg.
+        return f"postgres://{auth}@/{db['NAME']}?host={quote(db['HOST'], safe='/')}"
     return f"postgres://{auth}@{host}{port}/{db['NAME']}"
 
 

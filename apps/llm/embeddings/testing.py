@@ -11,7 +11,9 @@ process and a real worker), through the Django cache (Redis):
 
 * every ``embed_documents``/``embed_query`` call increments ``calls`` and adds
   the number of texts to ``texts`` (:func:`recorded_calls`);
-* while :func:`fail_embeddings` is on, every call raises ``EmbeddingUnavailable``.
+* while :func:`fail_embeddings` is on, every call raises ``EmbeddingUnavailable``;
+* while :func:`hold_embeddings` is on, every call waits (up to 60 s) before
+  embedding, so a test can act while a task is mid-embedding.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import time
 
 from apps.llm.embeddings.base import EmbeddingBackend
 from apps.llm.embeddings.exceptions import EmbeddingUnavailable
@@ -35,6 +38,8 @@ _STOPWORDS = frozenset({
 _CALLS_KEY = "embeddings:testing:{alias}:calls"
 _TEXTS_KEY = "embeddings:testing:{alias}:texts"
 _FAIL_KEY = "embeddings:testing:{alias}:fail"
+_HOLD_KEY = "embeddings:testing:{alias}:hold"
+HOLD_MAX_SECONDS = 60
 
 
 def stem(word: str) -> str:
@@ -62,6 +67,9 @@ class DeterministicBackend(EmbeddingBackend):
             _record(self.alias, len(texts))
             if _cache().get(_FAIL_KEY.format(alias=self.alias)):
                 raise EmbeddingUnavailable("testing backend: failure injected", backend=self.alias)
+            deadline = time.monotonic() + HOLD_MAX_SECONDS
+            while _cache().get(_HOLD_KEY.format(alias=self.alias)) and time.monotonic() < deadline:
+                time.sleep(0.05)
         return [self.vector(t) for t in texts]
 
     def vector(self, text: str) -> list[float]:
@@ -111,3 +119,11 @@ def fail_embeddings(on: bool = True, alias: str = "default") -> None:
         _cache().set(_FAIL_KEY.format(alias=alias), 1, timeout=None)
     else:
         _cache().delete(_FAIL_KEY.format(alias=alias))
+
+
+def hold_embeddings(on: bool = True, alias: str = "default") -> None:
+    """Make every call of the testing backend wait (in every process) until released."""
+    if on:
+        _cache().set(_HOLD_KEY.format(alias=alias), 1, timeout=HOLD_MAX_SECONDS)
+    else:
+        _cache().delete(_HOLD_KEY.format(alias=alias))
