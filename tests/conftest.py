@@ -167,3 +167,24 @@ def browser_type_launch_args(browser_type_launch_args):
         "args": ["--disable-gpu", "--no-sandbox", "--disable-dev-shm-usage",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
     }
+
+
+@pytest.fixture(scope="session")
+def _fake_upstream_server():
+    from apps.llm.testing.fake_upstream import FakeUpstream
+
+    server = FakeUpstream().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fake_upstream(_fake_upstream_server):
+    """A real OpenAI/Anthropic-compatible server on 127.0.0.1, reset for each test.
+
+    Point a provider at it with ``apps.llm.testing.openai_provider(fake_upstream)``;
+    make it fail with ``fake_upstream.configure(fail="500")`` (see its docstring);
+    ``fake_upstream.calls()`` counts chat completion requests.
+    """
+    yield _fake_upstream_server.reset()
+    _fake_upstream_server.reset()

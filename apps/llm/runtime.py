@@ -80,6 +80,9 @@ async def aclose_loop_resources() -> None:
     """Close this loop's sessions (for code that runs a short-lived loop)."""
     resources = _per_loop.pop(asyncio.get_running_loop(), {})
     for value in resources.values():
+        if isinstance(value, asyncio.Task):
+            value.cancel()
+            continue
         close = getattr(value, "aclose", None) or getattr(value, "close", None)
         if close is not None:
             result = close()

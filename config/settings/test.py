@@ -25,3 +25,12 @@ EMBEDDING_BACKENDS = {
 EMBEDDING_TASK_MAX_RETRIES = 2
 EMBEDDING_TASK_BACKOFF = 0.05
 EMBEDDING_TASK_BACKOFF_MAX = 0.2
+
+# --- llm ---
+# Tests flush the ledger themselves (apps.llm.ledger.flush) in their own DB
+# connection; short timeouts and cool-downs keep failure tests fast.
+LLM_LEDGER_FLUSH_INTERVAL = 0
+LLM_TIMEOUTS = {"connect": 1.0, "first_token": 0.5, "total": 5.0}
+LLM_RETRY = {"attempts": 1, "backoff_base": 0.01, "backoff_max": 0.05, "max_retry_after": 2.0}
+LLM_BREAKER = {"failure_threshold": 3, "cooldown": 0.5}
+LLM_API_KEY_CACHE_SECONDS = 0

@@ -1,2 +1,42 @@
 """Test doubles that live beside the real backends (like Django's locmem email
-backend): a real OpenAI/Anthropic-compatible HTTP server on 127.0.0.1."""
+backend): a real OpenAI/Anthropic-compatible HTTP server on 127.0.0.1, and
+helpers to point the proxy's settings at it."""
+
+from __future__ import annotations
+
+from asgiref.sync import async_to_sync
+
+
+def openai_provider(upstream, *, model: str = "fake-model", **options) -> dict:
+    """An ``LLM_PROVIDERS`` entry for an OpenAI-compatible fake upstream."""
+    return {"BACKEND": "apps.llm.backends.openai.OpenAIChatBackend",
+            "OPTIONS": {"base_url": upstream.url, "api_key": "test-key", "model": model, **options}}
+
+
+def anthropic_provider(upstream, *, model: str = "fake-claude", **options) -> dict:
+    return {"BACKEND": "apps.llm.backends.anthropic.AnthropicBackend",
+            "OPTIONS": {"base_url": upstream.root_url, "api_key": "test-key", "model": model, **options}}
+
+
+EXTRACTIVE = {"BACKEND": "apps.llm.backends.extractive.ExtractiveBackend", "OPTIONS": {}}
+
+
+def run(async_fn, *args, **kwargs):
+    """Run ``async_fn`` from synchronous test code, in the calling thread's
+    database connection (``async_to_sync``), closing that loop's HTTP pool after."""
+    from apps.llm import runtime
+
+    async def wrapper():
+        try:
+            return await async_fn(*args, **kwargs)
+        finally:
+            await runtime.aclose_loop_resources()
+
+    return async_to_sync(wrapper)()
+
+
+async def collect(request) -> list:
+    """Every event of ``stream_chat(request)``."""
+    from apps.llm.services import stream_chat
+
+    return [event async for event in stream_chat(request)]

@@ -1,0 +1,404 @@
+"""The public face of the inference proxy. Chat, enrichment and the
+OpenAI-compatible endpoint all call these; nothing else in ``apps.llm`` is
+meant to be imported by other apps.
+
+Public API::
+
+    @dataclass
+    class ChatRequest:
+        route: str                        # "chat", "enrich", ... (settings.LLM_ROUTES)
+        messages: list[dict]              # OpenAI-style [{"role": ..., "content": ...}]
+        user: User | None = None          # charged in the ledger, budget checked
+        api_key: ApiKey | None = None     # charged in the ledger, budget checked
+        scope: str = "public"             # permission scope: part of the cache key
+        cache: bool = True                # False: neither read nor write the cache
+        passages: list[dict] | None = None  # {n, title, text, url|document_id} for the extractive backend
+        params: dict | None = None        # model params over the route's (max_tokens is capped by the route)
+
+    async def stream_chat(request) -> AsyncIterator[LLMEvent]   # TokenEvent* then DoneEvent | ErrorEvent
+    async def acomplete(request) -> ChatResult                  # raises LLMError on failure
+    def complete(request) -> ChatResult                         # sync (Celery), same
+    def count_tokens(route, text) -> int
+    def count_message_tokens(route, messages) -> int
+    def route_config(route) -> RouteConfig   # .context_window, .max_tokens, .max_prompt_tokens
+    def api_key_create(*, name, user, monthly_budget_usd=None) -> tuple[ApiKey, str]
+    def api_key_authenticate(raw_key) -> ApiKey | None   (async: aapi_key_authenticate)
+
+``BudgetExceeded`` is raised before any provider is called (by ``stream_chat``
+on the first iteration, by ``acomplete``/``complete`` directly).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from apps.core.logging import get_logger
+from apps.llm import budgets, cache, ledger, runtime, tokens
+from apps.llm.conf import RouteConfig, get_provider
+from apps.llm.conf import route_config as _route_config
+from apps.llm.exceptions import LLMError, LLMUnavailable
+from apps.llm.metrics import COST, LATENCY, REQUESTS, TOKENS, TTFT
+from apps.llm.router import Attempt, MidStreamFailure, walk
+
+logger = get_logger("quire.llm")
+_background_tasks: set[asyncio.Task] = set()
+
+
+@dataclass
+class ChatRequest:
+    """One call through the proxy. See the module docstring for each field."""
+
+    route: str
+    messages: list[dict]
+    user: object = None
+    api_key: object = None
+    scope: str = "public"
+    cache: bool = True
+    passages: list[dict] | None = None
+    params: dict | None = None
+
+
+@dataclass
+class UsageInfo:
+    prompt_tokens: int
+    completion_tokens: int
+    estimated: bool  # True when counted by us because the provider did not report usage
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class TokenEvent:
+    text: str
+    type: str = "token"
+
+
+@dataclass
+class DoneEvent:
+    """The answer is complete. ``text`` is the whole answer."""
+
+    text: str
+    usage: UsageInfo
+    cost: Decimal
+    provider: str
+    model: str
+    ttft_ms: float | None
+    latency_ms: float
+    cached: bool
+    usage_record_id: str
+    fallbacks: int = 0
+    type: str = "done"
+
+
+@dataclass
+class ErrorEvent:
+    """The answer failed (``partial`` is True if tokens had already been sent)."""
+
+    code: str
+    message: str
+    partial: bool
+    usage_record_id: str
+    provider: str = ""
+    error: LLMError | None = field(default=None, repr=False)
+    type: str = "error"
+
+
+LLMEvent = TokenEvent | DoneEvent | ErrorEvent
+
+
+@dataclass
+class ChatResult:
+    """What ``complete``/``acomplete`` return (the DoneEvent's figures)."""
+
+    text: str
+    usage: UsageInfo
+    cost: Decimal
+    provider: str
+    model: str
+    ttft_ms: float | None
+    latency_ms: float
+    cached: bool
+    usage_record_id: str
+    fallbacks: int = 0
+
+
+# --- route information for prompt building ---------------------------------------------------
+def route_config(route: str) -> RouteConfig:
+    """Route settings: ``context_window``, ``max_tokens`` (output), ``max_prompt_tokens``."""
+    return _route_config(route)
+
+
+def count_tokens(route: str, text: str) -> int:
+    """Tokens of ``text`` for ``route``'s models, with a safety margin (see ``apps.llm.tokens``)."""
+    _route_config(route)  # unknown routes fail loudly
+    return tokens.count_text_tokens(text)
+
+
+def count_message_tokens(route: str, messages: list[dict]) -> int:
+    """Prompt tokens of a message list, per-message overhead included."""
+    _route_config(route)
+    return tokens.count_message_tokens(messages)
+
+
+# --- the call ----------------------------------------------------------------------------
+def _effective_params(route: RouteConfig, requested: dict | None) -> dict:
+    params = {**route.params, **(requested or {})}
+    params["max_tokens"] = min(int(params.get("max_tokens") or route.max_tokens), route.max_tokens)
+    return params
+
+
+def _estimate_cost(route: RouteConfig, messages: list[dict], params: dict) -> Decimal:
+    link = route.chain[0]
+    model = link.model or get_provider(link.provider).default_model
+    return ledger.call_cost(model, tokens.count_message_tokens(messages), params["max_tokens"])
+
+
+async def stream_chat(request: ChatRequest, *, _stream: bool = True) -> AsyncIterator[LLMEvent]:
+    """Stream an answer: ``TokenEvent``s, then one ``DoneEvent`` or ``ErrorEvent``.
+
+    Budgets are checked before anything else (``BudgetExceeded``), then the
+    cache (unless ``request.cache`` is False), then the route's providers in
+    order. Stopping iteration (``aclose()``) or cancelling the consuming task
+    cancels the upstream HTTP request at once and records the call as
+    ``cancelled``. Every call leaves one ``UsageRecord`` whose id is on the
+    final event.
+    """
+    started = time.perf_counter()
+    route = _route_config(request.route)
+    params = _effective_params(route, request.params)
+    call_id = str(uuid.uuid4())
+    reservation = None
+    if (request.user is not None and getattr(request.user, "is_authenticated", False)) or (
+        request.api_key is not None and request.api_key.monthly_budget_usd is not None
+    ):
+        reservation = await budgets.reserve(
+            user=request.user, api_key=request.api_key, call_id=call_id,
+            estimate=_estimate_cost(route, request.messages, params), ttl_s=route.timeouts.total + 60,
+        )
+    state = _CallState(request=request, route=route, call_id=call_id, started=started, streamed=_stream,
+                       reservation=reservation)
+    try:
+        key = None
+        first = route.chain[0]
+        if request.cache and get_provider(first.provider).model_backed:
+            model = first.model or get_provider(first.provider).default_model
+            key = cache.cache_key(route=route.name, model=model, messages=request.messages, params=params,
+                                  scope=request.scope, passages=request.passages)
+            hit = await cache.get(key, route=route.name)
+            if hit is not None:
+                state.cached(hit)
+                yield TokenEvent(hit["text"])
+                yield await state.finish()
+                return
+        async with contextlib.aclosing(walk(route, messages=request.messages, params=params,
+                                            passages=request.passages, stream=_stream,
+                                            attempt=state.attempt)) as pieces:
+            async for text in pieces:
+                state.parts.append(text)
+                yield TokenEvent(text)
+        done = await state.finish()
+        if key is not None and state.attempt.model_backed:
+            await cache.put(key, {"text": done.text, "provider": done.provider, "model": done.model,
+                                  "usage": [done.usage.prompt_tokens, done.usage.completion_tokens,
+                                            done.usage.estimated]}, ttl=route.cache_ttl)
+        yield done
+    except MidStreamFailure as failure:
+        yield await state.fail(failure.error, partial=True)
+    except LLMError as error:
+        yield await state.fail(error, partial=False)
+    except (GeneratorExit, asyncio.CancelledError):
+        state.cancel()
+        raise
+
+
+async def acomplete(request: ChatRequest) -> ChatResult:
+    """The whole answer at once (the upstream is called without streaming).
+    Raises ``BudgetExceeded`` before any call and the provider's ``LLMError`` if
+    no provider answered."""
+    async with contextlib.aclosing(stream_chat(request, _stream=False)) as events:
+        async for event in events:
+            if event.type == "done":
+                return ChatResult(text=event.text, usage=event.usage, cost=event.cost, provider=event.provider,
+                                  model=event.model, ttft_ms=event.ttft_ms, latency_ms=event.latency_ms,
+                                  cached=event.cached, usage_record_id=event.usage_record_id,
+                                  fallbacks=event.fallbacks)
+            if event.type == "error":
+                raise event.error or LLMUnavailable(event.message)
+    raise LLMUnavailable("the call ended without an answer")
+
+
+def complete(request: ChatRequest) -> ChatResult:
+    """Synchronous ``acomplete`` for Celery tasks and management commands. Runs on
+    the process's background event loop (one connection pool per process) and
+    writes its ledger row to the database before returning."""
+    route = _route_config(request.route)
+    try:
+        return runtime.run_sync(acomplete(request), timeout=route.timeouts.total * len(route.chain) + 30)
+    finally:
+        ledger.flush()
+
+
+# --- bookkeeping of one call ---------------------------------------------------------------
+@dataclass
+class _CallState:
+    request: ChatRequest
+    route: RouteConfig
+    call_id: str
+    started: float
+    streamed: bool
+    reservation: budgets.Reservation | None
+    attempt: Attempt = field(default_factory=Attempt)
+    parts: list[str] = field(default_factory=list)
+    hit: dict | None = None
+
+    def cached(self, hit: dict) -> None:
+        self.hit = hit
+        self.attempt.provider, self.attempt.model = hit["provider"], hit["model"]
+        self.attempt.first_token_at = time.perf_counter()
+        self.parts = [hit["text"]]
+
+    def _usage(self) -> UsageInfo:
+        if self.hit is not None:
+            prompt, completion, estimated = self.hit["usage"]
+            return UsageInfo(prompt, completion, estimated)
+        reported = self.attempt.usage
+        if reported is not None and (reported.prompt_tokens or reported.completion_tokens):
+            return UsageInfo(reported.prompt_tokens, reported.completion_tokens, False)
+        return UsageInfo(tokens.count_message_tokens(self.request.messages),
+                         tokens.count_text_tokens("".join(self.parts)), True)
+
+    def _entry(self, outcome: str, error: str = "") -> tuple[dict, UsageInfo, Decimal, float, float | None]:
+        latency_ms = (time.perf_counter() - self.started) * 1000
+        ttft_ms = (self.attempt.first_token_at - self.started) * 1000 if self.attempt.first_token_at else None
+        usage = self._usage()
+        provider = self.attempt.provider or (self.route.chain[-1].provider if outcome == "error" else "")
+        model = self.attempt.model or ""
+        # A cache hit costs nothing; the tokens are kept to show what was saved.
+        cost = Decimal("0") if self.hit is not None else ledger.call_cost(
+            model, usage.prompt_tokens, usage.completion_tokens)
+        failures = list(self.attempt.failures)
+        if error:
+            failures.append(error)
+        entry = {
+            "id": self.call_id, "created_at": timezone.now().isoformat(), "route": self.route.name,
+            "user_id": getattr(self.request.user, "pk", None) if getattr(self.request.user, "is_authenticated",
+                                                                          False) else None,
+            "api_key_id": getattr(self.request.api_key, "pk", None),
+            "provider": provider, "model": model, "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens, "tokens_estimated": usage.estimated,
+            "cost_usd": str(cost), "latency_ms": round(latency_ms, 3),
+            "ttft_ms": round(ttft_ms, 3) if ttft_ms is not None else None, "cache_hit": self.hit is not None,
+            "streamed": self.streamed, "outcome": outcome, "error": "\n".join(failures)[:2000],
+            "fallbacks": self.attempt.fallbacks if self.hit is None else 0,
+        }
+        REQUESTS.labels(self.route.name, provider, outcome).inc()
+        LATENCY.labels(self.route.name, provider).observe(latency_ms / 1000)
+        if ttft_ms is not None:
+            TTFT.labels(self.route.name, provider).observe(ttft_ms / 1000)
+        if self.hit is None:
+            TOKENS.labels(self.route.name, provider, "prompt").inc(usage.prompt_tokens)
+            TOKENS.labels(self.route.name, provider, "completion").inc(usage.completion_tokens)
+            if cost:
+                COST.labels(self.route.name, provider, model).inc(float(cost))
+        logger.info("llm.call", route=self.route.name, provider=provider, model=model, outcome=outcome,
+                    cached=self.hit is not None, latency_ms=round(latency_ms, 2),
+                    ttft_ms=round(ttft_ms, 2) if ttft_ms is not None else None,
+                    prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+                    cost_usd=str(cost), fallbacks=entry["fallbacks"], record=self.call_id,
+                    error=entry["error"] or None)
+        return entry, usage, cost, latency_ms, ttft_ms
+
+    async def _record(self, entry: dict, cost: Decimal) -> None:
+        async with runtime.aredis().pipeline(transaction=False) as pipe:
+            ledger.push_command(pipe, entry)
+            if self.reservation is not None:
+                self.reservation.settle_command(pipe, cost)
+            await pipe.execute()
+        await ledger.ensure_flusher()
+
+    async def finish(self) -> DoneEvent:
+        entry, usage, cost, latency_ms, ttft_ms = self._entry("ok")
+        await self._record(entry, cost)
+        return DoneEvent(text="".join(self.parts), usage=usage, cost=cost, provider=entry["provider"],
+                         model=entry["model"], ttft_ms=ttft_ms, latency_ms=latency_ms, cached=self.hit is not None,
+                         usage_record_id=self.call_id, fallbacks=entry["fallbacks"])
+
+    async def fail(self, error: LLMError, *, partial: bool) -> ErrorEvent:
+        entry, _, cost, _, _ = self._entry("partial" if partial else "error", str(error))
+        await self._record(entry, cost)
+        return ErrorEvent(code=error.code, message=error.message if not partial else
+                          f"The answer was interrupted: {error.message}", partial=partial,
+                          usage_record_id=self.call_id, provider=error.provider or "", error=error)
+
+    def cancel(self) -> None:
+        """The consumer went away: record without awaiting (we may be cancelled)."""
+        entry, _, cost, _, _ = self._entry("cancelled", "client went away")
+        task = asyncio.get_running_loop().create_task(self._record(entry, cost))
+        _background_tasks.add(task)
+        task.add_done_callback(_background_tasks.discard)
+
+
+# --- API keys ----------------------------------------------------------------------------
+KEY_PREFIX = "qk_"
+
+
+def hash_api_key(raw_key: str) -> str:
+    return hashlib.sha256(raw_key.encode()).hexdigest()
+
+
+@transaction.atomic
+def api_key_create(*, name: str, user, monthly_budget_usd: Decimal | None = None):
+    """Create a key; returns ``(api_key, raw_key)``. The raw key is never stored."""
+    from apps.llm.models import ApiKey
+
+    raw = KEY_PREFIX + secrets.token_urlsafe(32)
+    key = ApiKey(name=name, user=user, prefix=raw[:10], key_hash=hash_api_key(raw),
+                 monthly_budget_usd=monthly_budget_usd)
+    key.full_clean()
+    key.save()
+    return key, raw
+
+
+_key_cache: dict[str, tuple[object, float]] = {}
+
+
+def api_key_authenticate(raw_key: str):
+    """The active ``ApiKey`` (with its user loaded) for ``raw_key``, or None."""
+    from apps.llm.models import ApiKey
+
+    return (ApiKey.objects.select_related("user").filter(key_hash=hash_api_key(raw_key), is_active=True,
+                                                         user__is_active=True).first())
+
+
+async def aapi_key_authenticate(raw_key: str):
+    """Async lookup, remembered for ``LLM_API_KEY_CACHE_SECONDS`` (so revoking takes that long)."""
+    digest = hash_api_key(raw_key)
+    cached = _key_cache.get(digest)
+    now = time.monotonic()
+    if cached is not None and cached[1] > now:
+        return cached[0]
+    key = await sync_to_async(api_key_authenticate)(raw_key)
+    if len(_key_cache) > 10_000:
+        _key_cache.clear()
+    _key_cache[digest] = (key, now + settings.LLM_API_KEY_CACHE_SECONDS)
+    return key
+
+
+def forget_cached_keys() -> None:
+    _key_cache.clear()
+    budgets.forget_cached_limits()

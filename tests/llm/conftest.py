@@ -1,0 +1,64 @@
+from decimal import Decimal
+
+import pytest
+from django.conf import settings as django_settings
+
+from apps.llm import runtime
+from apps.llm.testing import EXTRACTIVE, anthropic_provider, openai_provider
+from apps.llm.testing.fake_upstream import FakeUpstream
+
+PRICES = {
+    "fake-model": {"input": Decimal("2.50"), "output": Decimal("10.00")},
+    "fake-claude": {"input": Decimal("3.00"), "output": Decimal("15.00")},
+}
+
+
+@pytest.fixture(autouse=True)
+def clean_llm_redis():
+    """Breakers, cache, spend and the ledger queue start empty in every test."""
+    client = runtime.sync_redis()
+    pattern = runtime.key("*")
+    for key in client.scan_iter(match=pattern, count=1000):
+        client.delete(key)
+    from apps.llm.services import forget_cached_keys
+
+    forget_cached_keys()
+    yield
+
+
+@pytest.fixture(scope="session")
+def _second_upstream_server():
+    server = FakeUpstream().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def second_upstream(_second_upstream_server):
+    yield _second_upstream_server.reset()
+    _second_upstream_server.reset()
+
+
+@pytest.fixture
+def proxy(settings, fake_upstream, second_upstream):
+    """Route "chat": primary (OpenAI-compatible) -> secondary (Anthropic) -> extractive,
+    each on its own fake upstream."""
+    settings.LLM_PROVIDERS = {
+        "primary": openai_provider(fake_upstream, model="fake-model"),
+        "secondary": anthropic_provider(second_upstream, model="fake-claude"),
+        "extractive": EXTRACTIVE,
+    }
+    settings.LLM_ROUTES = {
+        "chat": {"providers": ["primary", "secondary", "extractive"], "params": {"temperature": 0.1},
+                 "max_tokens": 200, "context_window": 4096},
+        "enrich": {"providers": ["primary", "extractive"], "max_tokens": 100, "context_window": 4096},
+    }
+    settings.LLM_PRICES = PRICES
+    return type("Proxy", (), {"primary": fake_upstream, "secondary": second_upstream, "settings": settings})
+
+
+def question(text: str = "What does aspirin do?") -> list[dict]:
+    return [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": text}]
+
+
+__all__ = ["django_settings", "question"]
