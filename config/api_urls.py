@@ -6,4 +6,5 @@ app_name = "api"
 
 urlpatterns: list = [
     path("", include("apps.core.api_urls")),
+    path("", include("apps.search.api_urls")),
 ]

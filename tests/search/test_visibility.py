@@ -1,0 +1,80 @@
+"""Canary documents: anonymous readers never see internal, private or draft
+documents — not in results, facets, similar documents, passages or the API."""
+
+import pytest
+
+from apps.documents.models import Document
+from apps.search.services import hybrid_search, retrieve_passages, similar_documents
+from tests.factories.documents import StaffFactory, UserFactory
+from tests.factories.search import indexed_document
+
+pytestmark = pytest.mark.django_db
+
+SHARED = "Aurora borealis observations over the northern fjords at night."
+CANARIES = {
+    "internal": dict(visibility=Document.Visibility.INTERNAL),
+    "private": dict(visibility=Document.Visibility.PRIVATE),
+    "draft": dict(status=Document.Status.DRAFT),
+}
+
+
+@pytest.fixture
+def planted():
+    author = UserFactory()
+    public = indexed_document(title="Public aurora", body=SHARED + " zqpublicword", tags=["sky"])
+    canaries = {
+        name: indexed_document(title=f"Canary {name}", body=f"{SHARED} zq{name}word", author=author,
+                               tags=[f"secret-{name}"], **fields)
+        for name, fields in CANARIES.items()
+    }
+    return author, public, canaries
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "keyword", "semantic"])
+def test_anonymous_sees_no_canary_in_results_or_facets(planted, mode):
+    _, public, canaries = planted
+    for name in CANARIES:
+        found = hybrid_search(query=f"zq{name}word aurora", user=None, mode=mode)
+        assert {r.document_id for r in found.results} <= {public.pk}
+        assert not [tag for tag, _ in found.facets if tag.startswith("secret")]
+    everything = hybrid_search(query="aurora borealis fjords", user=None, mode=mode, limit=50)
+    assert [r.document_id for r in everything.results] == [public.pk]
+    assert everything.total == 1
+
+
+def test_anonymous_gets_no_canary_in_similar_documents_or_passages(planted):
+    _, public, canaries = planted
+    assert similar_documents(document=public, user=None) == []  # every neighbour is a canary
+    for name, canary in canaries.items():
+        assert similar_documents(document=canary, user=None) == []  # invisible source: nothing
+        passages = retrieve_passages(query=f"zq{name}word aurora", user=None)
+        assert {p.document_id for p in passages} == {public.pk}
+
+
+def test_signed_in_users_see_internal_and_their_own(planted):
+    author, public, canaries = planted
+    reader = UserFactory()
+    seen = {r.document_id for r in hybrid_search(query="aurora", user=reader, mode="keyword").results}
+    assert seen == {public.pk, canaries["internal"].pk}
+    seen_by_author = {r.document_id for r in hybrid_search(query="aurora", user=author, mode="keyword").results}
+    assert seen_by_author == {public.pk, *(c.pk for c in canaries.values())}
+    staff_seen = {r.document_id for r in hybrid_search(query="aurora", user=StaffFactory(), mode="keyword").results}
+    assert staff_seen == seen_by_author
+
+
+def test_api_hides_canaries_from_anonymous(planted, client):
+    _, public, canaries = planted
+    for name in CANARIES:
+        body = client.get("/api/v1/search", {"q": f"zq{name}word aurora"}).json()
+        assert [r["document_id"] for r in body["results"]] == [public.pk]
+        assert "secret" not in str(body["facets"])
+
+
+def test_pages_hide_canaries_from_anonymous(planted, client):
+    _, public, canaries = planted
+    page = client.get("/search", {"q": "aurora zqinternalword zqprivateword zqdraftword"}).content.decode()
+    assert "Public aurora" in page and "Canary" not in page
+    assert "Canary" not in client.get("/").content.decode()
+    for canary in canaries.values():
+        assert client.get(f"/d/{canary.slug}/").status_code == 404
+    assert "Canary" not in client.get(f"/d/{public.slug}/").content.decode()
