@@ -11,6 +11,8 @@ proxy's added latency low. Synchronous callers (Celery tasks via
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -123,3 +125,17 @@ def run_sync(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
 
 def background_loop() -> asyncio.AbstractEventLoop:
     return _background.get()
+
+
+def _close_background_loop() -> None:
+    """At exit, close the background loop's pools (no 'unclosed session' noise)."""
+    import os
+
+    loop = _background.loop
+    if loop is None or loop.is_closed() or _background.pid != os.getpid() or not loop.is_running():
+        return
+    with contextlib.suppress(Exception):  # best effort at interpreter exit
+        asyncio.run_coroutine_threadsafe(aclose_loop_resources(), loop).result(2)
+
+
+atexit.register(_close_background_loop)
