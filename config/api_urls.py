@@ -6,5 +6,6 @@ app_name = "api"
 
 urlpatterns: list = [
     path("", include("apps.core.api_urls")),
+    path("", include("apps.documents.api_urls")),
     path("", include("apps.search.api_urls")),
 ]

@@ -14,6 +14,8 @@ from django.contrib.postgres.search import SearchVectorField
 from django.db import models
 from pgvector.django import HnswIndex, VectorField
 
+from apps.documents.validators import validate_body_size
+
 EMBEDDING_DIMENSIONS = 384
 # HNSW build parameters: m=16 / ef_construction=64 are pgvector's defaults and
 # reach recall@10 >= 0.99 at ef_search 40-100 on 100k MiniLM vectors (see
@@ -40,7 +42,7 @@ class Document(models.Model):
 
     title = models.CharField(max_length=300)
     slug = models.SlugField(max_length=320, unique=True)
-    body = models.TextField(blank=True, help_text="Markdown source.")
+    body = models.TextField(blank=True, help_text="Markdown source.", validators=[validate_body_size])
     summary = models.TextField(blank=True)
     tags = ArrayField(models.CharField(max_length=64), default=list, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT, db_index=True)

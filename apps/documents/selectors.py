@@ -61,3 +61,62 @@ def visibility_scope(user) -> str:
 
 def visible_documents(*, user) -> QuerySet[Document]:
     return Document.objects.filter(visibility_q(user))
+
+
+# --- pipeline state (staff / operations) ---------------------------------------------------
+def embedding_overview() -> dict:
+    """Counts by embedding status, chunk totals and the Celery queue depth."""
+    from django.conf import settings
+    from django.db.models import Count
+
+    from apps.documents.models import Chunk
+    from apps.llm.embeddings import get_embedding_backend
+
+    counts = dict(Document.objects.values_list("embedding_status").annotate(n=Count("id")).order_by())
+    documents = {status: counts.get(status, 0) for status in Document.EmbeddingStatus.values}
+    return {
+        "documents": documents,
+        "chunks": Chunk.objects.count(),
+        "chunks_without_vector": Chunk.objects.filter(embedding__isnull=True).count(),
+        "model_id": get_embedding_backend().model_id,
+        "queue": queue_depth(settings.CELERY_TASK_DEFAULT_QUEUE),
+    }
+
+
+def queue_depth(queue: str) -> dict:
+    """Messages waiting in a Redis-backed Celery queue (all priority lists) and the
+    broker-wide count of delivered, unacknowledged messages."""
+    import redis
+    from django.conf import settings
+
+    # kombu's Redis transport keeps priorities 3/6/9 in lists suffixed "\x06\x16<n>"
+    names = [queue, *(f"{queue}\x06\x16{p}" for p in (3, 6, 9))]
+    try:
+        client = redis.Redis.from_url(settings.CELERY_BROKER_URL, socket_timeout=2)
+        waiting = sum(client.llen(name) for name in names)
+        unacked = client.hlen("unacked")
+    except redis.RedisError as exc:
+        return {"name": queue, "waiting": None, "unacked": None, "error": str(exc)}
+    return {"name": queue, "waiting": waiting, "unacked": unacked, "error": None}
+
+
+def documents_to_reindex(*, which: str) -> QuerySet[Document]:
+    """``all``, ``failed``, or ``stale``: not ready, or embedded from other content
+    or another model than the current one (compared by content hash)."""
+    if which == "all":
+        return Document.objects.all()
+    if which == "failed":
+        return Document.objects.filter(embedding_status=Document.EmbeddingStatus.FAILED)
+    if which != "stale":
+        raise ValueError(which)
+    from apps.documents.chunking import document_content_hash
+    from apps.llm.embeddings import get_embedding_backend
+
+    model_id = get_embedding_backend().model_id
+    stale_ids = [
+        pk for pk, title, body, content_hash, status in Document.objects.values_list(
+            "pk", "title", "body", "content_hash", "embedding_status").iterator(chunk_size=500)
+        if status != Document.EmbeddingStatus.READY
+        or content_hash != document_content_hash(title=title, body=body, model_id=model_id)
+    ]
+    return Document.objects.filter(pk__in=stale_ids)

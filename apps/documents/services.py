@@ -25,7 +25,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.text import slugify
@@ -34,6 +33,7 @@ from prometheus_client import Counter, Histogram
 from apps.core.logging import get_logger
 from apps.documents.chunking import ChunkDraft, chunk_document, document_content_hash
 from apps.documents.models import Chunk, Document
+from apps.documents.validators import validate_body_size  # noqa: F401 - re-exported for callers
 from apps.llm.embeddings import EmbeddingBackend, get_embedding_backend
 
 logger = get_logger("quire.documents")
@@ -82,18 +82,6 @@ class _Plan:
 
 
 # --- document writes ------------------------------------------------------------------
-def validate_body_size(body: str) -> None:
-    """Reject bodies above ``DOCUMENT_MAX_BODY_BYTES`` (UTF-8) with a clear message."""
-    limit = settings.DOCUMENT_MAX_BODY_BYTES
-    size = len((body or "").encode("utf-8"))
-    if size > limit:
-        raise ValidationError(
-            {"body": f"The body is {size:,} bytes; the maximum is {limit:,} bytes "
-                     f"({limit / 1024 / 1024:.1f} MB). Split the document or raise DOCUMENT_MAX_BODY_BYTES."},
-            code="body_too_large",
-        )
-
-
 def unique_slug(title: str, *, exclude_id: int | None = None) -> str:
     base = slugify(title)[:300] or "document"
     slug, n = base, 2

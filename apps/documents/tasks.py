@@ -88,3 +88,15 @@ def _load_embedding_model(**kwargs):
             load()
         except Exception:  # the first task will raise the same error, with retries
             logger.exception("documents.model_preload_failed")
+
+
+def enqueue_embedding_batches(document_ids: list[int], *, batch_size: int | None = None) -> int:
+    """Enqueue ``embed_documents_batch`` tasks of ``EMBEDDING_ENQUEUE_BATCH`` ids each.
+
+    Batches keep the broker light for big imports; each task embeds its documents
+    with batched model calls. Returns the number of tasks sent."""
+    size = batch_size or settings.EMBEDDING_ENQUEUE_BATCH
+    ids = list(document_ids)
+    for start in range(0, len(ids), size):
+        embed_documents_batch.delay(ids[start: start + size])
+    return (len(ids) + size - 1) // size

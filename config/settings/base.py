@@ -268,13 +268,20 @@ DOCUMENT_CHUNK_TOKENS = env.int("DOCUMENT_CHUNK_TOKENS", default=200)
 DOCUMENT_CHUNK_OVERLAP = env.int("DOCUMENT_CHUNK_OVERLAP", default=30)
 # Largest accepted document body (UTF-8 bytes); admin, API and import reject more.
 DOCUMENT_MAX_BODY_BYTES = env.int("DOCUMENT_MAX_BODY_BYTES", default=2 * 1024 * 1024)
+# Let oversized bodies reach the validator (which says what the limit is) instead of
+# Django's bare 400: form encoding can triple non-ASCII text.
+DATA_UPLOAD_MAX_MEMORY_SIZE = max(2_621_440, 4 * DOCUMENT_MAX_BODY_BYTES + 1024 * 1024)
 # embed_document task: retries of transient embedding errors, exponential backoff
 # base/cap in seconds (full jitter), then the document is marked failed.
 EMBEDDING_TASK_MAX_RETRIES = env.int("EMBEDDING_TASK_MAX_RETRIES", default=5)
 EMBEDDING_TASK_BACKOFF = env.float("EMBEDDING_TASK_BACKOFF", default=2.0)
 EMBEDDING_TASK_BACKOFF_MAX = env.float("EMBEDDING_TASK_BACKOFF_MAX", default=300.0)
 # Imports and reindex enqueue embedding tasks in batches of this many documents.
-EMBEDDING_ENQUEUE_BATCH = env.int("EMBEDDING_ENQUEUE_BATCH", default=200)
+EMBEDDING_ENQUEUE_BATCH = env.int("EMBEDDING_ENQUEUE_BATCH", default=32)
+# Documents' draft/published choice is not the only field called "status" in the API.
+SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {})["DocumentStatusEnum"] = (
+    "apps.documents.models.Document.Status"
+)
 
 # --- search -------------------------------------------------------------------------
 # BM25 parameters (Lucene-like defaults that reach nDCG@10 0.68+ on SciFact).

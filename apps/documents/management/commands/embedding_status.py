@@ -1,0 +1,22 @@
+from django.core.management.base import BaseCommand
+
+from apps.documents.selectors import embedding_overview
+
+
+class Command(BaseCommand):
+    help = "Documents by embedding status, chunk totals, and the embedding queue depth."
+
+    def handle(self, *args, **options):
+        overview = embedding_overview()
+        self.stdout.write("status        documents")
+        for status, count in overview["documents"].items():
+            self.stdout.write(f"{status:<13} {count}")
+        self.stdout.write(f"{'total':<13} {sum(overview['documents'].values())}")
+        self.stdout.write(f"chunks: {overview['chunks']} ({overview['chunks_without_vector']} without a vector), "
+                          f"model {overview['model_id']}")
+        queue = overview["queue"]
+        if queue.get("error"):
+            self.stdout.write(f"queue {queue['name']}: unavailable ({queue['error']})")
+        else:
+            self.stdout.write(f"queue {queue['name']}: {queue['waiting']} waiting, "
+                              f"{queue['unacked']} delivered but unacknowledged (all queues)")
