@@ -114,6 +114,8 @@ class ErrorEvent:
     partial: bool
     usage_record_id: str
     provider: str = ""
+    cost: Decimal = Decimal("0")  # a partial answer is paid for
+    usage: UsageInfo | None = None
     error: LLMError | None = field(default=None, repr=False)
     type: str = "error"
 
@@ -265,6 +267,7 @@ class _CallState:
     attempt: Attempt = field(default_factory=Attempt)
     parts: list[str] = field(default_factory=list)
     hit: dict | None = None
+    recorded: bool = False
 
     def cached(self, hit: dict) -> None:
         self.hit = hit
@@ -324,6 +327,7 @@ class _CallState:
         return entry, usage, cost, latency_ms, ttft_ms
 
     async def _record(self, entry: dict, cost: Decimal) -> None:
+        self.recorded = True
         async with runtime.aredis().pipeline(transaction=False) as pipe:
             ledger.push_command(pipe, entry)
             if self.reservation is not None:
@@ -339,14 +343,18 @@ class _CallState:
                          usage_record_id=self.call_id, fallbacks=entry["fallbacks"])
 
     async def fail(self, error: LLMError, *, partial: bool) -> ErrorEvent:
-        entry, _, cost, _, _ = self._entry("partial" if partial else "error", str(error))
+        entry, usage, cost, _, _ = self._entry("partial" if partial else "error", str(error))
         await self._record(entry, cost)
         return ErrorEvent(code=error.code, message=error.message if not partial else
                           f"The answer was interrupted: {error.message}", partial=partial,
-                          usage_record_id=self.call_id, provider=error.provider or "", error=error)
+                          usage_record_id=self.call_id, provider=error.provider or "", error=error,
+                          cost=cost, usage=usage)
 
     def cancel(self) -> None:
         """The consumer went away: record without awaiting (we may be cancelled)."""
+        if self.recorded:  # it left after the final event: nothing was cut short
+            return
+        self.recorded = True
         entry, _, cost, _, _ = self._entry("cancelled", "client went away")
         task = asyncio.get_running_loop().create_task(self._record(entry, cost))
         _background_tasks.add(task)
