@@ -64,7 +64,7 @@ class Message(models.Model):
     ttft_ms = models.FloatField(null=True, blank=True)
     latency_ms = models.FloatField(null=True, blank=True)
     cached = models.BooleanField(default=False)
-    usage_record_id = models.BigIntegerField(null=True, blank=True)
+    usage_record_id = models.CharField(max_length=64, blank=True)  # the ledger's UsageRecord id
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETE, db_index=True)
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

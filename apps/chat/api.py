@@ -1,0 +1,165 @@
+"""Chat API: the caller's own conversations and messages, and the streamed answer.
+
+Signed-in callers (session or token) own their conversations; anonymous callers
+are scoped to their session cookie. Someone else's conversation is a 404.
+"""
+
+from __future__ import annotations
+
+import time
+
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, PolymorphicProxySerializer, extend_schema
+from rest_framework import generics, permissions, status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from apps.chat import selectors, services
+from apps.chat.models import Conversation
+from apps.chat.serializers import (
+    CitationsEventSerializer,
+    ConversationCreateSerializer,
+    ConversationDetailSerializer,
+    ConversationSerializer,
+    DoneEventSerializer,
+    ErrorEnvelopeSerializer,
+    ErrorEventSerializer,
+    MessageSerializer,
+    MetaEventSerializer,
+    QuestionSerializer,
+    TokenEventSerializer,
+)
+from apps.chat.web import answer_response, session_key_for
+
+STREAM_DESCRIPTION = """\
+Asks a question in the conversation and streams the answer as **server-sent events**
+(`text/event-stream`). Each event is `event: <type>` followed by one `data:` line of JSON:
+
+| event | when | data |
+|---|---|---|
+| `meta` | first | `MetaEvent`: the saved message id and the sources (passages the caller may see) |
+| `token` | per piece of the answer | `TokenEvent`: `text` to append |
+| `citations` | after the last token | `CitationsEvent`: the sources cited (`[n]` pointing at no source: dropped) |
+| `done` | last, on success | `DoneEvent`: usage, cost (USD, from the ledger), timings, provider |
+| `error` | last, on failure | `ErrorEvent`: `code`, `message`; saved as `partial` (`error` if nothing was said) |
+
+Lines starting with `:` are heartbeats (every 15 s of silence). The stream ends after a
+maximum duration. Closing the connection cancels the upstream model call and saves the
+answer so far as `partial`. Limits (question length, questions per conversation, questions
+per minute) are answered *before* streaming, as a JSON error envelope (400, 409, 429).
+"""
+
+STREAM_EXAMPLE = (
+    'event: meta\ndata: {"message_id": 12, "conversation_id": 3, "sources": [{"n": 1, "document_id": 7, '
+    '"chunk_id": 40, "title": "Tides", "url": "/d/tides/"}]}\n\n'
+    'event: token\ndata: {"text": "Tides are caused by the Moon "}\n\n'
+    'event: token\ndata: {"text": "[1]."}\n\n'
+    'event: citations\ndata: {"citations": [{"n": 1, "document_id": 7, "chunk_id": 40, "title": "Tides", '
+    '"url": "/d/tides/"}]}\n\n'
+    'event: done\ndata: {"message_id": 12, "status": "complete", "provider": "openai", "model": "gpt-4o-mini", '
+    '"extractive": false, "cached": false, "usage": {"prompt_tokens": 812, "completion_tokens": 9}, '
+    '"cost": "0.00012720", "ttft_ms": 412.5, "latency_ms": 655.1, "upstream_ttft_ms": 405.2}\n\n'
+)
+
+STREAM_EVENT = PolymorphicProxySerializer(
+    component_name="ChatStreamEvent",
+    serializers=[MetaEventSerializer, TokenEventSerializer, CitationsEventSerializer, DoneEventSerializer,
+                 ErrorEventSerializer],
+    resource_type_field_name=None,
+)
+ERRORS = {
+    (404, "application/json"): OpenApiResponse(ErrorEnvelopeSerializer, description="Not your conversation."),
+}
+
+
+class ChatAPIMixin:
+    permission_classes = [permissions.AllowAny]
+
+    def session_key(self, *, create: bool = False) -> str | None:
+        if self.request.user.is_authenticated:
+            return None
+        return session_key_for(self.request, create=create)
+
+    def get_conversation(self):
+        return selectors.conversation_get(conversation_id=self.kwargs["pk"], user=self.request.user,
+                                          session_key=self.session_key())
+
+
+@extend_schema(tags=["chat"])
+class ConversationListAPI(ChatAPIMixin, generics.GenericAPIView):
+    serializer_class = ConversationSerializer
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # schema generation
+            return Conversation.objects.none()
+        return selectors.conversation_list(user=self.request.user, session_key=self.session_key())
+
+    @extend_schema(summary="Your conversations, most recent first", responses=ConversationSerializer(many=True))
+    def get(self, request):
+        page = self.paginate_queryset(self.get_queryset())
+        return self.get_paginated_response(ConversationSerializer(page, many=True).data)
+
+    @extend_schema(summary="Start a conversation", request=ConversationCreateSerializer,
+                   responses={201: ConversationSerializer})
+    def post(self, request):
+        data = ConversationCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        conversation = services.conversation_create(user=request.user, session_key=self.session_key(create=True),
+                                                    title=data.validated_data["title"])
+        return Response(ConversationSerializer(conversation).data, status=status.HTTP_201_CREATED)
+
+
+@extend_schema(tags=["chat"])
+class ConversationDetailAPI(ChatAPIMixin, APIView):
+    @extend_schema(summary="A conversation with its messages",
+                   responses={200: ConversationDetailSerializer, **ERRORS})
+    def get(self, request, pk: int):
+        conversation = self.get_conversation()
+        conversation.message_count = conversation.messages.count()
+        return Response(ConversationDetailSerializer(conversation).data)
+
+    @extend_schema(summary="Delete a conversation and its messages", responses={204: None, **ERRORS})
+    def delete(self, request, pk: int):
+        services.conversation_delete(conversation=self.get_conversation())
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+@extend_schema(tags=["chat"])
+class ConversationMessagesAPI(ChatAPIMixin, generics.GenericAPIView):
+    serializer_class = MessageSerializer
+
+    def perform_content_negotiation(self, request, force=False):
+        # Streaming clients send `Accept: text/event-stream`; errors before the stream are JSON.
+        return super().perform_content_negotiation(request, force=True)
+
+    @extend_schema(summary="The messages of a conversation, oldest first",
+                   responses={200: MessageSerializer(many=True), **ERRORS})
+    def get(self, request, pk: int):
+        page = self.paginate_queryset(selectors.message_list(conversation=self.get_conversation()))
+        return self.get_paginated_response(MessageSerializer(page, many=True).data)
+
+    @extend_schema(
+        summary="Ask a question; the answer streams back as server-sent events",
+        description=STREAM_DESCRIPTION,
+        request=QuestionSerializer,
+        responses={
+            (200, "text/event-stream"): OpenApiResponse(
+                STREAM_EVENT, description="A stream of `meta`, `token`…, `citations`, `done` | `error` events.",
+                examples=[OpenApiExample("A short answer", value=STREAM_EXAMPLE, media_type="text/event-stream")],
+            ),
+            (400, "application/json"): OpenApiResponse(ErrorEnvelopeSerializer,
+                                                       description="Empty or too long question."),
+            **ERRORS,
+            (409, "application/json"): OpenApiResponse(ErrorEnvelopeSerializer,
+                                                       description="The conversation is full."),
+            (429, "application/json"): OpenApiResponse(ErrorEnvelopeSerializer,
+                                                       description="Too many questions this minute."),
+        },
+    )
+    def post(self, request, pk: int):
+        started = time.perf_counter()
+        conversation = self.get_conversation()
+        data = QuestionSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        prepared = services.answer_prepare(conversation=conversation, user=request.user,
+                                           session_key=self.session_key(), question=data.validated_data["question"])
+        return answer_response(prepared, started=started)

@@ -1,0 +1,82 @@
+"""Chat limits: question length, questions per conversation and per minute.
+
+The per-minute limit is a fixed one-minute window counted in Redis (one INCR per
+question), shared by every web process; a signed-in user is counted by user
+id, an anonymous reader by session key.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import cache
+
+import redis
+from django.conf import settings
+from rest_framework import status
+
+from apps.core.exceptions import QuireAPIError
+
+
+class ChatLimitExceeded(QuireAPIError):
+    status_code = status.HTTP_429_TOO_MANY_REQUESTS
+    default_code = "chat_rate_limited"
+    default_detail = "Too many questions; wait a moment."
+
+
+class QuestionInvalid(QuireAPIError):
+    default_code = "invalid_question"
+    default_detail = "The question is not valid."
+
+
+class ConversationFull(QuireAPIError):
+    status_code = status.HTTP_409_CONFLICT
+    default_code = "conversation_full"
+    default_detail = "This conversation has reached its message limit; start a new one."
+
+
+@cache
+def _redis() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL)
+
+
+def check_question(question: str) -> str:
+    """The question stripped, or :class:`QuestionInvalid`."""
+    question = (question or "").strip()
+    limit = settings.CHAT_MAX_QUESTION_CHARS
+    if not question:
+        raise QuestionInvalid("Ask a question first.", code="empty_question")
+    if len(question) > limit:
+        raise QuestionInvalid(f"The question is {len(question)} characters long; the limit is {limit}.",
+                              code="question_too_long", details={"max_chars": limit, "length": len(question)})
+    return question
+
+
+def check_conversation_size(asked: int) -> None:
+    """``asked``: questions already in the conversation."""
+    limit = settings.CHAT_MAX_QUESTIONS_PER_CONVERSATION
+    if asked >= limit:
+        raise ConversationFull(
+            f"This conversation already has {limit} questions, the most one conversation may hold. "
+            "Start a new conversation.", details={"max_questions": limit})
+
+
+def take_rate_slot(*, user, session_key: str) -> None:
+    """Count one question against the caller's per-minute allowance, or raise 429."""
+    signed_in = bool(user is not None and user.is_authenticated)
+    limit = settings.CHAT_QUESTIONS_PER_MINUTE if signed_in else settings.CHAT_ANON_QUESTIONS_PER_MINUTE
+    if not limit:
+        return
+    who = f"user:{user.pk}" if signed_in else f"session:{session_key}"
+    now = time.time()
+    window = int(now // 60)
+    prefix = settings.CACHES["default"].get("KEY_PREFIX", "quire")
+    key = f"{prefix}:chat:rate:{who}:{window}"
+    pipe = _redis().pipeline()
+    pipe.incr(key)
+    pipe.expire(key, 70)
+    count, _ = pipe.execute()
+    if count > limit:
+        retry_after = max(1, int(60 - now % 60) + 1)
+        raise ChatLimitExceeded(
+            f"You asked {limit} questions in the last minute, the most allowed. Try again in {retry_after} s.",
+            details={"retry_after": retry_after, "limit_per_minute": limit})

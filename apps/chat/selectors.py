@@ -1,0 +1,59 @@
+"""Reads of conversations. A conversation is visible only to its owner: the
+signed-in user who started it, or the anonymous session that started it.
+Anything else is a 404, never a 403 (its existence is not revealed)."""
+
+from __future__ import annotations
+
+from django.db.models import Count, Q, QuerySet
+from django.http import Http404
+
+from apps.chat.models import Conversation, Message
+from apps.chat.prompts import history_turn
+
+
+def _owner_q(*, user, session_key: str | None) -> Q | None:
+    if user is not None and user.is_authenticated:
+        return Q(owner=user)
+    if session_key:
+        return Q(owner__isnull=True, session_key=session_key)
+    return None
+
+
+def conversation_list(*, user, session_key: str | None) -> QuerySet[Conversation]:
+    owner = _owner_q(user=user, session_key=session_key)
+    if owner is None:
+        return Conversation.objects.none()
+    return Conversation.objects.filter(owner).annotate(message_count=Count("messages"))
+
+
+def conversation_get(*, conversation_id: int, user, session_key: str | None) -> Conversation:
+    """The caller's conversation ``conversation_id``, or ``Http404``."""
+    owner = _owner_q(user=user, session_key=session_key)
+    if owner is None:
+        raise Http404("No such conversation.")
+    try:
+        return Conversation.objects.get(owner, pk=conversation_id)
+    except (Conversation.DoesNotExist, ValueError, TypeError, OverflowError):
+        raise Http404("No such conversation.") from None
+
+
+def message_list(*, conversation: Conversation) -> QuerySet[Message]:
+    return conversation.messages.order_by("created_at", "id")
+
+
+def questions_asked(*, conversation: Conversation) -> int:
+    return conversation.messages.filter(role=Message.Role.USER).count()
+
+
+def recent_history(*, conversation: Conversation, limit: int) -> list[dict]:
+    """The last ``limit`` turns with content, oldest first, as prompt messages.
+
+    Failed answers are left out; a partial answer is kept (it is what the reader saw).
+    """
+    if limit <= 0:
+        return []
+    rows = list(
+        conversation.messages.exclude(status=Message.Status.ERROR).exclude(content="")
+        .order_by("-created_at", "-id").values_list("role", "content")[:limit]
+    )
+    return [history_turn(role, content) for role, content in reversed(rows)]

@@ -1,0 +1,215 @@
+"""The answer as a server-sent event stream, produced by an async generator.
+
+Events (one JSON object per ``data:`` line)::
+
+    event: meta       {"message_id", "conversation_id", "sources": [{n, document_id, chunk_id, title, url}]}
+    event: token      {"text"}
+    event: citations  {"citations": [{n, document_id, chunk_id, title, url}]}
+    event: done       {"message_id", "status", "provider", "model", "extractive", "cached",
+                       "usage": {"prompt_tokens", "completion_tokens"}, "cost", "ttft_ms", "latency_ms"}
+    event: error      {"code", "message", "message_id"}
+
+plus a ``: heartbeat`` comment whenever nothing was sent for
+``CHAT_HEARTBEAT_SECONDS`` (proxies keep the connection open), and an end after
+``CHAT_MAX_STREAM_SECONDS`` (error ``max_duration``, message ``partial``).
+
+The LLM stream is read by a small pump task into a queue, so that waiting for
+the next token can time out (heartbeat, deadline) without cancelling the
+upstream read. When the client goes away, uvicorn tells Django, Django cancels
+the response task, and this generator receives ``CancelledError`` (or
+``GeneratorExit`` from ``aclose()``): it cancels the pump, which cancels the
+upstream request at once, and saves what was said so far as ``partial``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from decimal import Decimal
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from prometheus_client import Counter, Histogram
+
+from apps.chat.citations import resolve_citations
+from apps.chat.models import Message
+from apps.chat.services import PreparedAnswer, answer_finish
+from apps.core.logging import get_logger
+from apps.llm.conf import get_provider
+from apps.llm.exceptions import LLMError
+from apps.llm.services import ChatRequest, stream_chat
+
+logger = get_logger("quire.chat.stream")
+
+STREAMS = Counter("quire_chat_streams_total", "Chat answers streamed, by how they ended", ["status"])
+TTFT = Histogram("quire_chat_ttft_seconds", "Question received to first answer token sent",
+                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+EVENTS = Counter("quire_chat_sse_events_total", "Server-sent events written", ["event"])
+
+HEARTBEAT = b": heartbeat\n\n"
+_END = object()
+
+
+def is_extractive(provider: str) -> bool:
+    """Whether ``provider`` (an LLM_PROVIDERS alias) answers without a model."""
+    try:
+        return not get_provider(provider).model_backed
+    except Exception:
+        return False
+
+
+def sse(event: str, data: dict) -> bytes:
+    """One server-sent event; JSON never contains a raw newline, so one data line suffices."""
+    EVENTS.labels(event).inc()
+    return b"event: " + event.encode() + b"\ndata: " + json.dumps(data, default=str).encode() + b"\n\n"
+
+
+async def _pump(events: AsyncIterator, queue: asyncio.Queue) -> None:
+    try:
+        async for event in events:
+            queue.put_nowait(event)
+    except LLMError as exc:  # raised before any call (budget) or by a provider
+        queue.put_nowait(exc)
+    except Exception as exc:  # never leave the reader waiting forever
+        logger.exception("chat.stream_failed")
+        queue.put_nowait(exc)
+    queue.put_nowait(_END)
+
+
+async def answer_events(prepared: PreparedAnswer, *, started: float | None = None) -> AsyncIterator[bytes]:
+    """The SSE byte stream answering ``prepared``; saves the message however it ends."""
+    started = started if started is not None else time.perf_counter()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.CHAT_MAX_STREAM_SECONDS
+    heartbeat = settings.CHAT_HEARTBEAT_SECONDS
+    message_id = prepared.message_id
+    sources = prepared.sources
+    pieces: list[str] = []
+    outcome = {"status": Message.Status.PARTIAL, "error": "", "citations": []}
+    done_event = None
+    first_token_at = None
+
+    request = ChatRequest(
+        route=prepared.route, messages=prepared.prompt.messages,
+        user=prepared.user if getattr(prepared.user, "is_authenticated", False) else None,
+        scope=prepared.scope, passages=[p.for_backend() for p in prepared.prompt.passages],
+    )
+    queue: asyncio.Queue = asyncio.Queue()
+    events = stream_chat(request)
+    pump = asyncio.ensure_future(_pump(events, queue))
+    try:
+        yield sse("meta", {"message_id": message_id, "conversation_id": prepared.conversation_id,
+                           "sources": sources})
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                outcome["error"] = "The answer took too long and was cut off."
+                yield sse("error", {"code": "max_duration", "message": outcome["error"], "message_id": message_id})
+                break
+            try:
+                async with asyncio.timeout(min(heartbeat, remaining)):
+                    event = await queue.get()
+            except TimeoutError:
+                if loop.time() < deadline:
+                    yield HEARTBEAT
+                continue
+            if event is _END:
+                if done_event is None and outcome["status"] == Message.Status.PARTIAL and not outcome["error"]:
+                    outcome["error"] = "The answer ended without a final event."
+                break
+            if isinstance(event, Exception):
+                code = getattr(event, "code", "chat_error")
+                message = getattr(event, "message", None) or "The answer failed."
+                outcome["error"] = f"{code}: {message}"
+                yield sse("error", {"code": code, "message": message, "message_id": message_id})
+                break
+            kind = event.type
+            if kind == "token":
+                if first_token_at is None:
+                    first_token_at = time.perf_counter()
+                    TTFT.observe(first_token_at - started)
+                pieces.append(event.text)
+                yield sse("token", {"text": event.text})
+            elif kind == "done":
+                done_event = event
+                outcome["status"] = Message.Status.COMPLETE
+                outcome["citations"] = resolve_citations("".join(pieces), sources)
+                yield sse("citations", {"citations": outcome["citations"]})
+                yield sse("done", _done_payload(prepared, event, first_token_at, started))
+            elif kind == "error":
+                code = getattr(event, "code", "llm_error")
+                message = getattr(event, "message", "") or "The answer failed."
+                outcome["error"] = f"{code}: {message}"
+                yield sse("error", {"code": code, "message": message, "message_id": message_id})
+                break
+    finally:
+        # Reached on completion, on an error, on the deadline, and when the client
+        # disconnected (CancelledError / GeneratorExit): stop the upstream first.
+        if not pump.done():
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(pump), timeout=1.0)
+        with contextlib.suppress(Exception):
+            await events.aclose()
+        text = "".join(pieces)
+        status = outcome["status"]
+        if status != Message.Status.COMPLETE:
+            status = Message.Status.PARTIAL if text else Message.Status.ERROR
+            if not outcome["error"]:
+                outcome["error"] = "The reader disconnected before the answer was complete."
+            outcome["citations"] = resolve_citations(text, sources)
+        STREAMS.labels(status).inc()
+        await _save(prepared, done_event, text=text, status=status, error=outcome["error"],
+                    citations=outcome["citations"], first_token_at=first_token_at, started=started)
+
+
+def _usage(event) -> tuple[int, int]:
+    usage = getattr(event, "usage", None)
+    if usage is None:
+        return 0, 0
+    if isinstance(usage, dict):
+        return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    return int(getattr(usage, "prompt_tokens", 0) or 0), int(getattr(usage, "completion_tokens", 0) or 0)
+
+
+def _done_payload(prepared: PreparedAnswer, event, first_token_at: float | None, started: float) -> dict:
+    prompt_tokens, completion_tokens = _usage(event)
+    provider = getattr(event, "provider", "") or ""
+    return {
+        "message_id": prepared.message_id,
+        "status": Message.Status.COMPLETE,
+        "provider": provider,
+        "model": getattr(event, "model", "") or "",
+        "extractive": is_extractive(provider) if provider else False,
+        "cached": bool(getattr(event, "cached", False)),
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens},
+        "cost": str(getattr(event, "cost", None) or Decimal("0")),
+        "ttft_ms": round((first_token_at - started) * 1000, 2) if first_token_at else None,
+        "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+        "upstream_ttft_ms": getattr(event, "ttft_ms", None),
+    }
+
+
+async def _save(prepared: PreparedAnswer, done_event, *, text: str, status: str, error: str,
+                citations: list[dict], first_token_at: float | None, started: float) -> None:
+    prompt_tokens, completion_tokens = _usage(done_event) if done_event is not None else (0, 0)
+    fields = {
+        "message_id": prepared.message_id, "content": text, "status": status, "citations": citations,
+        "error": error if status != Message.Status.COMPLETE else "",
+        "provider": getattr(done_event, "provider", "") or "", "model": getattr(done_event, "model", "") or "",
+        "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+        "cost": getattr(done_event, "cost", None), "cached": bool(getattr(done_event, "cached", False)),
+        "usage_record_id": getattr(done_event, "usage_record_id", None),
+        "ttft_ms": round((first_token_at - started) * 1000, 2) if first_token_at else None,
+        "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+    }
+    try:
+        # Shielded: the client may be gone, the answer must still be recorded.
+        await asyncio.shield(sync_to_async(answer_finish)(**fields))
+    except Exception:
+        logger.exception("chat.save_failed", message_id=prepared.message_id)
+    logger.info("chat.answer", message_id=prepared.message_id, status=status, provider=fields["provider"],
+                completion_tokens=completion_tokens, ttft_ms=fields["ttft_ms"], latency_ms=fields["latency_ms"])

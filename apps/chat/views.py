@@ -1,0 +1,115 @@
+"""Chat pages: the conversation list and a thread, server-rendered; the question
+is posted by ``static/js/chat.js`` to :func:`message_stream`, which answers with
+server-sent events.
+
+Anonymous readers chat too: their conversations belong to their session.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.http import Http404, JsonResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_http_methods, require_POST
+from rest_framework.exceptions import APIException
+
+from apps.chat import selectors, services
+from apps.chat.streaming import is_extractive
+from apps.chat.web import answer_response, session_key_for
+from apps.core.exceptions import envelope
+from apps.llm.services import route_config
+
+CONVERSATIONS_SHOWN = 50
+
+
+def _llm_configured() -> bool:
+    """Whether any provider of the chat route needs a model (else the extractive backend answers)."""
+    return not all(is_extractive(link.provider) for link in route_config(settings.CHAT_ROUTE).chain)
+
+
+def _page(request, conversation=None):
+    session_key = session_key_for(request, create=False)
+    conversations = selectors.conversation_list(user=request.user, session_key=session_key)[:CONVERSATIONS_SHOWN]
+    messages = list(selectors.message_list(conversation=conversation)) if conversation else []
+    for message in messages:
+        message.citations_json = json.dumps(message.citations or [])  # chat.js links the [n] marks
+    return render(request, "chat/chat.html", {
+        "conversations": conversations,
+        "conversation": conversation,
+        "messages": messages,
+        "llm_configured": _llm_configured(),
+        "max_question_chars": settings.CHAT_MAX_QUESTION_CHARS,
+    })
+
+
+@require_http_methods(["GET", "POST"])
+def chat_index(request):
+    """GET: the list and an empty thread. POST: start a conversation (JSON for the script)."""
+    if request.method == "GET":
+        return _page(request)
+    conversation = services.conversation_create(user=request.user,
+                                                session_key=session_key_for(request, create=True))
+    if "application/json" in request.headers.get("Accept", ""):
+        return JsonResponse({"id": conversation.pk, "url": reverse("chat:thread", args=[conversation.pk]),
+                             "messages_url": reverse("chat:messages", args=[conversation.pk])}, status=201)
+    return redirect("chat:thread", conversation.pk)
+
+
+def chat_thread(request, pk: int):
+    conversation = selectors.conversation_get(conversation_id=pk, user=request.user,
+                                              session_key=session_key_for(request, create=False))
+    return _page(request, conversation)
+
+
+@require_POST
+def chat_delete(request, pk: int):
+    conversation = selectors.conversation_get(conversation_id=pk, user=request.user,
+                                              session_key=session_key_for(request, create=False))
+    services.conversation_delete(conversation=conversation)
+    return redirect("chat:index")
+
+
+def _question_from(request) -> str:
+    if request.content_type == "application/json":
+        try:
+            body = json.loads(request.body or b"{}")
+        except ValueError:
+            return ""
+        return str(body.get("question", "")) if isinstance(body, dict) else ""
+    return request.POST.get("question", "")
+
+
+def _prepare(request, pk: int):
+    """The synchronous half (ORM, session, Redis, retrieval), run in a worker thread."""
+    user = request.user
+    session_key = session_key_for(request, create=False)
+    conversation = selectors.conversation_get(conversation_id=pk, user=user, session_key=session_key)
+    return services.answer_prepare(conversation=conversation, user=user, session_key=session_key,
+                                   question=_question_from(request))
+
+
+@require_POST
+async def message_stream(request, pk: int):
+    """``POST /chat/<id>/messages``: the answer as ``text/event-stream`` (see apps.chat.streaming).
+
+    Errors found before streaming (limits, unknown conversation) come back as
+    the JSON error envelope with their HTTP status, for the script to show.
+    """
+    started = time.perf_counter()
+    try:
+        prepared = await sync_to_async(_prepare)(request, pk)
+    except Http404:
+        return JsonResponse(envelope("not_found", "No such conversation.", request=request), status=404)
+    except APIException as exc:
+        details = getattr(exc, "details", None)
+        response = JsonResponse(envelope(exc.get_codes() if isinstance(exc.get_codes(), str) else "error",
+                                         str(exc.detail), details, request), status=exc.status_code)
+        if isinstance(details, dict) and "retry_after" in details:
+            response["Retry-After"] = str(details["retry_after"])
+        return response
+    return answer_response(prepared, started=started)
