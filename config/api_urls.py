@@ -8,4 +8,5 @@ urlpatterns: list = [
     path("", include("apps.core.api_urls")),
     path("", include("apps.documents.api_urls")),
     path("", include("apps.search.api_urls")),
+    path("", include("apps.chat.api_urls")),
 ]

@@ -302,6 +302,18 @@ SEARCH_MAX_QUERY_CHARS = env.int("SEARCH_MAX_QUERY_CHARS", default=1000)
 SEARCH_MAX_QUERY_TERMS = env.int("SEARCH_MAX_QUERY_TERMS", default=64)
 SEARCH_PAGE_SIZE = env.int("SEARCH_PAGE_SIZE", default=10)
 
+# --- chat (apps/chat) -----------------------------------------------------------------
+CHAT_ROUTE = env.str("CHAT_ROUTE", default="chat")  # the LLM route answering questions
+CHAT_RETRIEVAL_LIMIT = env.int("CHAT_RETRIEVAL_LIMIT", default=8)  # passages retrieved per question
+CHAT_RETRIEVAL_MODE = env.str("CHAT_RETRIEVAL_MODE", default="hybrid")
+CHAT_HISTORY_MESSAGES = env.int("CHAT_HISTORY_MESSAGES", default=6)  # recent turns sent with a question
+CHAT_MAX_QUESTION_CHARS = env.int("CHAT_MAX_QUESTION_CHARS", default=2000)
+CHAT_MAX_QUESTIONS_PER_CONVERSATION = env.int("CHAT_MAX_QUESTIONS_PER_CONVERSATION", default=50)
+CHAT_QUESTIONS_PER_MINUTE = env.int("CHAT_QUESTIONS_PER_MINUTE", default=10)  # signed-in user; 0 = no limit
+CHAT_ANON_QUESTIONS_PER_MINUTE = env.int("CHAT_ANON_QUESTIONS_PER_MINUTE", default=5)  # per session
+CHAT_HEARTBEAT_SECONDS = env.float("CHAT_HEARTBEAT_SECONDS", default=15.0)  # SSE comment when idle
+CHAT_MAX_STREAM_SECONDS = env.float("CHAT_MAX_STREAM_SECONDS", default=180.0)  # then the answer is cut
+
 # --- observability --------------------------------------------------------------------
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 LOG_FORMAT = env.str("LOG_FORMAT", default="json")
