@@ -137,9 +137,9 @@ def read_folder(folder: Path) -> Iterator[ImportRecord]:
             yield record
             continue
         meta, text = split_front_matter(text)
-        record.body = text.strip("\n")
         record.title = meta.get("title") or first_heading(text) or file.stem.replace("-", " ").replace("_", " ")
-        record.slug = meta.get("slug", "")
+        record.body = drop_title_heading(text, record.title).strip("\n")
+        record.slug = meta.get("slug") or slugify(file.stem)
         record.tags = [t.strip() for t in meta.get("tags", "").split(",") if t.strip()]
         yield record
 
@@ -157,6 +157,13 @@ def split_front_matter(text: str) -> tuple[dict[str, str], str]:
         if sep:
             meta[key.strip().lower()] = value.strip()
     return meta, text[end + 4:].lstrip("\n")
+
+
+def drop_title_heading(text: str, title: str) -> str:
+    """Remove a leading ``# <title>`` line: the title is stored (and prefixed to chunks) already."""
+    stripped = text.lstrip("\n")
+    first, _, rest = stripped.partition("\n")
+    return rest if first.strip() == f"# {title}".strip() else text
 
 
 def first_heading(text: str) -> str:
