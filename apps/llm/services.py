@@ -369,14 +369,19 @@ def hash_api_key(raw_key: str) -> str:
     return hashlib.sha256(raw_key.encode()).hexdigest()
 
 
+def new_key_material() -> tuple[str, str, str]:
+    """A fresh key: (raw key with 256 bits of entropy, display prefix, SHA-256 to store)."""
+    raw = KEY_PREFIX + secrets.token_urlsafe(32)
+    return raw, raw[:10], hash_api_key(raw)
+
+
 @transaction.atomic
 def api_key_create(*, name: str, user, monthly_budget_usd: Decimal | None = None):
     """Create a key; returns ``(api_key, raw_key)``. The raw key is never stored."""
     from apps.llm.models import ApiKey
 
-    raw = KEY_PREFIX + secrets.token_urlsafe(32)
-    key = ApiKey(name=name, user=user, prefix=raw[:10], key_hash=hash_api_key(raw),
-                 monthly_budget_usd=monthly_budget_usd)
+    raw, prefix, digest = new_key_material()
+    key = ApiKey(name=name, user=user, prefix=prefix, key_hash=digest, monthly_budget_usd=monthly_budget_usd)
     key.full_clean()
     key.save()
     return key, raw

@@ -1,0 +1,76 @@
+from django.contrib import admin, messages
+from django.db.models import Sum
+from django.utils import timezone
+
+from apps.llm.budgets import month_bounds
+from apps.llm.models import ApiKey, UsageRecord, UserBudget
+from apps.llm.selectors import day_chart, usage_totals
+from apps.llm.services import new_key_material
+
+
+@admin.register(UsageRecord)
+class UsageRecordAdmin(admin.ModelAdmin):
+    """The ledger: read-only, filterable, with totals and a cost-per-day chart of the filtered rows."""
+
+    change_list_template = "admin/llm/usagerecord/change_list.html"
+    list_display = ("created_at", "route", "user", "api_key", "provider", "model", "prompt_tokens",
+                    "completion_tokens", "tokens_estimated", "cost_usd", "latency_ms", "ttft_ms", "cache_hit",
+                    "outcome")
+    list_filter = ("route", "provider", "model", "outcome", "cache_hit", "tokens_estimated", "streamed",
+                   ("created_at", admin.DateFieldListFilter), "api_key")
+    search_fields = ("user__username", "model", "error")
+    date_hierarchy = "created_at"
+    list_select_related = ("user", "api_key")
+    list_per_page = 50
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def changelist_view(self, request, extra_context=None):
+        response = super().changelist_view(request, extra_context)
+        context = getattr(response, "context_data", None)
+        if context and "cl" in context:
+            totals = usage_totals(context["cl"].queryset)
+            context["totals"] = totals
+            context["chart"] = day_chart(totals["per_day"])
+        return response
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    """Keys for /v1/chat/completions. The key is shown once, right after it is created."""
+
+    list_display = ("name", "prefix", "user", "monthly_budget_usd", "spent_this_month", "is_active", "created_at")
+    list_filter = ("is_active",)
+    search_fields = ("name", "prefix", "user__username")
+    readonly_fields = ("prefix", "created_at")
+    fields = ("name", "user", "monthly_budget_usd", "is_active", "prefix", "created_at")
+    autocomplete_fields = ()
+
+    @admin.display(description="spent this month (USD)")
+    def spent_this_month(self, obj):
+        start, _ = month_bounds()
+        return obj.usage.filter(created_at__gte=start).aggregate(s=Sum("cost_usd"))["s"] or 0
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            raw, obj.prefix, obj.key_hash = new_key_material()
+            obj.created_at = timezone.now()
+            super().save_model(request, obj, form, change)
+            self.message_user(
+                request,
+                f"The API key for “{obj.name}” is {raw} — copy it now: it is stored hashed and will not be shown "
+                "again.",
+                messages.WARNING,
+            )
+            return
+        super().save_model(request, obj, form, change)
+
+
+@admin.register(UserBudget)
+class UserBudgetAdmin(admin.ModelAdmin):
+    list_display = ("user", "monthly_limit_usd")
+    search_fields = ("user__username",)
