@@ -36,6 +36,8 @@ MODES = ("hybrid", "semantic", "keyword")
 # Passages per document in retrieve_passages: enough context, not one document's monologue.
 PASSAGES_PER_DOCUMENT = 2
 PASSAGE_CANDIDATES = 50
+# Nearest chunks fetched per wanted document on the semantic side.
+CHUNKS_PER_DOCUMENT = 3
 # Private-use sentinels for ts_headline: the snippet is HTML-escaped afterwards and
 # only these become <mark> tags, so a document can never inject markup.
 _MARK_START, _MARK_STOP = "\ue000", "\ue001"
@@ -362,7 +364,8 @@ def hybrid_search(
             vector = _embed_query(parsed.text)
             degraded = vector is None
         scope = _scope(user, filters, parsed)
-        depth = min(1000, max(settings.SEARCH_SEMANTIC_CANDIDATES, offset + limit))
+        # Depth in chunks: documents have several, and a page must still fill up.
+        depth = min(1000, max(settings.SEARCH_SEMANTIC_CANDIDATES, CHUNKS_PER_DOCUMENT * (offset + limit)))
         with transaction.atomic(), connection.cursor() as cursor:
             if vector is not None:
                 _configure_hnsw(cursor, depth=depth, filtered=scope.filtered)

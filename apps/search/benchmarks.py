@@ -1,0 +1,219 @@
+"""``manage.py bench search``: HNSW vs exact scan on >= 100k 384-d chunk vectors.
+
+The collection lives in its own table (``bench_search_vector``), never in
+documents_chunk. It holds every real chunk vector already stored (e.g. SciFact
+after ``evaluate_search``) plus perturbed copies of them — each copy is a real
+vector plus Gaussian-like noise of norm ~1, re-normalised (cosine ~0.7 to its
+origin, about the spread of paraphrases) — generated inside PostgreSQL, since
+embedding 100k texts with the model would take over an hour on 2 cores.
+
+Queries are real: the BEIR test queries of ``--queries`` embedded with the
+configured model (or, without a dataset, held-out perturbed chunk vectors).
+Ground truth is an exact scan (index scans disabled). Filters select 1 % and
+10 % of rows by a ``bucket`` column, with hnsw.iterative_scan off / relaxed /
+strict.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from django.conf import settings
+from django.db import connection, transaction
+
+from apps.core.bench import percentile, print_table, register
+
+TABLE = "bench_search_vector"
+EF_CANDIDATES = (10, 20, 40, 64, 100, 200)
+RECALL_GOAL = 0.99
+NOISE_NORM = 1.0
+K = 10
+
+
+def _arguments(parser):
+    parser.add_argument("--chunks", type=int, default=100_000, help="Vectors in the collection (>= 100k for the goal).")
+    parser.add_argument("--queries", type=Path, default=settings.BASE_DIR.parent / "shared" / "datasets" / "scifact",
+                        help="BEIR folder whose test queries are embedded as query vectors.")
+    parser.add_argument("--max-queries", type=int, default=200)
+    parser.add_argument("--rebuild", action="store_true", help="Drop and rebuild the collection and its index.")
+    parser.add_argument("--drop", action="store_true", help="Drop the benchmark table afterwards.")
+
+
+def _scalar(sql, params=()):
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone()[0]
+
+
+def _build(chunks: int, stdout) -> dict:
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {TABLE}")
+        cursor.execute(f"CREATE TABLE {TABLE} (id bigserial PRIMARY KEY, origin bigint, bucket int NOT NULL, "
+                       f"embedding vector(384) NOT NULL)")
+        cursor.execute(f"INSERT INTO {TABLE} (origin, bucket, embedding) "
+                       f"SELECT id, 0, embedding FROM documents_chunk WHERE embedding IS NOT NULL ORDER BY id")
+        real = _scalar(f"SELECT count(*) FROM {TABLE}")
+        if real < 1000:
+            raise RuntimeError("need >= 1000 real chunk vectors: run `manage.py evaluate_search` on SciFact first")
+        stdout.write(f"real chunk vectors: {real}; generating {max(0, chunks - real)} perturbed copies")
+        # Uniform(-s/2, s/2) per dimension has norm sqrt(384 * s^2 / 12); pick s for NOISE_NORM.
+        scale = NOISE_NORM / (384 / 12) ** 0.5
+        started = time.perf_counter()
+        copies = max(0, chunks - real)
+        cursor.execute(
+            f"""INSERT INTO {TABLE} (origin, bucket, embedding)
+                SELECT src.id, 0, l2_normalize(src.embedding + (
+                    SELECT array_agg((random() - 0.5) * %s)::vector FROM generate_series(1, 384) WHERE g.i > 0))
+                FROM generate_series(1, %s) AS g(i)
+                JOIN (SELECT row_number() OVER (ORDER BY id) AS rn, id, embedding FROM {TABLE}) src
+                  ON src.rn = 1 + (g.i %% %s)""",
+            [scale, copies, real],
+        )
+        # bucket = a random 0..99: "bucket = 0" is 1 % of rows, "bucket < 10" is 10 %.
+        cursor.execute(f"UPDATE {TABLE} SET bucket = floor(random() * 100)::int")
+        generated = time.perf_counter() - started
+        cursor.execute(f"CREATE INDEX {TABLE}_bucket ON {TABLE} (bucket)")
+        cursor.execute("SET maintenance_work_mem = '1GB'")
+        started = time.perf_counter()
+        cursor.execute(f"CREATE INDEX {TABLE}_hnsw ON {TABLE} USING hnsw (embedding vector_cosine_ops) "
+                       f"WITH (m = 16, ef_construction = 64)")
+        built = time.perf_counter() - started
+        cursor.execute("RESET maintenance_work_mem")
+        cursor.execute(f"ANALYZE {TABLE}")
+    return {"real_vectors": real, "generate_s": round(generated, 1), "index_build_s": round(built, 1)}
+
+
+def _query_vectors(options, stdout) -> list[str]:
+    folder: Path = options["queries"]
+    limit = options["max_queries"]
+    if (folder / "queries.jsonl").exists():
+        from apps.llm.embeddings import get_embedding_backend
+        from apps.search.evaluation import read_qrels, read_queries
+
+        texts = [text for _, text in read_queries(folder, read_qrels(folder))][:limit]
+        stdout.write(f"embedding {len(texts)} queries from {folder}")
+        vectors = get_embedding_backend().embed_documents(texts)
+        return ["[" + ",".join(f"{x:.7g}" for x in v) + "]" for v in vectors]
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT embedding::text FROM {TABLE} WHERE origin IS NOT NULL ORDER BY random() LIMIT %s",
+                       [limit])
+        return [row[0] for row in cursor.fetchall()]
+
+
+def _run(query: str, vector: str, *, settings_sql: list[tuple[str, str]]) -> tuple[list[int], float]:
+    with transaction.atomic(), connection.cursor() as cursor:
+        for name, value in settings_sql:
+            cursor.execute("SELECT set_config(%s, %s, true)", [name, value])
+        started = time.perf_counter()
+        cursor.execute(query, [vector, K])
+        ids = [row[0] for row in cursor.fetchall()]
+        return ids, time.perf_counter() - started
+
+
+def _plan_uses_hnsw(query: str, vector: str, settings_sql) -> bool:
+    with transaction.atomic(), connection.cursor() as cursor:
+        for name, value in settings_sql:
+            cursor.execute("SELECT set_config(%s, %s, true)", [name, value])
+        cursor.execute("EXPLAIN " + query, [vector, K])
+        return any(f"{TABLE}_hnsw" in row[0] for row in cursor.fetchall())
+
+
+def _measure(query: str, vectors: list[str], truth: list[list[int]] | None, settings_sql) -> dict:
+    recalls, rows, times, results = [], [], [], []
+    for i, vector in enumerate(vectors):
+        ids, seconds = _run(query, vector, settings_sql=settings_sql)
+        results.append(ids)
+        times.append(seconds * 1000)
+        rows.append(len(ids))
+        if truth is not None:
+            expected = set(truth[i])
+            recalls.append(len(expected & set(ids)) / len(expected) if expected else 1.0)
+    return {
+        "recall_at_10": round(sum(recalls) / len(recalls), 4) if recalls else None,
+        "rows_mean": round(sum(rows) / len(rows), 2),
+        "p50_ms": round(percentile(times, 50), 3),
+        "p99_ms": round(percentile(times, 99), 3),
+        "uses_hnsw": _plan_uses_hnsw(query, vectors[0], settings_sql),
+        "_ids": results,
+    }
+
+
+# Exact scan as PostgreSQL runs it without the vector index (parallel workers allowed).
+EXACT = [("enable_indexscan", "off")]
+FORCE_HNSW = [("enable_seqscan", "off"), ("enable_bitmapscan", "off")]
+
+
+@register("search", help="HNSW vs exact scan: recall@10, latency, filtered queries with/without iterative scan",
+          arguments=_arguments)
+def bench_search(*, stdout, options):
+    chunks = max(1000, options["chunks"])
+    existing = _scalar("SELECT to_regclass(%s) IS NOT NULL", [TABLE])
+    build = {}
+    if options["rebuild"] or not existing or _scalar(f"SELECT count(*) FROM {TABLE}") < chunks:
+        stdout.write(f"building {TABLE} with {chunks} vectors and its HNSW index (m=16, ef_construction=64) ...")
+        build = _build(chunks, stdout)
+    total = _scalar(f"SELECT count(*) FROM {TABLE}")
+    vectors = _query_vectors(options, stdout)
+
+    plain = f"SELECT id FROM {TABLE} ORDER BY embedding <=> %s::vector LIMIT %s"
+    exact = _measure(plain, vectors, None, EXACT)
+    truth = exact.pop("_ids")
+    exact_p50 = exact["p50_ms"]
+
+    curve = {}
+    for ef in EF_CANDIDATES:
+        m = _measure(plain, vectors, truth, [("hnsw.ef_search", str(ef)), ("hnsw.iterative_scan", "off")])
+        m.pop("_ids")
+        m["speedup_p50"] = round(exact_p50 / m["p50_ms"], 1) if m["p50_ms"] else None
+        curve[ef] = m
+    chosen = next((ef for ef in EF_CANDIDATES if curve[ef]["recall_at_10"] >= RECALL_GOAL), EF_CANDIDATES[-1])
+    rows = [(ef, m["recall_at_10"], m["p50_ms"], m["p99_ms"], m["speedup_p50"]) for ef, m in curve.items()]
+    rows.append(("exact", 1.0, exact["p50_ms"], exact["p99_ms"], 1.0))
+    print_table(stdout, rows, ("ef_search", "recall@10", "p50 ms", "p99 ms", "speedup p50"))
+
+    filtered = {}
+    ef = str(chosen)
+    for label, predicate in (("1pct", "bucket = 0"), ("10pct", "bucket < 10")):
+        query = f"SELECT id FROM {TABLE} WHERE {predicate} ORDER BY embedding <=> %s::vector LIMIT %s"
+        f_exact = _measure(query, vectors, None, EXACT)
+        f_truth = f_exact.pop("_ids")
+        entry = {"selectivity": _scalar(f"SELECT round(avg(({predicate})::int)::numeric, 4) FROM {TABLE}"),
+                 "exact_p50_ms": f_exact["p50_ms"]}
+        # Forced through the HNSW index, to show what iterative scan changes ...
+        for scan in ("off", "relaxed_order", "strict_order"):
+            m = _measure(query, vectors, f_truth, [("hnsw.ef_search", ef), ("hnsw.iterative_scan", scan), *FORCE_HNSW])
+            m.pop("_ids")
+            entry[f"iterative_{scan}"] = m
+        # ... and what the planner picks by itself with the service's settings.
+        m = _measure(query, vectors, f_truth, [("hnsw.ef_search", ef), ("hnsw.iterative_scan", "relaxed_order")])
+        m.pop("_ids")
+        entry["planner_relaxed_order"] = m
+        filtered[label] = entry
+    print_table(
+        stdout,
+        [(label, e["selectivity"], variant, e[variant]["rows_mean"], e[variant]["recall_at_10"],
+          e[variant]["p50_ms"], e[variant]["uses_hnsw"], e["exact_p50_ms"])
+         for label, e in filtered.items()
+         for variant in ("iterative_off", "iterative_relaxed_order", "iterative_strict_order", "planner_relaxed_order")],
+        ("filter", "share", "variant", "rows (k=10)", "recall@10", "p50 ms", "hnsw", "exact p50 ms"),
+    )
+    best = curve[chosen]
+    if options["drop"]:
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP TABLE IF EXISTS {TABLE}")
+    figures = {
+        "chunks": total,
+        "queries": len(vectors),
+        "ef_search": chosen,
+        "recall_at_10": best["recall_at_10"],
+        "hnsw_p50_ms": best["p50_ms"],
+        "hnsw_p99_ms": best["p99_ms"],
+        "exact_p50_ms": exact["p50_ms"],
+        "exact_p99_ms": exact["p99_ms"],
+        "speedup_p50": best["speedup_p50"],
+        "ef_curve": {str(k): {kk: v for kk, v in m.items() if kk != "uses_hnsw"} for k, m in curve.items()},
+        "filtered": filtered,
+        **build,
+    }
+    return figures

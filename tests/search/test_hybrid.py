@@ -1,0 +1,129 @@
+"""Semantic side, fusion, filters, facets, passages and the HNSW plan."""
+
+import datetime as dt
+
+import pytest
+from django.db import connection
+
+from apps.search.services import SearchFilters, hybrid_search, retrieve_passages, similar_documents
+from tests.factories.search import indexed_document
+
+pytestmark = pytest.mark.django_db
+
+
+def ids(results):
+    return [r.document_id for r in results.results]
+
+
+def test_hybrid_ranks_a_document_matching_both_sides_first():
+    both = indexed_document(title="Tidal energy", body="Tidal turbines convert tidal currents into electricity.")
+    indexed_document(title="Moon", body="The moon pulls on the oceans and shapes coastlines.")
+    indexed_document(title="Wind", body="Wind turbines convert moving air into electricity.")
+    found = hybrid_search(query="tidal turbines electricity", user=None)
+    assert ids(found)[0] == both.pk
+    assert found.results[0].keyword_rank == 1 and found.results[0].semantic_rank == 1
+
+
+def test_semantic_finds_by_vector_without_keyword_constraints():
+    target = indexed_document(title="Volcanoes", body="Magma rises through the crust and erupts as lava.")
+    indexed_document(title="Bread", body="Flour, water and yeast make a simple dough.")
+    found = hybrid_search(query="lava erupts", user=None, mode="semantic")
+    assert ids(found)[0] == target.pk
+    assert 0 < found.results[0].score <= 1
+
+
+def test_tag_and_date_filters_narrow_and_facets_count_the_result_set():
+    old = indexed_document(title="Old comet", body="A comet with a long tail.", tags=["comets", "history"],
+                           published_at=dt.datetime(2020, 1, 5, tzinfo=dt.UTC))
+    new = indexed_document(title="New comet", body="A comet seen last spring.", tags=["comets"],
+                           published_at=dt.datetime(2025, 4, 1, tzinfo=dt.UTC))
+    indexed_document(title="Asteroid", body="A rocky asteroid, no comet tail at all.", tags=["asteroids"],
+                     published_at=dt.datetime(2025, 4, 2, tzinfo=dt.UTC))
+    everything = hybrid_search(query="comet", user=None, mode="keyword")
+    assert everything.total == 3
+    assert dict(everything.facets) == {"comets": 2, "history": 1, "asteroids": 1}
+    tagged = hybrid_search(query="comet", user=None, mode="keyword", filters=SearchFilters(tags=["comets"]))
+    assert set(ids(tagged)) == {old.pk, new.pk}
+    assert dict(tagged.facets) == {"comets": 2, "history": 1}
+    both_tags = hybrid_search(query="comet", user=None, filters=SearchFilters(tags=["comets", "history"]))
+    assert ids(both_tags) == [old.pk]
+    recent = hybrid_search(query="comet", user=None, mode="semantic",
+                           filters=SearchFilters(tags=["comets"], date_from=dt.date(2025, 1, 1)))
+    assert ids(recent) == [new.pk]
+    until = hybrid_search(query="comet", user=None, filters=SearchFilters(date_to=dt.date(2020, 1, 5)))
+    assert ids(until) == [old.pk]
+
+
+def test_filtered_semantic_query_still_returns_k_rows():
+    # 5 tagged documents among 150 near-identical ones: the filter removes 97 % of
+    # the nearest neighbours, yet the query must still return all 5.
+    for i in range(145):
+        indexed_document(title=f"Report {i}", body="Quarterly revenue grew in every region.", tags=["finance"])
+    tagged = {indexed_document(title=f"Audit {i}", body="Quarterly revenue grew in every region.",
+                               tags=["audited"]).pk for i in range(5)}
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")  # make the planner walk the HNSW index
+    found = hybrid_search(query="quarterly revenue", user=None, mode="semantic", limit=5,
+                          filters=SearchFilters(tags=["audited"]))
+    assert set(ids(found)) == tagged
+
+
+def test_pagination_walks_the_same_ranking():
+    for i in range(12):
+        indexed_document(title=f"Lichen {i}", body="Lichen " * (i + 1) + "grows on rocks.")
+    first = hybrid_search(query="lichen rocks", user=None, limit=5)
+    second = hybrid_search(query="lichen rocks", user=None, limit=5, offset=5)
+    whole = hybrid_search(query="lichen rocks", user=None, limit=10)
+    assert ids(first) + ids(second) == ids(whole)
+    assert first.total == 12
+
+
+def test_retrieve_passages_returns_chunks_at_most_two_per_document():
+    long_body = "\n\n".join(f"## Part {i}\n\n" + ("Glaciers carve valleys slowly. " * 60) for i in range(5))
+    big = indexed_document(title="Glaciers", body=long_body)
+    other = indexed_document(title="Fjords", body="Fjords are valleys carved by glaciers and flooded by the sea.")
+    passages = retrieve_passages(query="glaciers carve valleys", user=None, limit=8)
+    per_doc = [p.document_id for p in passages]
+    assert per_doc.count(big.pk) == 2 and other.pk in per_doc
+    assert all(p.text and p.url.startswith("/d/") for p in passages)
+    assert passages == sorted(passages, key=lambda p: -p.score)
+
+
+def test_similar_documents_are_nearest_by_vectors():
+    seed = indexed_document(title="Honey bees", body="Honey bees pollinate flowers and make honey in hives.")
+    close = indexed_document(title="Bumble bees", body="Bumble bees pollinate flowers too, in small nests.")
+    indexed_document(title="Steel", body="Steel is an alloy of iron and carbon.")
+    similar = similar_documents(document=seed, user=None, limit=5)
+    assert similar[0].document_id == close.pk
+    assert seed.pk not in [s.document_id for s in similar]
+
+
+def test_explain_shows_the_hnsw_index_for_the_semantic_query():
+    target = indexed_document(title="Otters", body="Otters float on their backs.")
+    # A corpus big enough for the planner to prefer the index over sorting every
+    # row: 5,000 chunks of one public document with random unit vectors.
+    filler = indexed_document(title="Filler", body="x")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """INSERT INTO documents_chunk (document_id, ordinal, text, heading_path, token_count, content_hash,
+                                            embedding_model, embedding, search_vector)
+               SELECT %s, g + 1, 'filler', '', 1, 'h' || g, 'random',
+                      l2_normalize((SELECT array_agg(random() - 0.5) FROM generate_series(1, 384) WHERE g > 0)::vector),
+                      to_tsvector('english', 'filler')
+               FROM generate_series(1, 5000) g""", [filler.pk])
+        cursor.execute("ANALYZE documents_document, documents_chunk")
+    captured = []
+
+    def capture(execute, sql, params, many, context):
+        if "sem_chunks" in sql:
+            captured.append((sql, params))
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(capture):
+        found = hybrid_search(query="otters float", user=None, mode="semantic")
+    assert [r.document_id for r in found.results][:2] == [target.pk, filler.pk]
+    sql, params = captured[0]
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN " + sql, params)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "Index Scan using chunk_embedding_hnsw" in plan, plan
