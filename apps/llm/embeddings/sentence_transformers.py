@@ -82,9 +82,10 @@ class SentenceTransformerBackend(EmbeddingBackend):
             if self.torch_threads:
                 torch.set_num_threads(int(self.torch_threads))
             model = SentenceTransformer(str(self.model_path), device=self.device, local_files_only=True)
-            if model.get_sentence_embedding_dimension() != self.dimensions:
+            produced = model.get_embedding_dimension()
+            if produced != self.dimensions:
                 raise ImproperlyConfigured(
-                    f"{self.model_path}: model produces {model.get_sentence_embedding_dimension()}-d vectors, "
+                    f"{self.model_path}: model produces {produced}-d vectors, "
                     f"config says {self.dimensions}"
                 )
             model.eval()

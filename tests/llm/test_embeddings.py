@@ -1,0 +1,186 @@
+"""Embedding backends: the per-alias registry, the OpenAI-compatible HTTP backend
+against a real HTTP server on 127.0.0.1, the deterministic test backend, and the
+start-up dimension check."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+from django.test import override_settings
+
+from apps.llm.embeddings import (
+    EmbeddingBadResponse,
+    EmbeddingRateLimited,
+    EmbeddingUnavailable,
+    get_embedding_backend,
+    reset_embedding_backends,
+)
+from apps.llm.embeddings.openai_http import OpenAIHTTPBackend
+from apps.llm.exceptions import LLMError
+from tests.conftest import BASE_DIR, child_env
+
+
+@pytest.fixture
+def fresh_registry():
+    reset_embedding_backends()
+    yield
+    reset_embedding_backends()
+
+
+def test_one_instance_per_alias_even_under_concurrent_first_use(fresh_registry):
+    seen = []
+    barrier = threading.Barrier(8)
+
+    def grab():
+        barrier.wait()
+        seen.append(get_embedding_backend())
+
+    threads = [threading.Thread(target=grab) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({id(b) for b in seen}) == 1
+    assert get_embedding_backend("minilm") is not get_embedding_backend("default")
+
+
+def test_unknown_options_and_aliases_are_configuration_errors(fresh_registry):
+    bad = {"default": {"BACKEND": "apps.llm.embeddings.testing.DeterministicBackend", "OPTIONS": {"DIMS": 384}}}
+    with override_settings(EMBEDDING_BACKENDS=bad), pytest.raises(ImproperlyConfigured, match="unknown OPTIONS"):
+        get_embedding_backend()
+    with pytest.raises(ImproperlyConfigured, match="no alias 'nope'"):
+        get_embedding_backend("nope")
+    missing = {"default": {"BACKEND": "apps.llm.embeddings.nowhere.Backend"}}
+    with override_settings(EMBEDDING_BACKENDS=missing), pytest.raises(ImproperlyConfigured, match="cannot import"):
+        get_embedding_backend()
+
+
+def test_deterministic_backend_puts_texts_sharing_words_close_together():
+    backend = get_embedding_backend()
+    a, b, c = backend.embed_documents(["Celery workers embed documents", "the worker embeds a document",
+                                       "chocolate cake recipe"])
+    cosine = lambda x, y: sum(p * q for p, q in zip(x, y, strict=True))  # noqa: E731 - vectors are normalised
+    assert len(a) == backend.dimensions == 384
+    assert abs(cosine(a, a) - 1) < 1e-9
+    assert cosine(a, b) > 0.5 > cosine(a, c)
+    assert backend.embed_documents(["Celery workers embed documents"])[0] == a  # deterministic
+
+
+# --- OpenAI-compatible HTTP backend against a real local server ------------------------------
+class ScriptedEmbeddings(BaseHTTPRequestHandler):
+    """Answers POST /v1/embeddings from a script of (status, headers, body) steps."""
+
+    script: list = []
+    requests: list = []
+
+    def do_POST(self):  # noqa: N802 - http.server API
+        payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).requests.append({"path": self.path, "payload": payload, "at": time.monotonic(),
+                                    "auth": self.headers.get("Authorization")})
+        status, headers, body = type(self).script.pop(0) if type(self).script else (200, {}, None)
+        if body is None:
+            body = {"object": "list", "model": payload["model"], "data": [
+                {"object": "embedding", "index": i, "embedding": [float(len(t))] + [1.0] * 3}
+                for i, t in enumerate(payload["input"])]}
+        raw = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def embeddings_server():
+    ScriptedEmbeddings.script, ScriptedEmbeddings.requests = [], []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ScriptedEmbeddings)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield type("Server", (), {"url": f"http://127.0.0.1:{server.server_address[1]}/v1",
+                              "handler": ScriptedEmbeddings})
+    server.shutdown()
+    server.server_close()
+
+
+def http_backend(url, **options):
+    return OpenAIHTTPBackend("remote", BASE_URL=url, MODEL="tiny-embed", DIMENSIONS=4, MAX_TOKENS=512,
+                             API_KEY="sk-test", BACKOFF_BASE=0.01, **options)
+
+
+def test_http_backend_batches_and_normalises(embeddings_server):
+    backend = http_backend(embeddings_server.url, BATCH_SIZE=2)
+    vectors = backend.embed_documents(["a", "bbb", "cc"])
+    assert len(embeddings_server.handler.requests) == 2  # batches of 2
+    assert embeddings_server.handler.requests[0]["payload"]["input"] == ["a", "bbb"]
+    assert embeddings_server.handler.requests[0]["auth"] == "Bearer sk-test"
+    assert all(abs(sum(x * x for x in v) - 1) < 1e-9 for v in vectors)
+    assert vectors[1][0] > vectors[0][0]  # order kept
+
+
+def test_http_backend_retries_429_honouring_retry_after_then_succeeds(embeddings_server):
+    embeddings_server.handler.script = [
+        (429, {"Retry-After": "0.3"}, {"error": {"message": "slow down"}}),
+        (503, {}, {"error": {"message": "overloaded"}}),
+    ]
+    backend = http_backend(embeddings_server.url)
+    assert len(backend.embed_query("hello")) == 4
+    times = [r["at"] for r in embeddings_server.handler.requests]
+    assert len(times) == 3
+    assert times[1] - times[0] >= 0.3  # waited as told by Retry-After
+
+
+def test_http_backend_gives_up_with_a_clear_error(embeddings_server):
+    embeddings_server.handler.script = [(500, {}, {"error": {"message": "boom"}})] * 3
+    with pytest.raises(EmbeddingUnavailable, match="HTTP 500: boom") as info:
+        http_backend(embeddings_server.url, MAX_RETRIES=2).embed_query("x")
+    assert info.value.transient and isinstance(info.value, LLMError)
+    assert len(embeddings_server.handler.requests) == 3
+
+    embeddings_server.handler.script = [(429, {}, {"error": {"message": "quota"}})]
+    with pytest.raises(EmbeddingRateLimited):
+        http_backend(embeddings_server.url, MAX_RETRIES=0).embed_query("x")
+
+
+def test_http_backend_does_not_retry_client_errors_or_accept_wrong_dimensions(embeddings_server):
+    embeddings_server.handler.script = [(400, {}, {"error": {"message": "input too long"}})]
+    with pytest.raises(EmbeddingBadResponse, match="HTTP 400: input too long") as info:
+        http_backend(embeddings_server.url).embed_query("x")
+    assert not info.value.transient
+    assert len(embeddings_server.handler.requests) == 1
+
+    embeddings_server.handler.script = [(200, {}, {"data": [{"index": 0, "embedding": [1.0, 2.0]}]})]
+    with pytest.raises(EmbeddingBadResponse, match="returned 2-d vectors, configured for 4"):
+        http_backend(embeddings_server.url).embed_query("x")
+
+
+def test_http_backend_connection_refused_is_unavailable():
+    from tests.conftest import free_port
+
+    backend = http_backend(f"http://127.0.0.1:{free_port()}/v1", MAX_RETRIES=1)
+    with pytest.raises(EmbeddingUnavailable, match="unreachable"):
+        backend.embed_query("x")
+
+
+# --- start-up dimension check ---------------------------------------------------------------
+@pytest.mark.parametrize("command", [
+    [sys.executable, "manage.py", "check"],
+    [sys.executable, "-m", "celery", "-A", "config.celery_app", "worker", "--pool", "solo", "-Q", "nothing-here"],
+])
+def test_a_dimension_mismatch_stops_start_up(command):
+    env = child_env(DJANGO_SETTINGS_MODULE="tests.llm.settings_embedding_mismatch")
+    proc = subprocess.run(command, cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    output = proc.stdout + proc.stderr
+    assert "produces 768-d vectors but documents_chunk.embedding stores 384-d vectors" in output
