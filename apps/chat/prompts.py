@@ -75,8 +75,9 @@ def _neutralise(text: str) -> str:
 
 
 def format_passage(passage: PromptPassage) -> str:
-    title = html.escape(_neutralise(passage.title), quote=True)
-    heading = f' section="{html.escape(_neutralise(passage.heading_path), quote=True)}"' if passage.heading_path else ""
+    # Attributes are fully escaped; the body only has our delimiters neutralised (it stays readable).
+    title = html.escape(passage.title, quote=True)
+    heading = f' section="{html.escape(passage.heading_path, quote=True)}"' if passage.heading_path else ""
     return f'<passage n="{passage.n}" title="{title}"{heading}>\n{_neutralise(passage.text).strip()}\n</passage>'
 
 

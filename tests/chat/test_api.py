@@ -1,0 +1,127 @@
+"""Conversation API: your own conversations only (someone else's is a 404),
+anonymous callers scoped to their session; limits come back in the envelope."""
+
+import pytest
+from rest_framework.test import APIClient
+
+from apps.chat.models import Conversation, Message
+from tests.chat.sse_client import ask, first
+from tests.factories.chat import ConversationFactory, MessageFactory
+from tests.factories.documents import UserFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def reader():
+    return UserFactory()
+
+
+def api(user=None) -> APIClient:
+    client = APIClient()
+    if user is not None:
+        client.force_authenticate(user)
+    return client
+
+
+def test_list_retrieve_and_delete_own_conversations(reader):
+    mine = ConversationFactory(owner=reader, title="Mine")
+    MessageFactory(conversation=mine, content="What is a tide?")
+    MessageFactory(conversation=mine, role=Message.Role.ASSISTANT, content="Water moving [1].",
+                   citations=[{"n": 1, "document_id": 3, "chunk_id": 9, "title": "Tides", "url": "/d/tides/"}])
+    ConversationFactory(owner=UserFactory(), title="Theirs")
+    client = api(reader)
+
+    listed = client.get("/api/v1/chat/conversations").json()
+    assert [c["title"] for c in listed["results"]] == ["Mine"]
+    assert listed["results"][0]["message_count"] == 2
+
+    detail = client.get(f"/api/v1/chat/conversations/{mine.pk}").json()
+    assert [m["role"] for m in detail["messages"]] == ["user", "assistant"]
+    assert detail["messages"][1]["citations"][0]["url"] == "/d/tides/"
+    messages = client.get(f"/api/v1/chat/conversations/{mine.pk}/messages").json()
+    assert [m["content"] for m in messages["results"]] == ["What is a tide?", "Water moving [1]."]
+
+    assert client.delete(f"/api/v1/chat/conversations/{mine.pk}").status_code == 204
+    assert not Conversation.objects.filter(pk=mine.pk).exists()
+    assert not Message.objects.filter(conversation_id=mine.pk).exists()
+
+
+def test_someone_elses_conversation_is_a_404_everywhere(reader, llm):
+    theirs = ConversationFactory(owner=UserFactory())
+    client = api(reader)
+    for method, path in [("get", ""), ("delete", ""), ("get", "/messages"), ("post", "/messages")]:
+        response = getattr(client, method)(f"/api/v1/chat/conversations/{theirs.pk}{path}",
+                                           {"question": "hi"} if method == "post" else None, format="json")
+        assert response.status_code == 404, (method, path)
+        assert response.json()["error"]["code"] == "not_found"
+    response, events = ask(f"/chat/{theirs.pk}/messages", "hi", user=reader)
+    assert response.status_code == 404 and events == []
+    assert client.get(f"/chat/{theirs.pk}/").status_code == 404
+    assert Conversation.objects.get(pk=theirs.pk).messages.count() == 0
+    assert llm.calls() == 0
+
+
+def test_anonymous_conversations_belong_to_their_session(llm):
+    first_reader, second_reader = APIClient(), APIClient()
+    created = first_reader.post("/api/v1/chat/conversations", {"title": "Anon"}, format="json")
+    assert created.status_code == 201
+    pk = created.json()["id"]
+    assert Conversation.objects.get(pk=pk).owner is None
+    assert [c["id"] for c in first_reader.get("/api/v1/chat/conversations").json()["results"]] == [pk]
+    assert second_reader.get("/api/v1/chat/conversations").json()["results"] == []
+    assert second_reader.get(f"/api/v1/chat/conversations/{pk}").status_code == 404
+    assert first_reader.get(f"/api/v1/chat/conversations/{pk}").status_code == 200
+
+
+def test_api_streams_the_answer_for_an_event_stream_client(reader, llm):
+    llm.configure(text="Hello there.")
+    conversation = ConversationFactory(owner=reader)
+    response, events = ask(f"/api/v1/chat/conversations/{conversation.pk}/messages", "Say hello", user=reader)
+    assert response["Content-Type"].startswith("text/event-stream")
+    assert [k for k, _ in events] == ["meta", "token", "token", "citations", "done"]
+    assert first(events, "done")["status"] == "complete"
+
+
+def test_question_length_is_limited_with_a_clear_error(reader, settings, llm):
+    settings.CHAT_MAX_QUESTION_CHARS = 20
+    conversation = ConversationFactory(owner=reader)
+    response = api(reader).post(f"/api/v1/chat/conversations/{conversation.pk}/messages",
+                                {"question": "x" * 21}, format="json")
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "question_too_long" and "limit is 20" in error["message"]
+    page_response, _ = ask(f"/chat/{conversation.pk}/messages", "   ", user=reader)
+    assert page_response.status_code == 400 and page_response.json()["error"]["code"] == "empty_question"
+    assert conversation.messages.count() == 0 and llm.calls() == 0
+
+
+def test_questions_per_conversation_are_limited(reader, settings, llm):
+    settings.CHAT_MAX_QUESTIONS_PER_CONVERSATION = 1
+    conversation = ConversationFactory(owner=reader)
+    ok, _ = ask(f"/chat/{conversation.pk}/messages", "first question", user=reader)
+    assert ok.status_code == 200
+    response, events = ask(f"/chat/{conversation.pk}/messages", "second question", user=reader)
+    assert response.status_code == 409 and events == []
+    assert response.json()["error"]["code"] == "conversation_full"
+    assert "Start a new conversation" in response.json()["error"]["message"]
+
+
+def test_questions_per_minute_are_limited_per_user(reader, settings, llm):
+    settings.CHAT_QUESTIONS_PER_MINUTE = 2
+    conversation = ConversationFactory(owner=reader)
+    client = api(reader)
+    path = f"/api/v1/chat/conversations/{conversation.pk}/messages"
+    for _ in range(2):
+        response, _ = ask(path, "a question", user=reader)
+        assert response.status_code == 200
+    response = client.post(path, {"question": "one too many"}, format="json")
+    assert response.status_code == 429
+    body = response.json()["error"]
+    assert body["code"] == "chat_rate_limited" and body["details"]["retry_after"] >= 1
+    assert int(response["Retry-After"]) >= 1
+    # Another user is not affected.
+    other = UserFactory()
+    theirs = ConversationFactory(owner=other)
+    response, _ = ask(f"/api/v1/chat/conversations/{theirs.pk}/messages", "a question", user=other)
+    assert response.status_code == 200

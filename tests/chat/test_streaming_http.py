@@ -1,0 +1,108 @@
+"""The stream over real HTTP: a uvicorn worker (ASGI) in a subprocess serving
+the app against the test database, the fake upstream as the model, and a
+streaming HTTP client. Ordering and cancellation are timed here because the
+issue asks for that evidence."""
+
+import time
+
+import httpx
+import pytest
+
+from apps.chat.models import Message
+from tests.chat.sse_client import ask, parse_sse
+from tests.factories.chat import ConversationFactory
+from tests.factories.documents import UserFactory
+from tests.factories.search import indexed_document
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _open_conversation(client: httpx.Client) -> int:
+    response = client.post("/api/v1/chat/conversations", json={})
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def _events(lines) -> list:
+    """(monotonic time, event, data) per event as the bytes arrive."""
+    buffer = ""
+    for text in lines:
+        buffer += text
+        while "\n\n" in buffer:
+            block, buffer = buffer.split("\n\n", 1)
+            for kind, data in parse_sse(block + "\n\n"):
+                yield time.monotonic(), kind, data
+
+
+def test_first_token_reaches_the_client_before_the_upstream_finishes(app_server, fake_upstream):
+    indexed_document(title="Orbits", body="Planets follow elliptical orbits around the Sun.")
+    fake_upstream.configure(tokens=6, token_delay=0.25)
+    with httpx.Client(base_url=app_server.url, timeout=10) as client:
+        pk = _open_conversation(client)
+        sent_at = time.monotonic()
+        with client.stream("POST", f"/api/v1/chat/conversations/{pk}/messages", json={"question": "orbits?"},
+                           headers={"accept": "text/event-stream"}) as response:
+            assert response.headers["content-type"].startswith("text/event-stream")
+            assert response.headers["cache-control"] == "no-cache"
+            assert response.headers["x-accel-buffering"] == "no"
+            assert "gzip" not in response.headers.get("content-encoding", "")
+            events = list(_events(response.iter_text()))
+    upstream_started = fake_upstream.requests[-1]["time"]
+    upstream_finished_earliest = upstream_started + 6 * 0.25  # it sleeps before every token
+    first_token = next(t for t, kind, _ in events if kind == "token")
+    done = next(t for t, kind, _ in events if kind == "done")
+    assert sent_at < upstream_started < first_token < upstream_finished_earliest <= done
+    assert [kind for _, kind, _ in events].count("token") == 6
+
+
+def test_disconnect_cancels_the_upstream_within_a_second_and_saves_partial(app_server, fake_upstream):
+    indexed_document(title="Comets", body="Comets grow tails of gas and dust near the Sun.")
+    fake_upstream.configure(tokens=12, token_delay=0.25)
+    with httpx.Client(base_url=app_server.url, timeout=10) as client:
+        pk = _open_conversation(client)
+        with client.stream("POST", f"/api/v1/chat/conversations/{pk}/messages", json={"question": "comets?"},
+                           headers={"accept": "text/event-stream"}) as response:
+            seen = []
+            for _, kind, data in _events(response.iter_text()):
+                seen.append((kind, data))
+                if kind == "token":
+                    break
+            message_id = seen[0][1]["message_id"]
+            closed_at = time.monotonic()
+            response.close()  # the reader goes away mid-answer
+    deadline = time.monotonic() + 5
+    while not fake_upstream.disconnects and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert fake_upstream.disconnects, "the upstream request was never cancelled"
+    assert fake_upstream.disconnects[-1] - closed_at < 1.0
+    while time.monotonic() < deadline:
+        message = Message.objects.get(pk=message_id)
+        if message.content:
+            break
+        time.sleep(0.05)
+    assert message.status == Message.Status.PARTIAL
+    assert message.content.startswith("tok0 ") and not message.content.startswith("tok0 tok1 tok2 tok3 tok4 tok5")
+    assert "disconnected" in message.error
+
+
+def test_heartbeat_comments_keep_a_slow_stream_alive(llm, settings):
+    settings.CHAT_HEARTBEAT_SECONDS = 0.1
+    reader = UserFactory()
+    indexed_document(title="Moons", body="Jupiter has many moons.")
+    llm.configure(tokens=2, token_delay=0.35)
+    conversation = ConversationFactory(owner=reader)
+    _, events = ask(f"/chat/{conversation.pk}/messages", "moons?", user=reader)
+    kinds = [kind for kind, _ in events]
+    assert kinds.count(":") >= 2 and kinds[-1] == "done"
+
+
+def test_an_answer_is_cut_after_the_maximum_duration(llm, settings):
+    settings.CHAT_MAX_STREAM_SECONDS = 0.6
+    reader = UserFactory()
+    indexed_document(title="Stars", body="Stars fuse hydrogen into helium.")
+    llm.configure(tokens=20, token_delay=0.2)
+    conversation = ConversationFactory(owner=reader)
+    _, events = ask(f"/chat/{conversation.pk}/messages", "stars?", user=reader)
+    assert events[-1][0] == "error" and events[-1][1]["code"] == "max_duration"
+    message = Message.objects.get(pk=events[0][1]["message_id"])
+    assert message.status == Message.Status.PARTIAL and message.content.startswith("tok0")

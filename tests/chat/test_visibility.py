@@ -1,0 +1,94 @@
+"""Canary documents: a reader never receives citations, passages or sources
+from documents they may not see — not in the stream, not in the prompt sent
+to the model, not in what is saved."""
+
+import pytest
+from django.test import AsyncClient
+
+from apps.chat.models import Message
+from apps.documents.models import Document
+from tests.chat.sse_client import ask, first
+from tests.factories.chat import ConversationFactory
+from tests.factories.documents import UserFactory
+from tests.factories.search import indexed_document
+
+pytestmark = pytest.mark.django_db
+
+SHARED = "Glacier calving events along the Greenland coast accelerate in late summer."
+CANARIES = {
+    "internal": dict(visibility=Document.Visibility.INTERNAL),
+    "private": dict(visibility=Document.Visibility.PRIVATE),
+    "draft": dict(status=Document.Status.DRAFT),
+}
+
+
+@pytest.fixture
+def planted():
+    author = UserFactory()
+    public = indexed_document(title="Public glaciers", body=f"{SHARED} zqpublicword")
+    canaries = {name: indexed_document(title=f"Canary {name}", body=f"{SHARED} zq{name}word zq{name}secret", author=author,
+                                       **fields)
+                for name, fields in CANARIES.items()}
+    return author, public, canaries
+
+
+def _everything_sent(llm, events) -> str:
+    prompt = " ".join(m["content"] for m in llm.requests[-1]["body"]["messages"]) if llm.requests else ""
+    return repr(events) + prompt
+
+
+def test_anonymous_reader_gets_nothing_from_canaries(llm, planted, client):
+    _, public, canaries = planted
+    llm.configure(text="See [1], [2], [3] and [4].")
+    client.get("/chat/")  # a session, as the page gives one
+    created = client.post("/chat/", HTTP_ACCEPT="application/json").json()
+    _, events = ask(created["messages_url"],
+                    "glacier calving Greenland zqinternalword zqprivateword zqdraftword",
+                    client=_async_client_with(client))
+
+    assert [s["document_id"] for s in first(events, "meta")["sources"]] == [public.pk]
+    assert [c["document_id"] for c in first(events, "citations")["citations"]] == [public.pk]
+    sent = _everything_sent(llm, events)
+    for name, canary in canaries.items():
+        assert f"zq{name}secret" not in sent and f"Canary {name}" not in sent
+    answer = Message.objects.get(pk=first(events, "meta")["message_id"])
+    assert {s["document_id"] for s in answer.sources} == {public.pk}
+    assert {c["document_id"] for c in answer.citations} == {public.pk}
+
+
+def test_signed_in_reader_sees_internal_but_not_private_or_draft(llm, planted):
+    author, public, canaries = planted
+    reader = UserFactory()
+    llm.configure(text="See [1], [2], [3] and [4].")
+    conversation = ConversationFactory(owner=reader)
+    _, events = ask(f"/chat/{conversation.pk}/messages", "glacier calving Greenland zqprivateword zqdraftword",
+                    user=reader)
+    seen = {s["document_id"] for s in first(events, "meta")["sources"]}
+    assert seen == {public.pk, canaries["internal"].pk}
+    assert {c["document_id"] for c in first(events, "citations")["citations"]} <= seen
+    sent = _everything_sent(llm, events)
+    assert "zqprivatesecret" not in sent and "zqdraftsecret" not in sent
+
+    # The author sees their own private and draft documents.
+    mine = ConversationFactory(owner=author)
+    _, events = ask(f"/chat/{mine.pk}/messages", "glacier calving Greenland", user=author)
+    assert {s["document_id"] for s in first(events, "meta")["sources"]} == {
+        public.pk, *(c.pk for c in canaries.values())}
+
+
+def test_extractive_answer_quotes_no_canary(no_llm, planted):
+    _, public, canaries = planted
+    reader = UserFactory()
+    conversation = ConversationFactory(owner=reader)
+    _, events = ask(f"/chat/{conversation.pk}/messages", "zqprivateword zqdraftword glacier calving", user=reader)
+    text = "".join(d["text"] for k, d in events if k == "token")
+    assert "Glacier calving" in text
+    assert "zqprivatesecret" not in text and "zqdraftsecret" not in text
+    assert {s["document_id"] for s in first(events, "meta")["sources"]} == {public.pk, canaries["internal"].pk}
+
+
+def _async_client_with(client) -> AsyncClient:
+    """An AsyncClient carrying the sync client's session cookie (same anonymous reader)."""
+    async_client = AsyncClient()
+    async_client.cookies = client.cookies
+    return async_client
