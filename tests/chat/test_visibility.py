@@ -26,8 +26,8 @@ CANARIES = {
 def planted():
     author = UserFactory()
     public = indexed_document(title="Public glaciers", body=f"{SHARED} zqpublicword")
-    canaries = {name: indexed_document(title=f"Canary {name}", body=f"{SHARED} zq{name}word zq{name}secret", author=author,
-                                       **fields)
+    canaries = {name: indexed_document(title=f"Canary {name}", body=f"{SHARED} zq{name}word zq{name}secret",
+                                       author=author, **fields)
                 for name, fields in CANARIES.items()}
     return author, public, canaries
 
@@ -49,7 +49,7 @@ def test_anonymous_reader_gets_nothing_from_canaries(llm, planted, client):
     assert [s["document_id"] for s in first(events, "meta")["sources"]] == [public.pk]
     assert [c["document_id"] for c in first(events, "citations")["citations"]] == [public.pk]
     sent = _everything_sent(llm, events)
-    for name, canary in canaries.items():
+    for name in canaries:
         assert f"zq{name}secret" not in sent and f"Canary {name}" not in sent
     answer = Message.objects.get(pk=first(events, "meta")["message_id"])
     assert {s["document_id"] for s in answer.sources} == {public.pk}
