@@ -1,0 +1,113 @@
+"""Documents API: visibility for readers, staff-only writes, chunks, filters, limits."""
+
+import pytest
+from django.test import override_settings
+from rest_framework.test import APIClient
+
+from apps.documents.models import Document
+from apps.documents.services import embed_document
+from tests.factories.documents import DocumentFactory, StaffFactory, UserFactory
+
+pytestmark = pytest.mark.django_db
+URL = "/api/v1/documents"
+
+
+@pytest.fixture
+def canaries():
+    author = UserFactory()
+    return {
+        "public": DocumentFactory(title="public canary"),
+        "internal": DocumentFactory(title="internal canary", visibility="internal"),
+        "private": DocumentFactory(title="private canary", visibility="private", author=author),
+        "draft": DocumentFactory(title="draft canary", status="draft"),
+        "author": author,
+    }
+
+
+def client_for(user=None):
+    client = APIClient()
+    if user is not None:
+        client.force_authenticate(user)
+    return client
+
+
+def titles(response):
+    assert response.status_code == 200, response.content
+    return {d["title"] for d in response.json()["results"]}
+
+
+def test_readers_see_only_what_the_visibility_rule_allows(canaries):
+    assert titles(client_for().get(URL)) == {"public canary"}
+    assert titles(client_for(UserFactory()).get(URL)) == {"public canary", "internal canary"}
+    assert titles(client_for(canaries["author"]).get(URL)) == {"public canary", "internal canary", "private canary"}
+    assert len(titles(client_for(StaffFactory()).get(URL))) == 4
+
+    for hidden in ("internal", "private", "draft"):
+        response = client_for().get(f"{URL}/{canaries[hidden].pk}")
+        assert response.status_code == 404
+        assert response.json()["error"]["code"] == "not_found"
+        assert client_for().get(f"{URL}/{canaries[hidden].pk}/chunks").status_code == 404
+
+
+def test_retrieve_includes_the_body_and_chunks_are_listed_in_order():
+    document = DocumentFactory(title="Chunky", body="\n\n".join(f"## Part {i}\n\nText of part {i}." for i in range(3)))
+    embed_document(document.pk)
+    detail = client_for().get(f"{URL}/{document.pk}").json()
+    assert detail["body"].startswith("## Part 0") and detail["embedding_status"] == "ready"
+    assert detail["chunk_count"] == 3 and detail["embedding_error"] == ""
+    chunks = client_for().get(f"{URL}/{document.pk}/chunks").json()
+    assert chunks["count"] == 3
+    assert [c["heading_path"] for c in chunks["results"]] == ["Part 0", "Part 1", "Part 2"]
+    assert chunks["results"][1]["text"] == "Text of part 1." and chunks["results"][1]["has_embedding"] is True
+
+
+def test_filter_by_tag_and_status():
+    DocumentFactory(title="tagged", tags=["ops", "db"])
+    DocumentFactory(title="other", tags=["chat"])
+    DocumentFactory(title="a draft", tags=["ops"], status="draft")
+    staff = client_for(StaffFactory())
+    assert titles(staff.get(URL, {"tag": "ops"})) == {"tagged", "a draft"}
+    assert titles(staff.get(URL, {"tag": "ops", "status": "published"})) == {"tagged"}
+    response = staff.get(URL, {"status": "bogus"})
+    assert response.status_code == 400 and response.json()["error"]["code"] == "validation_error"
+
+
+def test_only_staff_can_write(canaries):
+    payload = {"title": "New doc", "body": "Hello"}
+    anonymous = client_for().post(URL, payload, format="json")
+    assert anonymous.status_code == 401
+    reader = client_for(UserFactory()).post(URL, payload, format="json")
+    assert reader.status_code == 403 and reader.json()["error"]["code"] == "permission_denied"
+    assert client_for(canaries["author"]).delete(f"{URL}/{canaries['private'].pk}").status_code == 403
+    assert not Document.objects.filter(title="New doc").exists()
+
+
+def test_staff_create_update_and_delete():
+    staff_user = StaffFactory()
+    staff = client_for(staff_user)
+    created = staff.post(URL, {"title": "API made", "body": "# Hi\n\nThere.", "tags": ["api"],
+                               "status": "published"}, format="json")
+    assert created.status_code == 201, created.content
+    data = created.json()
+    assert data["slug"] == "api-made" and data["author"] == staff_user.username
+    assert data["embedding_status"] == "pending" and data["published_at"]
+
+    updated = staff.patch(f"{URL}/{data['id']}", {"body": "Changed."}, format="json")
+    assert updated.status_code == 200 and updated.json()["body"] == "Changed."
+    duplicate = staff.post(URL, {"title": "Other", "slug": "api-made"}, format="json")
+    assert duplicate.status_code == 400 and "slug" in duplicate.json()["error"]["details"]
+
+    assert staff.delete(f"{URL}/{data['id']}").status_code == 204
+    assert not Document.objects.filter(pk=data["id"]).exists()
+
+
+@override_settings(DOCUMENT_MAX_BODY_BYTES=2000)
+def test_a_body_above_the_limit_is_a_clear_validation_error():
+    staff = client_for(StaffFactory())
+    response = staff.post(URL, {"title": "Too big", "body": "x" * 2001}, format="json")
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "validation_error"
+    assert "The body is 2,001 bytes; the maximum is 2,000 bytes" in error["message"]
+    empty = staff.post(URL, {"title": "Empty is fine", "body": ""}, format="json")
+    assert empty.status_code == 201
