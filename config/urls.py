@@ -15,6 +15,7 @@ urlpatterns = [
     path("api/v1/", include("config.api_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    path("v1/", include("apps.llm.urls")),  # OpenAI-compatible LLM proxy
     path("chat/", include("apps.chat.urls")),
     path("", include("apps.search.urls")),
 ]

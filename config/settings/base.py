@@ -231,6 +231,11 @@ LLM_PRICES = {  # USD per 1M tokens
     "claude-3-5-haiku-latest": {"input": Decimal("0.80"), "output": Decimal("4.00")},
     "claude-sonnet-4-5": {"input": Decimal("3.00"), "output": Decimal("15.00")},
 }
+# The OpenAI-compatible endpoint's async views are added to the schema by a hook.
+SPECTACULAR_SETTINGS["POSTPROCESSING_HOOKS"] = [
+    "drf_spectacular.hooks.postprocess_schema_enums",
+    "apps.llm.schema.add_openai_compatible_paths",
+]
 
 # --- documents & embeddings ------------------------------------------------------------
 # Embedding backends by alias (dotted path + OPTIONS, like CACHES). "default" embeds

@@ -288,6 +288,9 @@ class FakeUpstream:
             index = -skip
             async for data in events:
                 if fail == "drop" and index == fail_at:
+                    # Let the tokens already written reach the client first: aiohttp discards
+                    # buffered bytes once it sees the broken body.
+                    await asyncio.sleep(0.05)
                     request.transport.close()  # no terminating chunk: the client sees a broken body
                     return response
                 if fail == "malformed" and index == fail_at:

@@ -1,0 +1,199 @@
+"""OpenAI-compatible endpoint: ``POST /v1/chat/completions`` and ``GET /v1/models``.
+
+Async Django views (DRF has no async views), so a streamed answer holds no
+thread under ASGI. Authenticated with ``Authorization: Bearer <API key>``; the
+``model`` is a route name (``GET /v1/models`` lists them) and every call goes
+through the same routes, breakers, cache, ledger and budgets as chat. Errors
+use the one JSON envelope (``apps.core.exceptions.envelope``); an error after
+streaming has started is sent as a final ``data: {"error": ...}`` event, which
+OpenAI clients raise as an ``APIError``.
+
+The response cache is scoped per key owner: the answer depends only on the
+request, but we still never hand one customer's cached answer to another.
+Extension: ``"cache": false`` in the body bypasses the cache.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from apps.core.exceptions import envelope
+from apps.core.logging import get_logger
+from apps.llm.conf import route_names
+from apps.llm.exceptions import BudgetExceeded, LLMError
+from apps.llm.services import ChatRequest, aapi_key_authenticate, acomplete, stream_chat
+
+logger = get_logger("quire.llm.api")
+PASSTHROUGH_PARAMS = {"temperature": float, "top_p": float, "presence_penalty": float, "frequency_penalty": float,
+                      "seed": int, "stop": (str, list)}
+ROLES = {"system", "user", "assistant", "developer", "tool"}
+
+
+def _error(request, status: int, code: str, message: str, details=None, headers=None) -> JsonResponse:
+    response = JsonResponse(envelope(code, message, details, request), status=status)
+    for name, value in (headers or {}).items():
+        response[name] = value
+    return response
+
+
+def _budget_error(request, error: BudgetExceeded) -> JsonResponse:
+    headers = {}
+    if error.resets_at is not None:
+        headers["Retry-After"] = str(max(1, int(error.resets_at.timestamp() - time.time())))
+    return _error(request, 429, error.code, error.message, error.details(), headers)
+
+
+async def _authenticate(request: HttpRequest):
+    header = request.headers.get("Authorization", "")
+    scheme, _, raw = header.partition(" ")
+    if scheme.lower() != "bearer" or not raw.strip():
+        return None
+    return await aapi_key_authenticate(raw.strip())
+
+
+def _unauthenticated(request) -> JsonResponse:
+    return _error(request, 401, "not_authenticated", "Send a valid API key as 'Authorization: Bearer <key>'.",
+                  headers={"WWW-Authenticate": 'Bearer realm="quire"'})
+
+
+def _parse(body: bytes) -> tuple[dict | None, str | None]:
+    """(validated fields, None) or (None, error message)."""
+    try:
+        data = json.loads(body or b"null")
+    except ValueError:
+        return None, "The body is not valid JSON."
+    if not isinstance(data, dict):
+        return None, "The body must be a JSON object."
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        return None, "model: a route name is required (see GET /v1/models)."
+    messages = data.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return None, "messages: a non-empty list is required."
+    clean = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            return None, f"messages[{index}]: role must be one of {sorted(ROLES)}."
+        content = message.get("content")
+        if isinstance(content, list):
+            content = " ".join(part.get("text", "") for part in content if isinstance(part, dict))
+        if not isinstance(content, str):
+            return None, f"messages[{index}]: content must be a string."
+        clean.append({"role": "system" if message["role"] == "developer" else message["role"], "content": content})
+    params = {}
+    for name, kind in PASSTHROUGH_PARAMS.items():
+        value = data.get(name)
+        if value is None:
+            continue
+        number_ok = kind is float and isinstance(value, int | float)
+        if isinstance(value, bool) or not (number_ok or isinstance(value, kind)):
+            return None, f"{name}: wrong type."
+        params[name] = value
+    max_tokens = data.get("max_completion_tokens", data.get("max_tokens"))
+    if max_tokens is not None:
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+            return None, "max_tokens: a positive integer."
+        params["max_tokens"] = max_tokens
+    stream_options = data.get("stream_options") or {}
+    return {
+        "model": model, "messages": clean, "params": params, "stream": bool(data.get("stream")),
+        "include_usage": bool(isinstance(stream_options, dict) and stream_options.get("include_usage")),
+        "cache": data.get("cache", True) is not False,
+    }, None
+
+
+def _usage_json(usage) -> dict:
+    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens}
+
+
+@csrf_exempt
+async def chat_completions(request: HttpRequest) -> HttpResponse:
+    if request.method != "POST":
+        return _error(request, 405, "method_not_allowed", f'Method "{request.method}" not allowed.')
+    key = await _authenticate(request)
+    if key is None:
+        return _unauthenticated(request)
+    fields, problem = _parse(request.body)
+    if problem:
+        return _error(request, 400, "validation_error", problem)
+    if fields["model"] not in route_names():
+        return _error(request, 404, "model_not_found", f"No model {fields['model']!r}; see GET /v1/models.")
+    chat = ChatRequest(route=fields["model"], messages=fields["messages"], user=key.user, api_key=key,
+                       scope=f"api-user:{key.user_id}", cache=fields["cache"], params=fields["params"])
+    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+    created = int(time.time())
+    if not fields["stream"]:
+        try:
+            result = await acomplete(chat)
+        except BudgetExceeded as error:
+            return _budget_error(request, error)
+        except LLMError as error:
+            return _error(request, error.http_status, error.code, error.message, {"provider": error.provider})
+        response = JsonResponse({
+            "id": completion_id, "object": "chat.completion", "created": created, "model": fields["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
+                         "finish_reason": "stop"}],
+            "usage": _usage_json(result.usage),
+        })
+        response["X-Quire-Usage-Record"] = result.usage_record_id
+        response["X-Quire-Provider"] = result.provider
+        return response
+
+    events = stream_chat(chat)
+    try:
+        first = await anext(events)  # budgets are checked here, before any byte is sent
+    except BudgetExceeded as error:
+        return _budget_error(request, error)
+    response = StreamingHttpResponse(
+        _sse(events, first, completion_id=completion_id, created=created, model=fields["model"],
+             include_usage=fields["include_usage"]),
+        content_type="text/event-stream",
+    )
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+async def _sse(events, first, *, completion_id: str, created: int, model: str, include_usage: bool):
+    head = f'{{"id":"{completion_id}","object":"chat.completion.chunk","created":{created},"model":{json.dumps(model)},'
+
+    def chunk(delta: dict, finish: str | None = None) -> bytes:
+        body = json.dumps({"index": 0, "delta": delta, "finish_reason": finish})
+        return f"data: {head}\"choices\":[{body}]}}\n\n".encode()
+
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        event = first
+        while True:
+            if event.type == "token":
+                yield chunk({"content": event.text})
+            elif event.type == "done":
+                yield chunk({}, "stop")
+                if include_usage:
+                    yield f'data: {head}"choices":[],"usage":{json.dumps(_usage_json(event.usage))}}}\n\n'.encode()
+                break
+            else:
+                error = {"code": event.code, "message": event.message, "type": "upstream_error",
+                         "details": {"partial": event.partial, "usage_record_id": event.usage_record_id}}
+                yield f"data: {json.dumps({'error': error})}\n\n".encode()
+                break
+            event = await anext(events)
+        yield b"data: [DONE]\n\n"
+    finally:
+        await events.aclose()  # a client that went away cancels the upstream call
+
+
+@csrf_exempt
+async def models(request: HttpRequest) -> HttpResponse:
+    if request.method != "GET":
+        return _error(request, 405, "method_not_allowed", f'Method "{request.method}" not allowed.')
+    if await _authenticate(request) is None:
+        return _unauthenticated(request)
+    return JsonResponse({"object": "list", "data": [
+        {"id": name, "object": "model", "created": 0, "owned_by": "quire"} for name in route_names()]})

@@ -1,0 +1,10 @@
+"""The OpenAI-compatible endpoint, mounted at /v1/ by config/urls.py."""
+
+from django.urls import path
+
+from apps.llm import api
+
+urlpatterns = [
+    path("chat/completions", api.chat_completions, name="llm-chat-completions"),
+    path("models", api.models, name="llm-models"),
+]

@@ -1,0 +1,154 @@
+"""The OpenAI-compatible endpoint, proven with the official ``openai`` client
+against a real uvicorn server (a subprocess on the test database) whose
+provider is the fake upstream."""
+
+import subprocess
+import sys
+import time
+from decimal import Decimal
+
+import httpx
+import openai
+import pytest
+
+from apps.llm import ledger
+from apps.llm.models import UsageRecord
+from tests.conftest import BASE_DIR, child_env, free_port
+from tests.factories.llm import make_api_key
+
+
+@pytest.fixture
+def proxy_server(fake_upstream, django_db_blocker):
+    port = free_port()
+    env = child_env(LLM_OPENAI_BASE_URL=fake_upstream.url, LLM_OPENAI_API_KEY="upstream-key",
+                    LLM_OPENAI_MODEL="gpt-4o-mini", LOG_LEVEL="WARNING")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port", str(port),
+         "--lifespan", "off", "--log-level", "warning"],
+        cwd=BASE_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(proc.stdout.read().decode(errors="replace")[-3000:])
+        time.sleep(0.1)
+    yield type("Server", (), {"url": base, "upstream": fake_upstream})
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def client_for(server, raw_key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=raw_key, max_retries=0, timeout=20)
+
+
+MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello."}]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_openai_client_streams_from_chat_completions(proxy_server):
+    key, raw = make_api_key()
+    proxy_server.upstream.configure(text="Hello from the proxy, streamed.")
+    stream = client_for(proxy_server, raw).chat.completions.create(
+        model="chat", messages=MESSAGES, stream=True, stream_options={"include_usage": True})
+    pieces, usage = [], None
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            pieces.append(chunk.choices[0].delta.content)
+        if chunk.usage:
+            usage = chunk.usage
+    assert "".join(pieces) == "Hello from the proxy, streamed."
+    assert len(pieces) == 5  # token by token, not buffered
+    assert usage.completion_tokens == 5 and usage.prompt_tokens > 0
+    assert proxy_server.upstream.requests[-1]["body"]["model"] == "gpt-4o-mini"
+    assert ledger.flush() == 1
+    row = UsageRecord.objects.get()
+    assert (row.api_key_id, row.user_id, row.provider, row.outcome) == (key.pk, key.user_id, "openai", "ok")
+    assert row.cost_usd > 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_openai_client_non_streaming_models_and_cache(proxy_server):
+    _, raw = make_api_key()
+    client = client_for(proxy_server, raw)
+    assert {m.id for m in client.models.list()} == {"chat", "enrich"}
+    first = client.chat.completions.create(model="chat", messages=MESSAGES)
+    assert first.choices[0].message.content == "tok0 tok1 tok2 tok3 tok4 tok5 tok6 tok7 "
+    assert first.usage.completion_tokens == 8
+    second = client.chat.completions.create(model="chat", messages=MESSAGES)
+    assert second.choices[0].message.content == first.choices[0].message.content
+    assert proxy_server.upstream.calls() == 1  # served from the cache
+    client.chat.completions.create(model="chat", messages=MESSAGES, extra_body={"cache": False})
+    assert proxy_server.upstream.calls() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_errors_use_the_envelope(proxy_server):
+    _, raw = make_api_key()
+    with pytest.raises(openai.AuthenticationError):
+        client_for(proxy_server, "qk_wrong").chat.completions.create(model="chat", messages=MESSAGES)
+    url = f"{proxy_server.url}/v1/chat/completions"
+    response = httpx.post(url, json={"model": "chat", "messages": MESSAGES})
+    assert response.status_code == 401 and response.json()["error"]["code"] == "not_authenticated"
+    headers = {"Authorization": f"Bearer {raw}"}
+    response = httpx.post(url, json={"model": "gpt-9", "messages": MESSAGES}, headers=headers)
+    assert response.status_code == 404 and response.json()["error"]["code"] == "model_not_found"
+    response = httpx.post(url, content=b"{not json", headers=headers)
+    assert response.status_code == 400 and response.json()["error"]["code"] == "validation_error"
+    response = httpx.post(url, json={"model": "chat", "messages": [{"role": "wizard", "content": "x"}]},
+                          headers=headers)
+    assert response.status_code == 400 and "role" in response.json()["error"]["message"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_exhausted_api_key_budget_is_a_429_envelope(proxy_server):
+    _, raw = make_api_key(monthly_budget_usd=Decimal("0.0001"))
+    proxy_server.upstream.configure(tokens=200)  # 200 x $0.60/1M = $0.00012: one call spends it all
+    client = client_for(proxy_server, raw)
+    client.chat.completions.create(model="chat", messages=MESSAGES, extra_body={"cache": False})  # overrun by one
+    calls = proxy_server.upstream.calls()
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(model="chat", messages=MESSAGES, stream=True, extra_body={"cache": False})
+    response = httpx.post(f"{proxy_server.url}/v1/chat/completions", json={"model": "chat", "messages": MESSAGES},
+                          headers={"Authorization": f"Bearer {raw}"})
+    assert response.status_code == 429
+    error = response.json()["error"]
+    assert error["code"] == "budget_exceeded" and error["details"]["budget"] == "api_key"
+    assert error["details"]["limit_usd"] == "0.0001" and int(response.headers["Retry-After"]) > 0
+    assert proxy_server.upstream.calls() == calls  # refused before any upstream call
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failure_mid_stream_reaches_the_openai_client_as_an_error(proxy_server):
+    _, raw = make_api_key()
+    proxy_server.upstream.configure(fail="drop", fail_at=2)
+    stream = client_for(proxy_server, raw).chat.completions.create(model="chat", messages=MESSAGES, stream=True)
+    received = []
+    with pytest.raises(openai.APIError, match="interrupted"):
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                received.append(chunk.choices[0].delta.content)
+    assert received == ["tok0 ", "tok1 "]
+    ledger.flush()
+    assert UsageRecord.objects.get().outcome == "partial"
+
+
+def test_endpoint_is_in_the_openapi_schema(tmp_path):
+    import json
+
+    from django.core.management import call_command
+
+    out = tmp_path / "schema.json"
+    call_command("spectacular", "--validate", "--fail-on-warn", "--format", "openapi-json", "--file", str(out))
+    paths = json.loads(out.read_text())["paths"]
+    assert "429" in paths["/v1/chat/completions"]["post"]["responses"]
+    assert "get" in paths["/v1/models"]
