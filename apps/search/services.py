@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import html
 import time
+import collections
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
 
@@ -36,6 +37,7 @@ MODES = ("hybrid", "semantic", "keyword")
 # Passages per document in retrieve_passages: enough context, not one document's monologue.
 PASSAGES_PER_DOCUMENT = 2
 PASSAGE_CANDIDATES = 50
+MAX_FACETS = 30
 # Nearest chunks fetched per wanted document on the semantic side.
 CHUNKS_PER_DOCUMENT = 3
 # Private-use sentinels for ts_headline: the snippet is HTML-escaped afterwards and
@@ -166,16 +168,27 @@ def _scope(user, filters: SearchFilters | None, parsed: ParsedQuery) -> _Scope:
     )
 
 
-def _keyword_chunks_cte(parsed: ParsedQuery, scope: _Scope) -> tuple[str, list]:
-    """CTEs ending in ``kw_chunks(chunk_id, document_id, score)``: BM25 per visible chunk."""
-    k1, b = settings.SEARCH_BM25_K1, settings.SEARCH_BM25_B
+def _lexemes(cursor, parsed: ParsedQuery) -> list[str]:
+    """The query's distinct lexemes under Postgres's own ``english`` analyzer (stop words dropped)."""
+    if parsed.is_empty:
+        return []
+    cursor.execute(
+        "SELECT coalesce(array_agg(lexeme), '{}') FROM "
+        "(SELECT DISTINCT t.lexeme FROM unnest(to_tsvector('english', %s)) t LIMIT %s) x",
+        [parsed.text, settings.SEARCH_MAX_QUERY_TERMS],
+    )
+    return list(cursor.fetchone()[0])
+
+
+def _keyword_chunks_cte(lexemes: list[str], scope: _Scope) -> tuple[str, list]:
+    """CTEs ending in ``kw_chunks(chunk_id, document_id, score, tags)``: BM25 per visible chunk.
+
+    The lexemes are bound as a literal array (not computed in the statement) so the
+    planner sees them and estimates the postings with the per-lexeme statistics.
+    """
+    k1, b = float(settings.SEARCH_BM25_K1), float(settings.SEARCH_BM25_B)
     chunk_join = "JOIN documents_chunk c ON c.id = s.chunk_id" if scope.needs_chunk_join else ""
     sql = f"""
-    kw_terms AS (
-        SELECT coalesce(array_agg(lexeme), '{{}}') AS lexemes FROM (
-            SELECT DISTINCT t.lexeme FROM unnest(to_tsvector('english', %s)) t LIMIT %s
-        ) x
-    ),
     kw_stats AS (
         SELECT greatest(coalesce(sum(chunks), 0), 1)::float8 AS n,
                greatest(coalesce(sum(total_length), 0), 1)::float8 / greatest(coalesce(sum(chunks), 0), 1) AS avgdl
@@ -183,22 +196,24 @@ def _keyword_chunks_cte(parsed: ParsedQuery, scope: _Scope) -> tuple[str, list]:
     ),
     kw_post AS MATERIALIZED (
         SELECT p.lexeme, p.chunk_id, p.document_id, p.tf, p.dl FROM search_posting p
-        WHERE p.lexeme = ANY((SELECT lexemes FROM kw_terms)::text[])
+        WHERE p.lexeme = ANY(%s::text[])
     ),
-    kw_df AS (SELECT lexeme, count(*)::float8 AS df FROM kw_post GROUP BY lexeme),
+    kw_idf AS (
+        SELECT kp.lexeme, ln(1 + (st.n - count(*) + 0.5) / (count(*) + 0.5)) AS idf
+        FROM kw_post kp CROSS JOIN kw_stats st GROUP BY kp.lexeme, st.n
+    ),
     kw_scored AS (
         SELECT kp.chunk_id, kp.document_id,
-               sum(ln(1 + (st.n - kd.df + 0.5) / (kd.df + 0.5))
-                   * kp.tf * {k1 + 1} / (kp.tf + {k1} * (1 - {b} + {b} * kp.dl / st.avgdl))) AS score
-        FROM kw_post kp JOIN kw_df kd USING (lexeme) CROSS JOIN kw_stats st
+               sum(ki.idf * kp.tf * {k1 + 1} / (kp.tf + {k1} * (1 - {b} + {b} * kp.dl / st.avgdl))) AS score
+        FROM kw_post kp JOIN kw_idf ki USING (lexeme) CROSS JOIN kw_stats st
         GROUP BY kp.chunk_id, kp.document_id
     ),
     kw_chunks AS (
-        SELECT s.chunk_id, s.document_id, s.score FROM kw_scored s
+        SELECT s.chunk_id, s.document_id, s.score, d.tags FROM kw_scored s
         JOIN documents_document d ON d.id = s.document_id {chunk_join}
         WHERE {scope.where}
     )"""
-    return sql, [parsed.text, settings.SEARCH_MAX_QUERY_TERMS, *scope.params]
+    return sql, [lexemes, *scope.params]
 
 
 def _semantic_chunks_cte(scope: _Scope, depth: int, *, exclude_document: int | None = None) -> tuple[str, list]:
@@ -211,7 +226,7 @@ def _semantic_chunks_cte(scope: _Scope, depth: int, *, exclude_document: int | N
     extra = "AND c.document_id <> %s" if exclude_document is not None else ""
     sql = f"""
     sem_chunks AS MATERIALIZED (
-        SELECT c.id AS chunk_id, c.document_id, c.embedding <=> %s::vector AS distance
+        SELECT c.id AS chunk_id, c.document_id, c.embedding <=> %s::vector AS distance, d.tags
         FROM documents_chunk c JOIN documents_document d ON d.id = c.document_id
         WHERE c.embedding IS NOT NULL AND {scope.where} {extra}
         ORDER BY c.embedding <=> %s::vector
@@ -249,57 +264,56 @@ def _check_mode(mode: str) -> None:
 
 
 # --- hybrid_search ---------------------------------------------------------------------
-def _ranked_documents(cursor, *, parsed, scope, mode, vector, depth) -> list[tuple]:
-    """All candidate documents ordered best first: (document_id, chunk_id, score, kw_rank, sem_rank)."""
+def _ranked_documents(cursor, *, lexemes, scope, mode, vector, depth) -> list[tuple]:
+    """All candidate documents, best first: (document_id, chunk_id, score, kw_rank, sem_rank, tags)."""
     ctes, params = [], []
-    if mode in ("keyword", "hybrid"):
-        sql, p = _keyword_chunks_cte(parsed, scope)
+    use_keyword = mode in ("keyword", "hybrid") and bool(lexemes)
+    use_semantic = mode in ("semantic", "hybrid") and vector is not None
+    if not (use_keyword or use_semantic):
+        return []
+    if use_keyword:
+        sql, p = _keyword_chunks_cte(lexemes, scope)
         ctes.append(sql)
         params += p
         ctes.append("""
     kw_ranked AS (
-        SELECT document_id, chunk_id, score, row_number() OVER (ORDER BY score DESC, document_id) AS rnk
-        FROM (SELECT DISTINCT ON (document_id) document_id, chunk_id, score FROM kw_chunks
+        SELECT document_id, chunk_id, score, tags, row_number() OVER (ORDER BY score DESC, document_id) AS rnk
+        FROM (SELECT DISTINCT ON (document_id) document_id, chunk_id, score, tags FROM kw_chunks
               ORDER BY document_id, score DESC) best
     )""")
-    if vector is not None:
+    if use_semantic:
         sql, p = _semantic_chunks_cte(scope, depth)
         ctes.append(sql)
         literal = _vector_literal(vector)
         params += [literal, *p, literal, depth]
         ctes.append("""
     sem_ranked AS (
-        SELECT document_id, chunk_id, distance, row_number() OVER (ORDER BY distance, document_id) AS rnk
-        FROM (SELECT DISTINCT ON (document_id) document_id, chunk_id, distance FROM sem_chunks
+        SELECT document_id, chunk_id, distance, tags, row_number() OVER (ORDER BY distance, document_id) AS rnk
+        FROM (SELECT DISTINCT ON (document_id) document_id, chunk_id, distance, tags FROM sem_chunks
               WHERE distance < 1 ORDER BY document_id, distance) best
     )""")
-    if mode == "keyword" or vector is None:
-        final = "SELECT document_id, chunk_id, score, rnk, NULL FROM kw_ranked ORDER BY rnk"
-    elif mode == "semantic":
-        final = "SELECT document_id, chunk_id, 1 - distance, NULL, rnk FROM sem_ranked ORDER BY rnk"
+    if not use_semantic:
+        final = "SELECT document_id, chunk_id, score, rnk, NULL, tags FROM kw_ranked ORDER BY rnk"
+    elif not use_keyword:
+        final = "SELECT document_id, chunk_id, 1 - distance, NULL, rnk, tags FROM sem_ranked ORDER BY rnk"
     else:
-        weights, k = settings.SEARCH_RRF_WEIGHTS, settings.SEARCH_RRF_K
+        weights, k = settings.SEARCH_RRF_WEIGHTS, int(settings.SEARCH_RRF_K)
         final = f"""
     SELECT coalesce(kr.document_id, sr.document_id),
            coalesce(kr.chunk_id, sr.chunk_id),
-           coalesce({float(weights['keyword'])} / ({int(k)} + kr.rnk), 0)
-             + coalesce({float(weights['semantic'])} / ({int(k)} + sr.rnk), 0) AS fused,
-           kr.rnk, sr.rnk
+           coalesce({float(weights['keyword'])} / ({k} + kr.rnk), 0)
+             + coalesce({float(weights['semantic'])} / ({k} + sr.rnk), 0) AS fused,
+           kr.rnk, sr.rnk, coalesce(kr.tags, sr.tags)
     FROM kw_ranked kr FULL OUTER JOIN sem_ranked sr ON sr.document_id = kr.document_id
     ORDER BY fused DESC, 1"""
     cursor.execute("WITH " + ",".join(ctes) + final, params)
     return cursor.fetchall()
 
 
-def _facets(cursor, document_ids: list[int]) -> list[tuple[str, int]]:
-    if not document_ids:
-        return []
-    cursor.execute(
-        """SELECT tag, count(*) FROM documents_document d, unnest(d.tags) AS tag
-           WHERE d.id = ANY(%s) GROUP BY tag ORDER BY count(*) DESC, tag LIMIT 30""",
-        [document_ids],
-    )
-    return [(tag, n) for tag, n in cursor.fetchall()]
+def _facets(rows: list[tuple]) -> list[tuple[str, int]]:
+    """Tag counts over the whole (visible, filtered) result set, most common first."""
+    counts = collections.Counter(tag for row in rows for tag in set(row[5] or ()))
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:MAX_FACETS]
 
 
 def _highlight(headline: str) -> str:
@@ -307,23 +321,26 @@ def _highlight(headline: str) -> str:
     return escaped.replace(_MARK_START, "<mark>").replace(_MARK_STOP, "</mark>")
 
 
-def _result_rows(cursor, *, user, parsed, page: list[tuple]) -> list[SearchResult]:
+def _result_rows(cursor, *, user, parsed, page: list[tuple], snippets: bool = True) -> list[SearchResult]:
     if not page:
         return []
     vis, vis_params = visibility_sql(user, alias="d")
+    if snippets:
+        headline = "ts_headline('english', translate(c.text, %s, ''), websearch_to_tsquery('english', %s), %s)"
+        headline_params = [_MARK_START + _MARK_STOP, parsed.headline_query, _HEADLINE_OPTIONS]
+    else:
+        headline, headline_params = "''", []
     cursor.execute(
-        f"""SELECT r.ord, d.id, d.slug, d.title, d.tags, d.published_at, c.id, c.heading_path,
-                   ts_headline('english', translate(c.text, %s, ''), websearch_to_tsquery('english', %s), %s)
+        f"""SELECT r.ord, d.id, d.slug, d.title, d.tags, d.published_at, c.id, c.heading_path, {headline}
             FROM unnest(%s::bigint[], %s::bigint[]) WITH ORDINALITY AS r(doc_id, chunk_id, ord)
             JOIN documents_document d ON d.id = r.doc_id
             JOIN documents_chunk c ON c.id = r.chunk_id AND c.document_id = d.id
             WHERE {vis} ORDER BY r.ord""",
-        [_MARK_START + _MARK_STOP, parsed.headline_query, _HEADLINE_OPTIONS,
-         [row[0] for row in page], [row[1] for row in page], *vis_params],
+        [*headline_params, [row[0] for row in page], [row[1] for row in page], *vis_params],
     )
     by_ord = {row[0]: row for row in cursor.fetchall()}
     results = []
-    for ordinal, (doc_id, chunk_id, score, kw_rank, sem_rank) in enumerate(page, start=1):
+    for ordinal, (doc_id, chunk_id, score, kw_rank, sem_rank, _tags) in enumerate(page, start=1):
         row = by_ord.get(ordinal)
         if row is None:  # deleted between the two statements
             continue
@@ -345,13 +362,15 @@ def hybrid_search(
     limit: int = 10,
     offset: int = 0,
     mode: str = "hybrid",
+    snippets: bool = True,
 ) -> SearchResults:
     """Search documents visible to ``user``; best chunk per document, best documents first.
 
     ``mode`` is ``hybrid`` (BM25 and semantic fused by RRF), ``keyword`` or
     ``semantic``. Any text is accepted: operators are parsed, never passed to SQL as
     syntax. ``total`` counts every matching document (semantic: the nearest
-    candidates), ``facets`` count tags over that whole set.
+    candidates), ``facets`` count tags over that whole set. ``snippets=False`` skips
+    ts_headline (evaluation ranks 100 documents per query and reads no snippet).
     """
     _check_mode(mode)
     started = time.perf_counter()
@@ -367,14 +386,13 @@ def hybrid_search(
         # Depth in chunks: documents have several, and a page must still fill up.
         depth = min(1000, max(settings.SEARCH_SEMANTIC_CANDIDATES, CHUNKS_PER_DOCUMENT * (offset + limit)))
         with transaction.atomic(), connection.cursor() as cursor:
+            lexemes = _lexemes(cursor, parsed) if mode in ("keyword", "hybrid") else []
             if vector is not None:
                 _configure_hnsw(cursor, depth=depth, filtered=scope.filtered)
-            if mode == "semantic" and vector is None:
-                rows = []
-            else:
-                rows = _ranked_documents(cursor, parsed=parsed, scope=scope, mode=mode, vector=vector, depth=depth)
-            facets = _facets(cursor, [r[0] for r in rows])
-            results = _result_rows(cursor, user=user, parsed=parsed, page=rows[offset : offset + limit])
+            rows = _ranked_documents(cursor, lexemes=lexemes, scope=scope, mode=mode, vector=vector, depth=depth)
+            facets = _facets(rows)
+            page = rows[offset : offset + limit]
+            results = _result_rows(cursor, user=user, parsed=parsed, page=page, snippets=snippets)
     else:
         facets, results = [], []
     took = time.perf_counter() - started
@@ -408,8 +426,10 @@ def retrieve_passages(*, query: str, user, limit: int = 8, mode: str = "hybrid")
     scope = _scope(user, None, parsed)
     depth = max(PASSAGE_CANDIDATES, limit * 4)
     ctes, params, lists = [], [], []
-    if mode in ("keyword", "hybrid"):
-        sql, p = _keyword_chunks_cte(parsed, scope)
+    with connection.cursor() as cursor:
+        lexemes = _lexemes(cursor, parsed) if mode in ("keyword", "hybrid") else []
+    if lexemes:
+        sql, p = _keyword_chunks_cte(lexemes, scope)
         ctes.append(sql)
         params += p
         ctes.append(f"""
@@ -426,6 +446,8 @@ def retrieve_passages(*, query: str, user, limit: int = 8, mode: str = "hybrid")
                        row_number() OVER (ORDER BY distance, chunk_id) AS rnk
                 FROM sem_chunks WHERE distance < 1)""")
         lists.append("sem_top")
+    if not lists:
+        return []
     if len(lists) == 2:
         weights, k = settings.SEARCH_RRF_WEIGHTS, int(settings.SEARCH_RRF_K)
         ctes.append(f"""
