@@ -217,8 +217,9 @@ def _fill_vectors(plans: list[_Plan], backend: EmbeddingBackend) -> None:
     wanted = {d.content_hash for plan in plans for d in plan.drafts}
     known: dict[str, list[float]] = {}
     if wanted:
-        rows = (Chunk.objects.filter(content_hash__in=wanted, embedding_model=backend.model_id,
-                                     embedding__isnull=False)
+        # Only the documents' own current chunks: a document never depends on another's rows.
+        rows = (Chunk.objects.filter(document_id__in=[p.document_id for p in plans], content_hash__in=wanted,
+                                     embedding_model=backend.model_id, embedding__isnull=False)
                 .order_by("content_hash").distinct("content_hash").values_list("content_hash", "embedding"))
         known = {h: list(v) for h, v in rows}
     to_embed: dict[str, str] = {}
