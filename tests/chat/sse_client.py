@@ -3,6 +3,8 @@ ASGI request path (AsyncClient), or over real HTTP from a uvicorn subprocess."""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import json
 import os
 import signal
@@ -59,6 +61,12 @@ def ask(path: str, question: str, *, user=None, client: AsyncClient | None = Non
         body = b"".join([chunk async for chunk in response.streaming_content])
         return response, parse_sse(body)
 
+    if asyncio._get_running_loop() is not None:
+        # pytest-playwright's sync API can leave its loop marked as running in this
+        # thread after a browser test; then run in a thread of our own (its own DB
+        # connection: only for transaction=True tests, which commit their data).
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            return pool.submit(run, go).result()
     return run(go)
 
 
@@ -78,7 +86,7 @@ class AppServer:
     def start(self, timeout: float = 60) -> AppServer:
         log = open(self.log, "wb")  # noqa: SIM115 - lives as long as the server
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1",
+            [sys.executable, "-m", "uvicorn", "tests.chat.asgi_static:application", "--host", "127.0.0.1",
              "--port", str(self.port), "--lifespan", "off", "--no-access-log", "--log-level", "warning"],
             cwd=BASE_DIR, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )

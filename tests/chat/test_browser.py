@@ -1,0 +1,33 @@
+"""Real Chromium against a real uvicorn worker: ask on the chat page, watch the
+answer stream in, follow the citation link to the document."""
+
+import pytest
+
+from tests.factories.search import indexed_document
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+def test_reader_asks_and_sees_a_streamed_answer_with_a_citation_link(page, app_server, fake_upstream):
+    doc = indexed_document(title="Lighthouse keepers", body="The keepers trimmed the lamp wicks every night.")
+    fake_upstream.configure(text="Keepers trimmed the wicks nightly [1].", token_delay=0.25)
+    page.goto(app_server.url + "/chat/")
+    page.fill("#chat-question", "Who trimmed the lamp wicks?")
+    page.click("#chat-send")
+
+    answer = page.locator(".message.assistant").last
+    # Mid-stream: part of the answer is on screen while the stream is still open.
+    page.wait_for_selector(".message.assistant.streaming .content:has-text('Keepers')")
+    assert "nightly" not in answer.locator(".content").inner_text()
+
+    link = answer.locator(".content a.cite")
+    link.wait_for()
+    assert answer.locator(".content").inner_text() == "Keepers trimmed the wicks nightly [1]."
+    assert link.inner_text() == "1" and link.get_attribute("href") == f"/d/{doc.slug}/"
+    assert answer.locator(".sources a").inner_text() == "Lighthouse keepers"
+    assert page.url.rstrip("/").split("/")[-2] == "chat"  # the new conversation's own URL
+
+    page.reload()  # the conversation is kept for this session, its citation still linked
+    assert page.locator(".chat-list li.current a").inner_text() == "Who trimmed the lamp wicks?"
+    page.locator(".message.assistant .content a.cite").click()
+    page.wait_for_url(f"**/d/{doc.slug}/")
