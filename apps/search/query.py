@@ -47,8 +47,13 @@ class ParsedQuery:
         return " or ".join(w for w in self.words if w.lower() not in _OPERATOR_WORDS)
 
 
+def clean_text(value: str | None) -> str:
+    """``value`` without control characters (PostgreSQL rejects NUL in text)."""
+    return _CONTROL.sub(" ", value or "")
+
+
 def parse_query(raw: str | None) -> ParsedQuery:
-    text = _CONTROL.sub(" ", raw or "")[: settings.SEARCH_MAX_QUERY_CHARS].strip()
+    text = clean_text(raw)[: settings.SEARCH_MAX_QUERY_CHARS].strip()
     words: list[str] = []
     phrases: list[str] = []
     excluded: list[str] = []

@@ -29,7 +29,7 @@ from prometheus_client import Counter, Histogram
 
 from apps.core.logging import get_logger
 from apps.documents.selectors import visibility_sql
-from apps.search.query import ParsedQuery, parse_query
+from apps.search.query import ParsedQuery, clean_text, parse_query
 
 logger = get_logger("quire.search")
 
@@ -121,7 +121,7 @@ def _filter_sql(filters: SearchFilters | None, *, alias: str = "d") -> tuple[str
     parts, params = [], []
     if filters.tags:
         parts.append(f"{alias}.tags @> %s::varchar[]")
-        params.append(list(filters.tags))
+        params.append([clean_text(tag)[:64] for tag in filters.tags])
     if filters.date_from:
         parts.append(f"{alias}.published_at >= %s")
         params.append(datetime.combine(filters.date_from, datetime.min.time()).astimezone())

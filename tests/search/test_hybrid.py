@@ -127,3 +127,18 @@ def test_explain_shows_the_hnsw_index_for_the_semantic_query():
         cursor.execute("EXPLAIN " + sql, params)
         plan = "\n".join(row[0] for row in cursor.fetchall())
     assert "Index Scan using chunk_embedding_hnsw" in plan, plan
+
+
+def test_embedding_outage_degrades_to_keyword_results_instead_of_failing(client):
+    from apps.llm.embeddings.testing import fail_embeddings
+
+    doc = indexed_document(title="Geysers", body="Geysers erupt when groundwater boils.")
+    fail_embeddings(True)
+    try:
+        found = hybrid_search(query="geysers erupt", user=None)
+        assert ids(found) == [doc.pk] and found.degraded
+        assert hybrid_search(query="geysers", user=None, mode="semantic").total == 0
+        page = client.get("/search", {"q": "geysers"}).content.decode()
+        assert "Geysers" in page and "semantic search unavailable" in page
+    finally:
+        fail_embeddings(False)

@@ -79,3 +79,15 @@ def test_invisible_or_missing_document_is_404(client):
     private = indexed_document(title="Private", body="x", visibility=Document.Visibility.PRIVATE)
     assert client.get(f"/d/{private.slug}/").status_code == 404
     assert client.get("/d/no-such-document/").status_code == 404
+
+
+def test_control_characters_in_filters_give_a_friendly_page(client):
+    indexed_document(title="Anything", body="Some words.", tags=["a"])
+    response = client.get("/search", {"q": "words", "tag": ["\x00", "a" * 500]})
+    assert response.status_code == 200 and "No documents match" in response.content.decode()
+    nul_query = client.get("/search", {"q": "words\x00"})
+    assert nul_query.status_code == 200 and "Type a few words" in nul_query.content.decode()
+    api = client.get("/api/v1/search", {"q": "words", "tags": "\x00,b"})
+    assert api.status_code == 400 and api.json()["error"]["code"] == "validation_error"
+    api = client.get("/api/v1/search", {"q": "words", "tags": "b," + "c" * 500})
+    assert api.status_code == 200 and api.json()["total"] == 0

@@ -39,6 +39,8 @@ class Command(BaseCommand):
         if pending:
             with tqdm(total=len(pending), desc="embedding", unit="doc", file=sys.stderr) as bar:
                 evaluation.embed_pending(dataset_dir, progress=bar.update)
+        if added or pending:
+            evaluation.vacuum_analyze()
         modes = list(MODES) if mode == "all" else [mode]
         figures = {}
         for name in modes:
