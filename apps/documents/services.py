@@ -97,6 +97,10 @@ def document_create(*, title: str, body: str = "", author=None, **fields) -> Doc
     document = Document(title=title, body=body, author=author, **fields)
     if not document.slug:
         document.slug = unique_slug(title)
+    return _validate_and_save(document)
+
+
+def _validate_and_save(document: Document) -> Document:
     if document.status == Document.Status.PUBLISHED and document.published_at is None:
         document.published_at = timezone.now()
     document.full_clean()
@@ -112,11 +116,7 @@ def document_update(*, document: Document, **fields) -> Document:
         setattr(document, name, value)
     if content_changed and document.embedding_status != Status.PROCESSING:
         document.embedding_status = Status.PENDING
-    if document.status == Document.Status.PUBLISHED and document.published_at is None:
-        document.published_at = timezone.now()
-    document.full_clean()
-    document.save()
-    return document
+    return _validate_and_save(document)
 
 
 @transaction.atomic

@@ -16,6 +16,7 @@ import httpx
 from django.core.exceptions import ImproperlyConfigured
 
 from apps.core.logging import get_logger
+from apps.llm.backends.base import parse_retry_after
 from apps.llm.embeddings.base import EmbeddingBackend
 from apps.llm.embeddings.exceptions import (
     EmbeddingBadResponse,
@@ -124,7 +125,7 @@ class OpenAIHTTPBackend(EmbeddingBackend):
         except ValueError:
             message = None
         message = f"{self.base_url}/embeddings returned HTTP {response.status_code}: {message or response.text[:300]}"
-        retry_after = _parse_retry_after(response.headers.get("retry-after"))
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
         if response.status_code == 429:
             return EmbeddingRateLimited(message, backend=self.alias, retry_after=retry_after, status=429)
         if response.status_code >= 500:
@@ -161,20 +162,6 @@ class OpenAIHTTPBackend(EmbeddingBackend):
                 encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
             return [len(e.ids) for e in encodings]
         return [len(TOKEN_RE.findall(t)) for t in texts]
-
-
-def _parse_retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        from email.utils import parsedate_to_datetime
-
-        try:
-            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-        except (TypeError, ValueError):
-            return None
 
 
 def _normalise(vector: list[float]) -> list[float]:
