@@ -28,6 +28,7 @@ from apps.chat.serializers import (
     QuestionSerializer,
     TokenEventSerializer,
 )
+from apps.chat.streaming import release_db_connection
 from apps.chat.web import answer_response, session_key_for
 
 STREAM_DESCRIPTION = """\
@@ -169,4 +170,5 @@ class ConversationMessagesAPI(ChatAPIMixin, generics.GenericAPIView):
         data.is_valid(raise_exception=True)
         prepared = services.answer_prepare(conversation=conversation, user=request.user,
                                            session_key=self.session_key(), question=data.validated_data["question"])
+        release_db_connection()  # the stream may last minutes; the pool is small
         return answer_response(prepared, started=started)

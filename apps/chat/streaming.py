@@ -32,6 +32,7 @@ from decimal import Decimal
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import connection
 from prometheus_client import Counter, Histogram
 
 from apps.chat.citations import resolve_citations
@@ -59,6 +60,24 @@ def is_extractive(provider: str) -> bool:
         return not get_provider(provider).model_backed
     except Exception:
         return False
+
+
+def release_db_connection() -> None:
+    """Hand this thread's database connection back to the pool now.
+
+    Django would close it only at ``request_finished``, i.e. when the stream ends:
+    a thousand open streams would then hold a thousand connections (the pool has
+    ``DB_POOL_MAX_SIZE``). Inside an atomic block (tests) there is nothing to do.
+    """
+    if not connection.in_atomic_block:
+        connection.close()
+
+
+def _finish(**fields) -> None:
+    try:
+        answer_finish(**fields)
+    finally:
+        release_db_connection()
 
 
 def sse(event: str, data: dict) -> bytes:
@@ -208,7 +227,7 @@ async def _save(prepared: PreparedAnswer, done_event, *, text: str, status: str,
     }
     try:
         # Shielded: the client may be gone, the answer must still be recorded.
-        await asyncio.shield(sync_to_async(answer_finish)(**fields))
+        await asyncio.shield(sync_to_async(_finish)(**fields))
     except Exception:
         logger.exception("chat.save_failed", message_id=prepared.message_id)
     logger.info("chat.answer", message_id=prepared.message_id, status=status, provider=fields["provider"],

@@ -19,7 +19,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from rest_framework.exceptions import APIException
 
 from apps.chat import selectors, services
-from apps.chat.streaming import is_extractive
+from apps.chat.streaming import is_extractive, release_db_connection
 from apps.chat.web import answer_response, session_key_for
 from apps.core.exceptions import envelope
 from apps.llm.services import route_config
@@ -86,11 +86,14 @@ def _question_from(request) -> str:
 
 def _prepare(request, pk: int):
     """The synchronous half (ORM, session, Redis, retrieval), run in a worker thread."""
-    user = request.user
-    session_key = session_key_for(request, create=False)
-    conversation = selectors.conversation_get(conversation_id=pk, user=user, session_key=session_key)
-    return services.answer_prepare(conversation=conversation, user=user, session_key=session_key,
-                                   question=_question_from(request))
+    try:
+        user = request.user
+        session_key = session_key_for(request, create=False)
+        conversation = selectors.conversation_get(conversation_id=pk, user=user, session_key=session_key)
+        return services.answer_prepare(conversation=conversation, user=user, session_key=session_key,
+                                       question=_question_from(request))
+    finally:
+        release_db_connection()
 
 
 @require_POST
