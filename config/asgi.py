@@ -4,3 +4,8 @@ from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
 application = get_asgi_application()
+
+# /v1/ (the OpenAI-compatible LLM proxy) skips the thread-hopping middleware; see apps/llm/asgi.py.
+from apps.llm.asgi import with_proxy_path  # noqa: E402
+
+application = with_proxy_path(application)

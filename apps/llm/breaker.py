@@ -71,8 +71,8 @@ class CircuitBreaker:
         """May we call the provider now? At most one caller gets the half-open probe."""
         _, cooldown_ms = self._config()
         # The probe lease outlives a probe that never reports back (killed process).
-        allowed, state, failures = await runtime.aredis().eval(
-            _ALLOW, 2, self.state_key, self.probe_key, cooldown_ms, max(cooldown_ms, 60_000)
+        allowed, state, failures = await runtime.run_script(
+            _ALLOW, [self.state_key, self.probe_key], [cooldown_ms, max(cooldown_ms, 60_000)]
         )
         state = state.decode() if isinstance(state, bytes) else state
         BREAKER_STATE.labels(self.alias).set(BREAKER_VALUES[state])
@@ -89,7 +89,7 @@ class CircuitBreaker:
 
     async def record_failure(self) -> str:
         threshold, _ = self._config()
-        state = await runtime.aredis().eval(_FAILURE, 2, self.state_key, self.probe_key, threshold)
+        state = await runtime.run_script(_FAILURE, [self.state_key, self.probe_key], [threshold])
         state = state.decode() if isinstance(state, bytes) else state
         BREAKER_STATE.labels(self.alias).set(BREAKER_VALUES[state])
         return state

@@ -153,9 +153,8 @@ async def reserve(*, user, api_key, estimate: Decimal, call_id: str, ttl_s: floa
     keys = [k for holder in holders for k in holder.keys(month)]
     client = runtime.aredis()
     for _ in range(3):
-        status, index, spend = await client.eval(
-            _RESERVE, len(keys), *keys, len(holders), est, member, int(ttl_s * 1000),
-            *[to_nano(h.limit_usd) for h in holders],
+        status, index, spend = await runtime.run_script(
+            _RESERVE, keys, [len(holders), est, member, int(ttl_s * 1000), *[to_nano(h.limit_usd) for h in holders]],
         )
         status = status.decode() if isinstance(status, bytes) else status
         if status == "ok":

@@ -139,3 +139,23 @@ def _close_background_loop() -> None:
 
 
 atexit.register(_close_background_loop)
+
+
+_SHAS: dict[str, str] = {}
+
+
+async def run_script(script: str, keys: list[str], args: list) -> Any:
+    """EVALSHA a Lua script (one short hash over the wire instead of the script),
+    loading it on first use or after a Redis restart."""
+    import hashlib
+
+    from redis.exceptions import NoScriptError
+
+    sha = _SHAS.get(script)
+    if sha is None:
+        sha = _SHAS[script] = hashlib.sha1(script.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
+    client = aredis()
+    try:
+        return await client.evalsha(sha, len(keys), *keys, *args)
+    except NoScriptError:
+        return await client.eval(script, len(keys), *keys, *args)

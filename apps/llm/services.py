@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import secrets
 import time
 import uuid
@@ -54,6 +55,12 @@ from apps.llm.metrics import COST, LATENCY, REQUESTS, TOKENS, TTFT
 from apps.llm.router import Attempt, MidStreamFailure, walk
 
 logger = get_logger("quire.llm")
+
+
+def _log_calls() -> bool:
+    # structlog runs its processors before the stdlib level check; skip that work when INFO is off.
+    return logging.getLogger("quire.llm").isEnabledFor(logging.INFO)
+
 _background_tasks: set[asyncio.Task] = set()
 
 
@@ -244,13 +251,28 @@ async def acomplete(request: ChatRequest) -> ChatResult:
     raise LLMUnavailable("the call ended without an answer")
 
 
+async def drain_pending_records() -> None:
+    """Wait until every finished call of this loop has its ledger row queued in Redis."""
+    loop = asyncio.get_running_loop()
+    pending = [task for task in _background_tasks if task.get_loop() is loop]
+    if pending:
+        await asyncio.gather(*pending, return_exceptions=True)
+
+
+async def _complete_and_record(request: ChatRequest) -> ChatResult:
+    try:
+        return await acomplete(request)
+    finally:
+        await drain_pending_records()
+
+
 def complete(request: ChatRequest) -> ChatResult:
     """Synchronous ``acomplete`` for Celery tasks and management commands. Runs on
     the process's background event loop (one connection pool per process) and
     writes its ledger row to the database before returning."""
     route = _route_config(request.route)
     try:
-        return runtime.run_sync(acomplete(request), timeout=route.timeouts.total * len(route.chain) + 30)
+        return runtime.run_sync(_complete_and_record(request), timeout=route.timeouts.total * len(route.chain) + 30)
     finally:
         ledger.flush()
 
@@ -318,16 +340,25 @@ class _CallState:
             TOKENS.labels(self.route.name, provider, "completion").inc(usage.completion_tokens)
             if cost:
                 COST.labels(self.route.name, provider, model).inc(float(cost))
-        logger.info("llm.call", route=self.route.name, provider=provider, model=model, outcome=outcome,
-                    cached=self.hit is not None, latency_ms=round(latency_ms, 2),
-                    ttft_ms=round(ttft_ms, 2) if ttft_ms is not None else None,
-                    prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
-                    cost_usd=str(cost), fallbacks=entry["fallbacks"], record=self.call_id,
-                    error=entry["error"] or None)
+        if _log_calls():
+            logger.info("llm.call", route=self.route.name, provider=provider, model=model, outcome=outcome,
+                        cached=self.hit is not None, latency_ms=round(latency_ms, 2),
+                        ttft_ms=round(ttft_ms, 2) if ttft_ms is not None else None,
+                        prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+                        cost_usd=str(cost), fallbacks=entry["fallbacks"], record=self.call_id,
+                        error=entry["error"] or None)
         return entry, usage, cost, latency_ms, ttft_ms
 
-    async def _record(self, entry: dict, cost: Decimal) -> None:
+    def _record_soon(self, entry: dict, cost: Decimal) -> None:
+        """Queue the ledger row and settle the budget in a task of its own: the
+        caller gets its answer (and the HTTP client its bytes) without waiting
+        for Redis. :func:`drain_pending_records` waits for these tasks."""
         self.recorded = True
+        task = asyncio.get_running_loop().create_task(self._record(entry, cost))
+        _background_tasks.add(task)
+        task.add_done_callback(_background_tasks.discard)
+
+    async def _record(self, entry: dict, cost: Decimal) -> None:
         async with runtime.aredis().pipeline(transaction=False) as pipe:
             ledger.push_command(pipe, entry)
             if self.reservation is not None:
@@ -337,14 +368,14 @@ class _CallState:
 
     async def finish(self) -> DoneEvent:
         entry, usage, cost, latency_ms, ttft_ms = self._entry("ok")
-        await self._record(entry, cost)
+        self._record_soon(entry, cost)
         return DoneEvent(text="".join(self.parts), usage=usage, cost=cost, provider=entry["provider"],
                          model=entry["model"], ttft_ms=ttft_ms, latency_ms=latency_ms, cached=self.hit is not None,
                          usage_record_id=self.call_id, fallbacks=entry["fallbacks"])
 
     async def fail(self, error: LLMError, *, partial: bool) -> ErrorEvent:
         entry, usage, cost, _, _ = self._entry("partial" if partial else "error", str(error))
-        await self._record(entry, cost)
+        self._record_soon(entry, cost)
         return ErrorEvent(code=error.code, message=error.message if not partial else
                           f"The answer was interrupted: {error.message}", partial=partial,
                           usage_record_id=self.call_id, provider=error.provider or "", error=error,
@@ -354,11 +385,8 @@ class _CallState:
         """The consumer went away: record without awaiting (we may be cancelled)."""
         if self.recorded:  # it left after the final event: nothing was cut short
             return
-        self.recorded = True
         entry, _, cost, _, _ = self._entry("cancelled", "client went away")
-        task = asyncio.get_running_loop().create_task(self._record(entry, cost))
-        _background_tasks.add(task)
-        task.add_done_callback(_background_tasks.discard)
+        self._record_soon(entry, cost)
 
 
 # --- API keys ----------------------------------------------------------------------------

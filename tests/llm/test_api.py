@@ -11,8 +11,8 @@ import httpx
 import openai
 import pytest
 
-from apps.llm import ledger
 from apps.llm.models import UsageRecord
+from apps.llm.testing import flush_ledger_until
 from tests.conftest import BASE_DIR, child_env, free_port
 from tests.factories.llm import make_api_key
 
@@ -70,7 +70,7 @@ def test_openai_client_streams_from_chat_completions(proxy_server):
     assert len(pieces) == 5  # token by token, not buffered
     assert usage.completion_tokens == 5 and usage.prompt_tokens > 0
     assert proxy_server.upstream.requests[-1]["body"]["model"] == "gpt-4o-mini"
-    assert ledger.flush() == 1
+    assert flush_ledger_until(1) == 1
     row = UsageRecord.objects.get()
     assert (row.api_key_id, row.user_id, row.provider, row.outcome) == (key.pk, key.user_id, "openai", "ok")
     assert row.cost_usd > 0
@@ -138,7 +138,7 @@ def test_a_failure_mid_stream_reaches_the_openai_client_as_an_error(proxy_server
             if chunk.choices and chunk.choices[0].delta.content:
                 received.append(chunk.choices[0].delta.content)
     assert received == ["tok0 ", "tok1 "]
-    ledger.flush()
+    assert flush_ledger_until(1) == 1
     assert UsageRecord.objects.get().outcome == "partial"
 
 

@@ -25,11 +25,13 @@ def run(async_fn, *args, **kwargs):
     """Run ``async_fn`` from synchronous test code, in the calling thread's
     database connection (``async_to_sync``), closing that loop's HTTP pool after."""
     from apps.llm import runtime
+    from apps.llm.services import drain_pending_records
 
     async def wrapper():
         try:
             return await async_fn(*args, **kwargs)
         finally:
+            await drain_pending_records()
             await runtime.aclose_loop_resources()
 
     return async_to_sync(wrapper)()
@@ -40,3 +42,20 @@ async def collect(request) -> list:
     from apps.llm.services import stream_chat
 
     return [event async for event in stream_chat(request)]
+
+
+def flush_ledger_until(count: int, *, timeout: float = 5.0) -> int:
+    """Flush the ledger queue until ``count`` rows exist (rows from another
+    process, e.g. a uvicorn under test, reach Redis just after its response)."""
+    import time
+
+    from apps.llm import ledger
+    from apps.llm.models import UsageRecord
+
+    deadline = time.monotonic() + timeout
+    while True:
+        ledger.flush()
+        rows = UsageRecord.objects.count()
+        if rows >= count or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.02)

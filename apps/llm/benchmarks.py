@@ -1,0 +1,220 @@
+"""``manage.py bench proxy``: what the inference proxy adds over calling the upstream directly.
+
+Two real servers on loopback: the fake upstream (its own process, uvloop) and
+Quire under uvicorn (one worker, uvloop + httptools) with the fake as its
+``openai`` provider. The load generator (this process, aiohttp) alternates
+direct and proxied requests over keep-alive connections so drift hits both.
+Figures: non-streaming p50/p99 direct vs via proxy, streaming time to first
+token, cache-hit latency, requests/s with concurrent clients, and whether
+every proxied call reached the ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from decimal import Decimal
+
+from django.conf import settings
+
+from apps.core.bench import percentile, print_table, register
+
+MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say something short."}]
+
+
+def _arguments(parser):
+    parser.add_argument("--iterations", type=int, default=1000, help="sequential requests per measurement")
+    parser.add_argument("--rps-seconds", type=float, default=5.0)
+    parser.add_argument("--concurrency", type=int, default=16)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _spawn(args: list[str], env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, *args], cwd=settings.BASE_DIR, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+
+
+async def _wait_http(session, url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url} exited: {proc.stderr.read().decode(errors='replace')[-2000:]}")
+        try:
+            async with session.get(url) as response:
+                if response.status < 500:
+                    return
+        except OSError:
+            pass
+        except Exception:  # noqa: S110 - aiohttp connection errors while it boots
+            pass
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+async def _post(session, url, body, headers) -> float:
+    started = time.perf_counter()
+    async with session.post(url, data=body, headers=headers) as response:
+        await response.read()
+        if response.status != 200:
+            raise RuntimeError(f"{url}: HTTP {response.status}")
+    return time.perf_counter() - started
+
+
+async def _ttft(session, url, body, headers) -> float:
+    """Seconds until the first chunk carrying answer text."""
+    started = time.perf_counter()
+    first = None
+    async with session.post(url, data=body, headers=headers) as response:
+        async for line in response.content:
+            if first is None and b'"content": "tok' in line.replace(b'"content":"', b'"content": "'):
+                first = time.perf_counter() - started
+        if response.status != 200:
+            raise RuntimeError(f"{url}: HTTP {response.status}")
+    return first
+
+
+def _ms(values: list[float], pct: float) -> float:
+    return round(percentile([v * 1000 for v in values], pct), 3)
+
+
+async def _measure(options, upstream_url: str, proxy_url: str, raw_key: str, budget_key: str) -> dict:
+    import aiohttp
+
+    n = options["iterations"]
+    direct_url = f"{upstream_url}/v1/chat/completions"
+    via_url = f"{proxy_url}/v1/chat/completions"
+    direct_headers = {"Content-Type": "application/json", "Authorization": "Bearer upstream"}
+    proxy_headers = {"Content-Type": "application/json", "Authorization": f"Bearer {raw_key}"}
+    budget_headers = {**proxy_headers, "Authorization": f"Bearer {budget_key}"}
+    plain = json.dumps({"model": "gpt-4o-mini", "messages": MESSAGES})
+    via_nocache = json.dumps({"model": "chat", "messages": MESSAGES, "cache": False})
+    via_cached = json.dumps({"model": "chat", "messages": MESSAGES})
+    direct_stream = json.dumps({"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True})
+    via_stream = json.dumps({"model": "chat", "messages": MESSAGES, "stream": True, "cache": False})
+
+    connector = aiohttp.TCPConnector(limit=options["concurrency"] + 4)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for _ in range(200):  # warm-up: connection pools, first-use imports, JIT-less caches
+            await _post(session, direct_url, plain, direct_headers)
+            await _post(session, via_url, via_nocache, proxy_headers)
+        direct, via, via_budget = [], [], []
+        for _ in range(n):
+            direct.append(await _post(session, direct_url, plain, direct_headers))
+            via.append(await _post(session, via_url, via_nocache, proxy_headers))
+            via_budget.append(await _post(session, via_url, via_nocache, budget_headers))
+        ttft_direct, ttft_via = [], []
+        for _ in range(max(n // 2, 50)):
+            ttft_direct.append(await _ttft(session, f"{upstream_url}/v1/chat/completions", direct_stream,
+                                           direct_headers))
+            ttft_via.append(await _ttft(session, via_url, via_stream, proxy_headers))
+        await _post(session, via_url, via_cached, proxy_headers)  # fill the cache
+        hits = [await _post(session, via_url, via_cached, proxy_headers) for _ in range(n)]
+
+        completed = 0
+        stop_at = time.perf_counter() + options["rps_seconds"]
+
+        async def client():
+            nonlocal completed
+            while time.perf_counter() < stop_at:
+                await _post(session, via_url, via_nocache, proxy_headers)
+                completed += 1
+
+        rps_started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(options["concurrency"])))
+        rps = completed / (time.perf_counter() - rps_started)
+
+    proxied_calls = 200 + 3 * n - n + len(ttft_via) + 1 + n + completed  # every request that went via the proxy
+    return {
+        "direct_p50_ms": _ms(direct, 50), "direct_p99_ms": _ms(direct, 99),
+        "proxy_p50_ms": _ms(via, 50), "proxy_p99_ms": _ms(via, 99),
+        "added_p50_ms": round(_ms(via, 50) - _ms(direct, 50), 3),
+        "added_p99_ms": round(_ms(via, 99) - _ms(direct, 99), 3),
+        "added_p50_with_budget_ms": round(_ms(via_budget, 50) - _ms(direct, 50), 3),
+        "ttft_direct_p50_ms": _ms(ttft_direct, 50), "ttft_proxy_p50_ms": _ms(ttft_via, 50),
+        "ttft_added_p50_ms": round(_ms(ttft_via, 50) - _ms(ttft_direct, 50), 3),
+        "cache_hit_p50_ms": _ms(hits, 50), "cache_hit_p99_ms": _ms(hits, 99),
+        "rps": round(rps, 1), "rps_concurrency": options["concurrency"],
+        "iterations": n, "proxied_calls": proxied_calls,
+    }
+
+
+@register("proxy", help="latency the LLM proxy adds over a direct upstream call, cache hits, requests/s",
+          arguments=_arguments)
+def bench_proxy(*, stdout, options):
+    from django.contrib.auth import get_user_model
+
+    from apps.llm.models import ApiKey, UsageRecord
+    from apps.llm.services import api_key_create
+
+    upstream_port, proxy_port = _free_port(), _free_port()
+    upstream_url, proxy_url = f"http://127.0.0.1:{upstream_port}", f"http://127.0.0.1:{proxy_port}"
+    user, _ = get_user_model().objects.get_or_create(username="bench-proxy")
+    key, raw = api_key_create(name="bench proxy", user=user)
+    budget_key, budget_raw = api_key_create(name="bench proxy (budget)", user=user,
+                                            monthly_budget_usd=Decimal("100000"))
+    env = dict(os.environ, PYTHONUNBUFFERED="1", DEBUG="false", LOG_LEVEL="WARNING",
+               LLM_OPENAI_BASE_URL=f"{upstream_url}/v1", LLM_OPENAI_API_KEY="upstream",
+               LLM_OPENAI_MODEL="gpt-4o-mini")
+    env.setdefault("DJANGO_SETTINGS_MODULE", os.environ.get("DJANGO_SETTINGS_MODULE", "config.settings.local"))
+    upstream = _spawn(["-m", "apps.llm.testing.fake_upstream", "--port", str(upstream_port)], env)
+    proxy = _spawn(["-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port", str(proxy_port),
+                    "--workers", "1", "--loop", "uvloop", "--http", "httptools", "--lifespan", "off",
+                    "--no-access-log", "--log-level", "warning"], env)
+    started_rows = UsageRecord.objects.filter(api_key__in=[key, budget_key]).count()
+    try:
+        async def run():
+            import aiohttp
+
+            async with aiohttp.ClientSession() as session:
+                await _wait_http(session, f"{upstream_url}/v1/models", upstream)
+                await _wait_http(session, f"{proxy_url}/healthz", proxy)
+            return await _measure(options, upstream_url, proxy_url, raw, budget_raw)
+
+        try:
+            import uvloop
+
+            figures = uvloop.run(run())
+        except ImportError:  # pragma: no cover
+            figures = asyncio.run(run())
+        # The ledger is written in batches off the request path; give the last batch time to land.
+        deadline = time.monotonic() + 15
+        rows = 0
+        while time.monotonic() < deadline:
+            rows = UsageRecord.objects.filter(api_key__in=[key, budget_key]).count() - started_rows
+            if rows >= figures["proxied_calls"]:
+                break
+            time.sleep(0.25)
+        figures["ledger_rows"] = rows
+        figures["ledger_complete"] = rows == figures["proxied_calls"]
+    finally:
+        for proc in (proxy, upstream):
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        ApiKey.objects.filter(pk__in=[key.pk, budget_key.pk]).update(is_active=False)
+
+    print_table(stdout, [
+        ("non-stream direct", figures["direct_p50_ms"], figures["direct_p99_ms"]),
+        ("non-stream via proxy", figures["proxy_p50_ms"], figures["proxy_p99_ms"]),
+        ("added by proxy", figures["added_p50_ms"], figures["added_p99_ms"]),
+        ("added, with a budget check", figures["added_p50_with_budget_ms"], ""),
+        ("stream TTFT direct", figures["ttft_direct_p50_ms"], ""),
+        ("stream TTFT via proxy", figures["ttft_proxy_p50_ms"], ""),
+        ("cache hit", figures["cache_hit_p50_ms"], figures["cache_hit_p99_ms"]),
+    ], ("measure", "p50 ms", "p99 ms"))
+    stdout.write(f"requests/s on one worker ({figures['rps_concurrency']} clients): {figures['rps']}")
+    stdout.write(f"ledger rows written: {figures['ledger_rows']} of {figures['proxied_calls']} proxied calls")
+    return figures
