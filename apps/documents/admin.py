@@ -7,11 +7,14 @@ import nh3
 from django.contrib import admin, messages
 from django.db import transaction
 from django.db.models import Count
-from django.utils.html import format_html
+from django.shortcuts import get_object_or_404, redirect
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 from markdown_it import MarkdownIt
 
 from apps.documents import services
+from apps.documents.enrichment import accept_suggestions
 from apps.documents.models import Chunk, Document
 from apps.documents.tasks import enqueue_embedding_batches
 
@@ -55,10 +58,10 @@ class DocumentAdmin(admin.ModelAdmin):
     list_per_page = 50
     autocomplete_fields = ()
     raw_id_fields = ("author",)
-    actions = ("re_embed", "publish", "unpublish")
+    actions = ("re_embed", "publish", "unpublish", "accept_suggested")
     inlines = (ChunkInline,)
     readonly_fields = ("embedding_badge", "embedding_error_display", "embedded_at", "content_hash",
-                       "body_preview", "created_at", "updated_at")
+                       "body_preview", "suggestions", "created_at", "updated_at")
 
     def get_fieldsets(self, request, obj=None):
         fieldsets = [
@@ -71,6 +74,8 @@ class DocumentAdmin(admin.ModelAdmin):
             if obj.embedding_status == Document.EmbeddingStatus.FAILED:
                 embedding.insert(1, "embedding_error_display")
             fieldsets.insert(1, ("Preview", {"fields": ("body_preview",)}))
+            if obj.suggested_summary:
+                fieldsets.insert(1, ("Suggested by the enrich route", {"fields": ("suggestions",)}))
             fieldsets.append(("Embedding", {"fields": embedding}))
             fieldsets.append(("Dates", {"fields": ("created_at", "updated_at"), "classes": ("collapse",)}))
         return fieldsets
@@ -106,6 +111,33 @@ class DocumentAdmin(admin.ModelAdmin):
             '<div class="markdown-preview" style="max-height:32em;overflow:auto;max-width:60em;'
             'border:1px solid #ddd;padding:0 1em;background:#fff;color:#111">{}</div>', mark_safe(html))  # noqa: S308 - sanitised by nh3
 
+    @admin.display(description="Suggestions")
+    def suggestions(self, obj: Document) -> str:
+        if not obj.suggested_summary:
+            return "—"
+        url = reverse("admin:documents_document_accept_suggestions", args=[obj.pk])
+        tags = format_html_join(" ", '<code class="suggested-tag">{}</code>', ((t,) for t in obj.suggested_tags))
+        # formaction: one click from inside the change form, posting (with its CSRF token) to the accept view
+        return format_html(
+            '<p class="suggested-summary">{}</p><p>{}</p>'
+            '<button type="submit" class="button" formaction="{}" formmethod="post" name="_accept_suggestions">'
+            "Accept summary and tags</button>", obj.suggested_summary, tags, url)
+
+    def get_urls(self):
+        return [
+            path("<int:object_id>/accept-suggestions/", self.admin_site.admin_view(self.accept_suggestions_view),
+                 name="documents_document_accept_suggestions"),
+            *super().get_urls(),
+        ]
+
+    def accept_suggestions_view(self, request, object_id: int):
+        document = get_object_or_404(Document, pk=object_id)
+        if request.method != "POST" or not self.has_change_permission(request, document):
+            return redirect("admin:documents_document_change", object_id)
+        accept_suggestions(document=document)
+        self.message_user(request, "Suggested summary and tags accepted.", messages.SUCCESS)
+        return redirect("admin:documents_document_change", object_id)
+
     # --- saving --------------------------------------------------------------------
     def save_model(self, request, obj, form, change):
         if not change and obj.author_id is None:
@@ -125,6 +157,14 @@ class DocumentAdmin(admin.ModelAdmin):
         services.mark_embedding_pending(ids)
         transaction.on_commit(lambda: enqueue_embedding_batches(ids))
         self.message_user(request, f"Queued {len(ids)} document(s) for embedding.", messages.SUCCESS)
+
+    @admin.action(description="Accept suggested summary and tags")
+    def accept_suggested(self, request, queryset):
+        accepted = 0
+        for document in queryset.exclude(suggested_summary=""):
+            accept_suggestions(document=document)
+            accepted += 1
+        self.message_user(request, f"Accepted suggestions for {accepted} document(s).", messages.SUCCESS)
 
     @admin.action(description="Publish selected documents")
     def publish(self, request, queryset):

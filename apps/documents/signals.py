@@ -23,6 +23,22 @@ def enqueue_embedding(sender, instance: Document, raw: bool = False, update_fiel
     transaction.on_commit(lambda: embed_document.delay(document_id))
 
 
+@receiver(post_save, sender=Document, dispatch_uid="documents.enqueue_enrichment")
+def enqueue_enrichment(sender, instance: Document, raw: bool = False, **kwargs):
+    from django.conf import settings
+
+    if raw or not settings.DOCUMENT_ENRICHMENT:
+        return
+    from apps.documents.enrichment import needs_enrichment
+
+    if not needs_enrichment(instance):
+        return
+    from apps.documents.tasks import enrich_document
+
+    document_id = instance.pk
+    transaction.on_commit(lambda: enrich_document.delay(document_id))
+
+
 @receiver(post_delete, sender=Document, dispatch_uid="documents.enqueue_purge")
 def enqueue_purge(sender, instance: Document, **kwargs):
     from apps.documents.tasks import purge_document

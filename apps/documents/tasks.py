@@ -100,3 +100,18 @@ def enqueue_embedding_batches(document_ids: list[int], *, batch_size: int | None
     for start in range(0, len(ids), size):
         embed_documents_batch.delay(ids[start: start + size])
     return (len(ids) + size - 1) // size
+
+
+@shared_task(bind=True, name="documents.enrich_document", acks_late=True, max_retries=None)
+def enrich_document(self, document_id: int) -> str:
+    """Suggest a summary and tags for a published document that has none (idempotent)."""
+    from apps.documents import enrichment
+    from apps.llm.exceptions import LLMRateLimited, LLMTimeout, LLMUnavailable
+
+    try:
+        return enrichment.enrich_document(int(document_id))
+    except (LLMUnavailable, LLMRateLimited, LLMTimeout, *TRANSIENT_DB_ERRORS) as exc:
+        if self.request.retries >= settings.DOCUMENT_ENRICHMENT_MAX_RETRIES:
+            logger.warning("documents.enrich_failed", document_id=document_id, error=str(exc))
+            return "failed"
+        raise self.retry(exc=exc, countdown=retry_delay(self.request.retries)) from exc

@@ -283,6 +283,10 @@ EMBEDDING_TASK_BACKOFF = env.float("EMBEDDING_TASK_BACKOFF", default=2.0)
 EMBEDDING_TASK_BACKOFF_MAX = env.float("EMBEDDING_TASK_BACKOFF_MAX", default=300.0)
 # Imports and reindex enqueue embedding tasks in batches of this many documents.
 EMBEDDING_ENQUEUE_BATCH = env.int("EMBEDDING_ENQUEUE_BATCH", default=32)
+# Publishing a document without a summary asks the "enrich" LLM route for a suggested
+# summary and tags (staff accept them in admin). Bulk imports never trigger it.
+DOCUMENT_ENRICHMENT = env.bool("DOCUMENT_ENRICHMENT", default=True)
+DOCUMENT_ENRICHMENT_MAX_RETRIES = env.int("DOCUMENT_ENRICHMENT_MAX_RETRIES", default=3)
 # Documents' draft/published choice is not the only field called "status" in the API.
 SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {})["DocumentStatusEnum"] = (
     "apps.documents.models.Document.Status"

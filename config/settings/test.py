@@ -25,6 +25,7 @@ EMBEDDING_BACKENDS = {
 EMBEDDING_TASK_MAX_RETRIES = 2
 EMBEDDING_TASK_BACKOFF = 0.05
 EMBEDDING_TASK_BACKOFF_MAX = 0.2
+DOCUMENT_ENRICHMENT = False  # tests that need it switch it on
 
 # --- llm ---
 # Tests flush the ledger themselves (apps.llm.ledger.flush) in their own DB
