@@ -108,18 +108,18 @@ async def _measure(options, upstream_url: str, proxy_url: str, raw_key: str, bud
         for _ in range(200):  # warm-up: connection pools, first-use imports, JIT-less caches
             await _post(session, direct_url, plain, direct_headers)
             await _post(session, via_url, via_nocache, proxy_headers)
-        direct, via, via_budget = [], [], []
-        for _ in range(n):
+        await _post(session, via_url, via_cached, proxy_headers)  # fill the cache
+        direct, via, via_budget, hits = [], [], [], []
+        for _ in range(n):  # interleaved, so load from elsewhere on the machine hits every series alike
             direct.append(await _post(session, direct_url, plain, direct_headers))
             via.append(await _post(session, via_url, via_nocache, proxy_headers))
             via_budget.append(await _post(session, via_url, via_nocache, budget_headers))
+            hits.append(await _post(session, via_url, via_cached, proxy_headers))
         ttft_direct, ttft_via = [], []
         for _ in range(max(n // 2, 50)):
             ttft_direct.append(await _ttft(session, f"{upstream_url}/v1/chat/completions", direct_stream,
                                            direct_headers))
             ttft_via.append(await _ttft(session, via_url, via_stream, proxy_headers))
-        await _post(session, via_url, via_cached, proxy_headers)  # fill the cache
-        hits = [await _post(session, via_url, via_cached, proxy_headers) for _ in range(n)]
 
         completed = 0
         stop_at = time.perf_counter() + options["rps_seconds"]

@@ -140,12 +140,9 @@ def spent_this_month(holder: Holder) -> Decimal:
     return total or Decimal("0")
 
 
-async def reserve(*, user, api_key, estimate: Decimal, call_id: str, ttl_s: float) -> Reservation | None:
-    """Reserve ``estimate`` USD against every budget that applies, or raise
-    :class:`BudgetExceeded`. ``None`` when no budget applies (nothing to settle)."""
-    holders = await holders_for(user=user, api_key=api_key)
-    if not holders:
-        return None
+async def reserve(*, holders: list[Holder], estimate: Decimal, call_id: str, ttl_s: float) -> Reservation:
+    """Reserve ``estimate`` USD against every budget in ``holders`` (see
+    :func:`holders_for`), or raise :class:`BudgetExceeded`."""
     start, end = month_bounds()
     month = start.strftime("%Y%m")
     est = to_nano(estimate)

@@ -195,10 +195,12 @@ async def stream_chat(request: ChatRequest, *, _stream: bool = True) -> AsyncIte
     if (request.user is not None and getattr(request.user, "is_authenticated", False)) or (
         request.api_key is not None and request.api_key.monthly_budget_usd is not None
     ):
-        reservation = await budgets.reserve(
-            user=request.user, api_key=request.api_key, call_id=call_id,
-            estimate=_estimate_cost(route, request.messages, params), ttl_s=route.timeouts.total + 60,
-        )
+        holders = await budgets.holders_for(user=request.user, api_key=request.api_key)
+        if holders:  # only then is the prompt tokenised for the worst-case estimate
+            reservation = await budgets.reserve(
+                holders=holders, call_id=call_id, estimate=_estimate_cost(route, request.messages, params),
+                ttl_s=route.timeouts.total + 60,
+            )
     state = _CallState(request=request, route=route, call_id=call_id, started=started, streamed=_stream,
                        reservation=reservation)
     try:
