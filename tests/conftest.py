@@ -188,3 +188,16 @@ def fake_upstream(_fake_upstream_server):
     """
     yield _fake_upstream_server.reset()
     _fake_upstream_server.reset()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run browser tests last.
+
+    pytest-playwright's sync API keeps an event loop running in the main thread
+    for the rest of the session, after which ``async_to_sync`` (used by async
+    Django code under test) refuses to run in that thread.
+    """
+    browser, other = [], []
+    for item in items:
+        (browser if "page" in getattr(item, "fixturenames", ()) else other).append(item)
+    items[:] = other + browser
