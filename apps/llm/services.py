@@ -38,7 +38,7 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from decimal import Decimal
 
 from asgiref.sync import sync_to_async
@@ -90,14 +90,8 @@ class UsageInfo:
 
 
 @dataclass
-class TokenEvent:
-    text: str
-    type: str = "token"
-
-
-@dataclass
-class DoneEvent:
-    """The answer is complete. ``text`` is the whole answer."""
+class ChatResult:
+    """What ``complete``/``acomplete`` return (the DoneEvent's figures)."""
 
     text: str
     usage: UsageInfo
@@ -109,6 +103,18 @@ class DoneEvent:
     cached: bool
     usage_record_id: str
     fallbacks: int = 0
+
+
+@dataclass
+class TokenEvent:
+    text: str
+    type: str = "token"
+
+
+@dataclass
+class DoneEvent(ChatResult):
+    """The answer is complete: the :class:`ChatResult` figures, ``text`` being the whole answer."""
+
     type: str = "done"
 
 
@@ -128,22 +134,6 @@ class ErrorEvent:
 
 
 LLMEvent = TokenEvent | DoneEvent | ErrorEvent
-
-
-@dataclass
-class ChatResult:
-    """What ``complete``/``acomplete`` return (the DoneEvent's figures)."""
-
-    text: str
-    usage: UsageInfo
-    cost: Decimal
-    provider: str
-    model: str
-    ttft_ms: float | None
-    latency_ms: float
-    cached: bool
-    usage_record_id: str
-    fallbacks: int = 0
 
 
 # --- route information for prompt building ---------------------------------------------------
@@ -244,10 +234,7 @@ async def acomplete(request: ChatRequest) -> ChatResult:
     async with contextlib.aclosing(stream_chat(request, _stream=False)) as events:
         async for event in events:
             if event.type == "done":
-                return ChatResult(text=event.text, usage=event.usage, cost=event.cost, provider=event.provider,
-                                  model=event.model, ttft_ms=event.ttft_ms, latency_ms=event.latency_ms,
-                                  cached=event.cached, usage_record_id=event.usage_record_id,
-                                  fallbacks=event.fallbacks)
+                return ChatResult(**{f.name: getattr(event, f.name) for f in fields(ChatResult)})
             if event.type == "error":
                 raise event.error or LLMUnavailable(event.message)
     raise LLMUnavailable("the call ended without an answer")

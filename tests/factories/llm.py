@@ -1,27 +1,11 @@
 from decimal import Decimal
 
 import factory
-from django.contrib.auth import get_user_model
 
 from apps.llm.models import ApiKey, UserBudget
 from apps.llm.services import api_key_create
-
-
-class LLMUserFactory(factory.django.DjangoModelFactory):
-    class Meta:
-        model = get_user_model()
-        django_get_or_create = ("username",)
-        skip_postgeneration_save = True
-
-    username = factory.Sequence(lambda n: f"llm-user-{n}")
-    email = factory.LazyAttribute(lambda o: f"{o.username}@example.com")
-    password = factory.django.Password("pw-for-tests-1")
-
-
-class LLMStaffFactory(LLMUserFactory):
-    username = factory.Sequence(lambda n: f"llm-staff-{n}")
-    is_staff = True
-    is_superuser = True
+from tests.factories.documents import StaffFactory as LLMStaffFactory  # noqa: F401 - re-exported for llm tests
+from tests.factories.documents import UserFactory as LLMUserFactory
 
 
 def make_api_key(*, user=None, monthly_budget_usd=None, name="test key") -> tuple[ApiKey, str]:

@@ -186,14 +186,19 @@ class FakeUpstream:
             request.transport.close()  # a kept-alive connection that was already open
         return None
 
-    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+    async def _begin(self, request: web.Request) -> tuple[dict, str | None, web.StreamResponse | None]:
+        """Read and count the request; (body, failure mode, error response to send or None)."""
         body = await request.json()
         fail = self._record(request, body)
         error = self._error_response(fail, request)
+        if error is None and fail == "refuse":
+            raise ConnectionResetError
+        return body, fail, error
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        body, fail, error = await self._begin(request)
         if error is not None:
             return error
-        if fail == "refuse":
-            raise ConnectionResetError
         tokens = self._tokens()
         model = body.get("model") or self.config["model"]
         prompt_tokens = self._prompt_tokens(body.get("messages"))
@@ -232,13 +237,9 @@ class FakeUpstream:
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
         """Anthropic Messages API."""
-        body = await request.json()
-        fail = self._record(request, body)
-        error = self._error_response(fail, request)
+        body, fail, error = await self._begin(request)
         if error is not None:
             return error
-        if fail == "refuse":
-            raise ConnectionResetError
         tokens = self._tokens()
         model = body.get("model") or self.config["model"]
         prompt_tokens = self._prompt_tokens(body.get("messages")) + len(str(body.get("system", "")).split())
@@ -322,9 +323,7 @@ class FakeUpstream:
             {"id": self.config["model"], "object": "model", "created": 0, "owned_by": "fake-upstream"}]})
 
     async def embeddings(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        fail = self._record(request, body)
-        error = self._error_response(fail, request)
+        body, _, error = await self._begin(request)
         if error is not None:
             return error
         inputs = body.get("input")
