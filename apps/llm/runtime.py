@@ -3,18 +3,15 @@
 aiohttp sessions and asyncio Redis pools belong to one event loop, so they are
 kept per (process, loop): a uvicorn worker has one loop and therefore one
 connection pool to each upstream for its whole life, which is what keeps the
-proxy's added latency low. Synchronous callers (Celery tasks via
-``services.complete``) run their coroutine on one background loop per process
-(:func:`run_sync`), so they share a pool too instead of opening one per call.
+proxy's added latency low. Code that runs a short-lived loop (``async_to_sync``)
+closes that loop's resources with :func:`aclose_loop_resources`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
-import contextlib
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import aiohttp
@@ -90,55 +87,6 @@ async def aclose_loop_resources() -> None:
             result = close()
             if asyncio.iscoroutine(result):
                 await result
-
-
-class _BackgroundLoop:
-    def __init__(self):
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.pid = None
-        self.lock = threading.Lock()
-
-    def get(self) -> asyncio.AbstractEventLoop:
-        import os
-
-        with self.lock:
-            # After fork (Celery prefork) the parent's thread does not exist here.
-            if self.loop is None or self.pid != os.getpid() or self.loop.is_closed():
-                self.loop = asyncio.new_event_loop()
-                self.pid = os.getpid()
-                threading.Thread(target=self.loop.run_forever, name="llm-loop", daemon=True).start()
-            return self.loop
-
-
-_background = _BackgroundLoop()
-
-
-def run_sync(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-    """Run ``coro`` on this process's background loop and wait for its result."""
-    future = asyncio.run_coroutine_threadsafe(coro, _background.get())
-    try:
-        return future.result(timeout)
-    except BaseException:
-        future.cancel()
-        raise
-
-
-def background_loop() -> asyncio.AbstractEventLoop:
-    return _background.get()
-
-
-def _close_background_loop() -> None:
-    """At exit, close the background loop's pools (no 'unclosed session' noise)."""
-    import os
-
-    loop = _background.loop
-    if loop is None or loop.is_closed() or _background.pid != os.getpid() or not loop.is_running():
-        return
-    with contextlib.suppress(Exception):  # best effort at interpreter exit
-        asyncio.run_coroutine_threadsafe(aclose_loop_resources(), loop).result(2)
-
-
-atexit.register(_close_background_loop)
 
 
 _SHAS: dict[str, str] = {}

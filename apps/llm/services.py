@@ -41,7 +41,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
 
-from asgiref.sync import sync_to_async
+from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -248,20 +248,26 @@ async def drain_pending_records() -> None:
         await asyncio.gather(*pending, return_exceptions=True)
 
 
-async def _complete_and_record(request: ChatRequest) -> ChatResult:
+async def _complete_and_close(request: ChatRequest) -> ChatResult:
     try:
         return await acomplete(request)
     finally:
         await drain_pending_records()
+        await runtime.aclose_loop_resources()
 
 
 def complete(request: ChatRequest) -> ChatResult:
-    """Synchronous ``acomplete`` for Celery tasks and management commands. Runs on
-    the process's background event loop (one connection pool per process) and
-    writes its ledger row to the database before returning."""
-    route = _route_config(request.route)
+    """Synchronous ``acomplete`` for Celery tasks and management commands (not
+    for code already inside an event loop: use ``acomplete`` there).
+
+    Runs through ``async_to_sync``, so its database reads (budgets) use the
+    caller's connection and transaction. It opens a short-lived connection
+    pool for the call (a Celery task's LLM call takes seconds; the pooled,
+    per-loop client matters on the web path) and writes its ledger row to the
+    database before returning.
+    """
     try:
-        return runtime.run_sync(_complete_and_record(request), timeout=route.timeouts.total * len(route.chain) + 30)
+        return async_to_sync(_complete_and_close)(request)
     finally:
         ledger.flush()
 
