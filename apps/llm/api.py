@@ -168,20 +168,22 @@ async def _sse(events, first, *, completion_id: str, created: int, model: str, i
         return f"data: {head}\"choices\":[{body}]}}\n\n".encode()
 
     try:
-        yield chunk({"role": "assistant", "content": ""})
+        # The role chunk goes out in the same write as the first token (one less send).
+        pending = chunk({"role": "assistant", "content": ""})
         event = first
         while True:
             if event.type == "token":
-                yield chunk({"content": event.text})
+                yield pending + chunk({"content": event.text})
+                pending = b""
             elif event.type == "done":
-                yield chunk({}, "stop")
+                yield pending + chunk({}, "stop")
                 if include_usage:
                     yield f'data: {head}"choices":[],"usage":{json.dumps(_usage_json(event.usage))}}}\n\n'.encode()
                 break
             else:
                 error = {"code": event.code, "message": event.message, "type": "upstream_error",
                          "details": {"partial": event.partial, "usage_record_id": event.usage_record_id}}
-                yield f"data: {json.dumps({'error': error})}\n\n".encode()
+                yield pending + f"data: {json.dumps({'error': error})}\n\n".encode()
                 break
             event = await anext(events)
         yield b"data: [DONE]\n\n"
