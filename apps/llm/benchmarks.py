@@ -172,6 +172,7 @@ def bench_proxy(*, stdout, options):
                     "--workers", "1", "--loop", "uvloop", "--http", "httptools", "--lifespan", "off",
                     "--no-access-log", "--log-level", "warning"], env)
     started_rows = UsageRecord.objects.filter(api_key__in=[key, budget_key]).count()
+    load_before = os.getloadavg()[0]  # other work on the machine skews loopback latency; say how much there was
     try:
         async def run():
             import aiohttp
@@ -195,6 +196,7 @@ def bench_proxy(*, stdout, options):
             if rows >= figures["proxied_calls"]:
                 break
             time.sleep(0.25)
+        figures["loadavg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
         figures["ledger_rows"] = rows
         figures["ledger_complete"] = rows == figures["proxied_calls"]
     finally:

@@ -9,9 +9,9 @@ How a ``UsageRecord`` gets written:
 2. A background task on each event loop (every ``LLM_LEDGER_FLUSH_INTERVAL``
    seconds) and ``services.complete`` (sync callers) run :func:`flush`: an
    atomic Lua script moves up to 500 rows from the list to a *claim*, the rows
-   are bulk-inserted, then the claim is deleted. A claim whose process died
+   are inserted in one statement (PostgreSQL parses the JSON), then the claim is deleted. A claim whose process died
    before deleting it is put back after ``CLAIM_TIMEOUT`` seconds; inserting a
-   row twice is harmless (``ignore_conflicts`` on the UUID primary key). So rows
+   row twice is harmless (``ON CONFLICT (id) DO NOTHING`` on the UUID primary key). So rows
    are written at least once and stored exactly once.
 """
 
@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import transaction
 
 from apps.core.logging import get_logger
 from apps.llm import runtime
@@ -114,9 +113,8 @@ def flush(*, reclaim_after: int = CLAIM_TIMEOUT) -> int:
         if not claimed:
             break
         claim_id, raw = claimed
-        items = json.loads(raw)
-        # cjson encodes an array of one element as a plain array too; items are JSON strings.
-        _write([json.loads(item) for item in items])
+        items = json.loads(raw)  # the claimed JSON strings, as queued
+        _write(items)
         pipe = client.pipeline(transaction=True)
         pipe.hdel(keys[1], claim_id)
         pipe.zrem(keys[2], claim_id)
@@ -127,48 +125,37 @@ def flush(*, reclaim_after: int = CLAIM_TIMEOUT) -> int:
     return written
 
 
-def _row(entry: dict):
-    from apps.llm.models import UsageRecord
-
-    return UsageRecord(
-        id=entry["id"],
-        created_at=datetime.fromisoformat(entry["created_at"]),
-        route=entry["route"],
-        user_id=entry.get("user_id"),
-        api_key_id=entry.get("api_key_id"),
-        provider=entry["provider"],
-        model=entry["model"][:100],
-        prompt_tokens=entry["prompt_tokens"],
-        completion_tokens=entry["completion_tokens"],
-        tokens_estimated=entry["tokens_estimated"],
-        cost_usd=Decimal(entry["cost_usd"]),
-        latency_ms=entry.get("latency_ms"),
-        ttft_ms=entry.get("ttft_ms"),
-        cache_hit=entry["cache_hit"],
-        streamed=entry["streamed"],
-        outcome=entry["outcome"],
-        error=entry.get("error") or "",
-        fallbacks=entry.get("fallbacks", 0),
-    )
+# The batch goes to PostgreSQL as the JSON strings it was queued as, and the
+# database parses it: no model instances on the web process (its event loop
+# shares the GIL with this). A user or key deleted since the call leaves the
+# row with no link instead of failing the batch.
+_INSERT = """
+INSERT INTO {table} (id, created_at, route, user_id, api_key_id, provider, model, prompt_tokens,
+                     completion_tokens, tokens_estimated, cost_usd, latency_ms, ttft_ms, cache_hit, streamed,
+                     outcome, error, fallbacks)
+SELECT r.id, r.created_at, left(r.route, 50), u.{user_pk}, k.id, left(r.provider, 50), left(r.model, 100),
+       r.prompt_tokens, r.completion_tokens, r.tokens_estimated, r.cost_usd, r.latency_ms, r.ttft_ms,
+       r.cache_hit, r.streamed, left(r.outcome, 10), coalesce(r.error, ''), coalesce(r.fallbacks, 0)
+FROM jsonb_to_recordset(%s::jsonb) AS r(
+    id uuid, created_at timestamptz, route text, user_id bigint, api_key_id bigint, provider text, model text,
+    prompt_tokens integer, completion_tokens integer, tokens_estimated boolean, cost_usd numeric,
+    latency_ms double precision, ttft_ms double precision, cache_hit boolean, streamed boolean, outcome text,
+    error text, fallbacks integer)
+LEFT JOIN {user_table} u ON u.{user_pk} = r.user_id
+LEFT JOIN {key_table} k ON k.id = r.api_key_id
+ON CONFLICT (id) DO NOTHING
+"""
 
 
-def _write(entries: list[dict]) -> None:
-    from apps.llm.models import UsageRecord
+def _write(items: list[str]) -> None:
+    """Insert queued rows (JSON strings); rows already stored are skipped."""
+    from django.contrib.auth import get_user_model
+    from django.db import connection
 
-    rows = [_row(entry) for entry in entries]
-    try:
-        with transaction.atomic():
-            UsageRecord.objects.bulk_create(rows, ignore_conflicts=True)
-        return
-    except IntegrityError:
-        logger.warning("llm.ledger.batch_integrity_error", rows=len(rows))
-    # A user or key deleted since the call: keep the row, drop the dangling link.
-    for row in rows:
-        try:
-            with transaction.atomic():
-                UsageRecord.objects.bulk_create([row], ignore_conflicts=True)
-        except IntegrityError:
-            row.user_id = None
-            row.api_key_id = None
-            with transaction.atomic():
-                UsageRecord.objects.bulk_create([row], ignore_conflicts=True)
+    from apps.llm.models import ApiKey, UsageRecord
+
+    user_meta = get_user_model()._meta
+    sql = _INSERT.format(table=UsageRecord._meta.db_table, user_table=user_meta.db_table,
+                         user_pk=user_meta.pk.column, key_table=ApiKey._meta.db_table)
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(sql, ["[" + ",".join(items) + "]"])

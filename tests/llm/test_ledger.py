@@ -128,3 +128,15 @@ def test_concurrent_calls_cannot_overrun_by_more_than_one_in_flight_request(prox
     results = run(five_at_once)
     assert sum(r is not None for r in results) == 1
     assert proxy.primary.calls() == 1
+
+
+@pytest.mark.django_db
+def test_a_row_whose_user_was_deleted_before_the_flush_is_kept_without_the_link(proxy):
+    user = LLMUserFactory()
+    gone = LLMUserFactory()
+    run(collect, ChatRequest(route="chat", messages=question("one"), user=user, cache=False))
+    run(collect, ChatRequest(route="chat", messages=question("two"), user=gone, cache=False))
+    gone.delete()
+    assert ledger.flush() == 2
+    assert UsageRecord.objects.filter(user=user).count() == 1
+    assert UsageRecord.objects.filter(user__isnull=True).count() == 1
