@@ -18,6 +18,7 @@ How a ``UsageRecord`` gets written:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 from decimal import ROUND_HALF_UP, Decimal
 
@@ -82,7 +83,10 @@ async def ensure_flusher() -> None:
     """Start this loop's background flusher once (unless flushing is off, as in tests)."""
     interval = settings.LLM_LEDGER_FLUSH_INTERVAL
     if interval:
-        runtime.loop_local("ledger-flusher", lambda: asyncio.get_running_loop().create_task(_flush_forever(interval)))
+        # A fresh context: the flusher outlives the request that started it (its
+        # request id, its asgiref thread-sensitive executor).
+        runtime.loop_local("ledger-flusher", lambda: asyncio.get_running_loop().create_task(
+            _flush_forever(interval), context=contextvars.Context()))
 
 
 async def _flush_forever(interval: float) -> None:

@@ -152,3 +152,23 @@ def test_endpoint_is_in_the_openapi_schema(tmp_path):
     paths = json.loads(out.read_text())["paths"]
     assert "429" in paths["/v1/chat/completions"]["post"]["responses"]
     assert "get" in paths["/v1/models"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_client_that_goes_away_cancels_the_upstream_call(proxy_server):
+    _, raw = make_api_key()
+    upstream = proxy_server.upstream
+    upstream.configure(tokens=500, token_delay=0.02)
+    with httpx.stream("POST", f"{proxy_server.url}/v1/chat/completions",
+                      json={"model": "chat", "messages": MESSAGES, "stream": True},
+                      headers={"Authorization": f"Bearer {raw}"}) as response:
+        lines = response.iter_lines()
+        while "tok2" not in next(lines):
+            pass
+    left = time.monotonic()
+    while not upstream.disconnects and time.monotonic() - left < 3:
+        time.sleep(0.01)
+    assert upstream.disconnects and upstream.disconnects[0] - left < 1.0
+    assert flush_ledger_until(1) == 1
+    row = UsageRecord.objects.get()
+    assert row.outcome == "cancelled" and 3 <= row.completion_tokens < 500
