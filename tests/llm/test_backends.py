@@ -60,6 +60,16 @@ def test_anthropic_messages_streaming_events_over_http(proxy, settings):
 
 
 @pytest.mark.django_db
+def test_anthropic_gets_only_the_params_it_accepts(proxy, settings):
+    settings.LLM_ROUTES = {"chat": {"providers": ["secondary"], "max_tokens": 64,
+                                    "params": {"temperature": 0.3, "seed": 7, "presence_penalty": 1, "stop": "END"}}}
+    run(collect, ChatRequest(route="chat", messages=question()))
+    body = proxy.secondary.requests[-1]["body"]
+    assert body["temperature"] == 0.3 and body["stop_sequences"] == ["END"]
+    assert "seed" not in body and "presence_penalty" not in body and "stop" not in body
+
+
+@pytest.mark.django_db
 def test_without_any_model_the_extractive_backend_quotes_and_cites(settings):
     settings.LLM_PROVIDERS = {"extractive": EXTRACTIVE}
     settings.LLM_ROUTES = {"chat": {"providers": ["extractive"]}}

@@ -8,6 +8,7 @@ from apps.llm.backends.base import BackendCall, Completion, Delta, HTTPChatBacke
 from apps.llm.exceptions import LLMRateLimited, LLMUnavailable
 
 ANTHROPIC_VERSION = "2023-06-01"
+SUPPORTED_PARAMS = {"max_tokens", "temperature", "top_p", "top_k", "stop_sequences", "metadata"}
 
 
 class AnthropicBackend(HTTPChatBackend):
@@ -35,8 +36,11 @@ class AnthropicBackend(HTTPChatBackend):
     def body(self, call: BackendCall, *, stream: bool) -> dict:
         system = "\n\n".join(m["content"] for m in call.messages if m.get("role") == "system")
         messages = [{"role": m["role"], "content": m["content"]} for m in call.messages if m.get("role") != "system"]
-        params = dict(call.params)
-        params.pop("stop", None)  # OpenAI name; Anthropic calls it stop_sequences
+        # Route params are OpenAI-style; pass only what the Messages API accepts.
+        params = {k: v for k, v in call.params.items() if k in SUPPORTED_PARAMS}
+        stop = call.params.get("stop")
+        if stop:
+            params["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
         body = {"model": call.model, "messages": messages, **params, "stream": stream}
         body.setdefault("max_tokens", 1024)  # required by the API
         if system:

@@ -13,11 +13,12 @@ class OpenAIChatBackend(HTTPChatBackend):
 
     OPTIONS: ``base_url`` (ending in ``/v1``), ``api_key``, ``model``, ``headers``
     (extra HTTP headers), ``stream_usage`` (send ``stream_options.include_usage``
-    so usage comes in the stream's last chunk; turn off for servers that reject it).
+    so usage comes in the stream's last chunk; turn off for servers that reject it),
+    ``max_tokens_param`` (``"max_completion_tokens"`` for OpenAI's reasoning models).
     """
 
     OPTIONS = {"base_url": "https://api.openai.com/v1", "api_key": "", "model": "", "headers": {},
-               "stream_usage": True}
+               "stream_usage": True, "max_tokens_param": "max_tokens"}
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -33,7 +34,10 @@ class OpenAIChatBackend(HTTPChatBackend):
         return self._headers
 
     def body(self, call: BackendCall, *, stream: bool) -> dict:
-        body = {"model": call.model, "messages": call.messages, **call.params, "stream": stream}
+        params = dict(call.params)
+        if self.options["max_tokens_param"] != "max_tokens" and "max_tokens" in params:
+            params[self.options["max_tokens_param"]] = params.pop("max_tokens")
+        body = {"model": call.model, "messages": call.messages, **params, "stream": stream}
         if stream and self.options["stream_usage"]:
             body["stream_options"] = {"include_usage": True}
         return body
