@@ -1,5 +1,5 @@
 from django.contrib import admin, messages
-from django.db.models import Sum
+from django.db.models import Q, Sum
 from django.utils import timezone
 
 from apps.llm.budgets import month_bounds
@@ -48,12 +48,16 @@ class ApiKeyAdmin(admin.ModelAdmin):
     search_fields = ("name", "prefix", "user__username")
     readonly_fields = ("prefix", "created_at")
     fields = ("name", "user", "monthly_budget_usd", "is_active", "prefix", "created_at")
-    autocomplete_fields = ()
+    list_select_related = ("user",)
 
-    @admin.display(description="spent this month (USD)")
-    def spent_this_month(self, obj):
+    def get_queryset(self, request):
         start, _ = month_bounds()
-        return obj.usage.filter(created_at__gte=start).aggregate(s=Sum("cost_usd"))["s"] or 0
+        return super().get_queryset(request).annotate(
+            spent=Sum("usage__cost_usd", filter=Q(usage__created_at__gte=start)))
+
+    @admin.display(description="spent this month (USD)", ordering="spent")
+    def spent_this_month(self, obj):
+        return obj.spent or 0
 
     def save_model(self, request, obj, form, change):
         if not change:

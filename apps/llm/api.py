@@ -19,6 +19,7 @@ import json
 import time
 import uuid
 
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -119,7 +120,11 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
     key = await _authenticate(request)
     if key is None:
         return _unauthenticated(request)
-    fields, problem = _parse(request.body)
+    try:
+        body = request.body
+    except RequestDataTooBig:
+        return _error(request, 413, "payload_too_large", "The request body is too large.")
+    fields, problem = _parse(body)
     if problem:
         return _error(request, 400, "validation_error", problem)
     if fields["model"] not in route_names():

@@ -56,3 +56,14 @@ def test_staff_create_an_api_key_shown_once_and_stored_hashed(staff_client):
     assert raw.startswith(key.prefix)
     again = staff_client.get(reverse("admin:llm_apikey_change", args=[key.pk]))
     assert raw not in again.content.decode()
+
+
+@pytest.mark.django_db
+def test_api_key_list_shows_this_months_spend(staff_client):
+    from tests.factories.llm import make_api_key
+
+    key, _ = make_api_key(name="reporting", monthly_budget_usd=Decimal("10"))
+    usage(api_key=key, cost_usd=Decimal("0.25"))
+    usage(api_key=key, cost_usd=Decimal("0.50"))
+    page = staff_client.get(reverse("admin:llm_apikey_changelist")).content.decode()
+    assert "reporting" in page and "0.75" in page
