@@ -195,8 +195,12 @@ def test_breaker_opens_skips_half_opens_and_closes_with_state_shared_by_two_proc
     opened = time.monotonic()
     calls = proxy.primary.calls()
 
-    # Open: skipped instantly, here and in another process.
+    # Open: skipped instantly (a hanging primary would cost the 0.5 s first-token
+    # timeout if it were tried), here and in another process.
+    proxy.primary.configure(fail="hang")
+    started = time.monotonic()
     assert ask()[-1].provider == "secondary"
+    assert time.monotonic() - started < 0.4
     other = run_in_other_process(proxy.settings)
     assert other == {"before": "open", "after": "open", "provider": "secondary"}
     assert proxy.primary.calls() == calls
