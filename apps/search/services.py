@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import html
 import time
-import collections
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
 
@@ -194,19 +193,19 @@ def _keyword_chunks_cte(lexemes: list[str], scope: _Scope) -> tuple[str, list]:
                greatest(coalesce(sum(total_length), 0), 1)::float8 / greatest(coalesce(sum(chunks), 0), 1) AS avgdl
         FROM search_corpus_stats
     ),
-    kw_post AS MATERIALIZED (
-        SELECT p.lexeme, p.chunk_id, p.document_id, p.tf, p.dl FROM search_posting p
-        WHERE p.lexeme = ANY(%s::text[])
-    ),
-    kw_idf AS (
-        SELECT kp.lexeme, ln(1 + (st.n - count(*) + 0.5) / (count(*) + 0.5)) AS idf
-        FROM kw_post kp CROSS JOIN kw_stats st GROUP BY kp.lexeme, st.n
-    ),
     kw_scored AS (
-        SELECT kp.chunk_id, kp.document_id,
-               sum(ki.idf * kp.tf * {k1 + 1} / (kp.tf + {k1} * (1 - {b} + {b} * kp.dl / st.avgdl))) AS score
-        FROM kw_post kp JOIN kw_idf ki USING (lexeme) CROSS JOIN kw_stats st
-        GROUP BY kp.chunk_id, kp.document_id
+        -- Postings come out of the primary key sorted by lexeme, so document frequency
+        -- is a window count over them (no second pass, no shared df row to update).
+        SELECT x.chunk_id, x.document_id,
+               sum(x.idf * x.tf * {k1 + 1} / (x.tf + {k1} * (1 - {b} + {b} * x.dl / x.avgdl))) AS score
+        FROM (
+            SELECT p.chunk_id, p.document_id, p.tf, p.dl, st.avgdl,
+                   ln(1 + (st.n - count(*) OVER w + 0.5) / (count(*) OVER w + 0.5)) AS idf
+            FROM search_posting p CROSS JOIN kw_stats st
+            WHERE p.lexeme = ANY(%s::text[])
+            WINDOW w AS (PARTITION BY p.lexeme)
+        ) x
+        GROUP BY x.chunk_id, x.document_id
     ),
     kw_chunks AS (
         SELECT s.chunk_id, s.document_id, s.score, d.tags FROM kw_scored s
@@ -264,13 +263,18 @@ def _check_mode(mode: str) -> None:
 
 
 # --- hybrid_search ---------------------------------------------------------------------
-def _ranked_documents(cursor, *, lexemes, scope, mode, vector, depth) -> list[tuple]:
-    """All candidate documents, best first: (document_id, chunk_id, score, kw_rank, sem_rank, tags)."""
+def _ranked_documents(cursor, *, lexemes, scope, mode, vector, depth, limit, offset):
+    """Rank every candidate document in SQL; return (total, facets, page).
+
+    ``page`` rows are (document_id, chunk_id, score, kw_rank, sem_rank), best first;
+    total and tag facets are computed over the whole ranked set in the same
+    statement, so only one page of rows ever leaves the database.
+    """
     ctes, params = [], []
     use_keyword = mode in ("keyword", "hybrid") and bool(lexemes)
     use_semantic = mode in ("semantic", "hybrid") and vector is not None
     if not (use_keyword or use_semantic):
-        return []
+        return 0, [], []
     if use_keyword:
         sql, p = _keyword_chunks_cte(lexemes, scope)
         ctes.append(sql)
@@ -293,27 +297,31 @@ def _ranked_documents(cursor, *, lexemes, scope, mode, vector, depth) -> list[tu
               WHERE distance < 1 ORDER BY document_id, distance) best
     )""")
     if not use_semantic:
-        final = "SELECT document_id, chunk_id, score, rnk, NULL, tags FROM kw_ranked ORDER BY rnk"
+        ranked = "SELECT document_id, chunk_id, score, rnk AS kw_rank, NULL::bigint AS sem_rank, tags FROM kw_ranked"
     elif not use_keyword:
-        final = "SELECT document_id, chunk_id, 1 - distance, NULL, rnk, tags FROM sem_ranked ORDER BY rnk"
+        ranked = ("SELECT document_id, chunk_id, 1 - distance AS score, NULL::bigint AS kw_rank, rnk AS sem_rank, tags "
+                  "FROM sem_ranked")
     else:
         weights, k = settings.SEARCH_RRF_WEIGHTS, int(settings.SEARCH_RRF_K)
-        final = f"""
-    SELECT coalesce(kr.document_id, sr.document_id),
-           coalesce(kr.chunk_id, sr.chunk_id),
-           coalesce({float(weights['keyword'])} / ({k} + kr.rnk), 0)
-             + coalesce({float(weights['semantic'])} / ({k} + sr.rnk), 0) AS fused,
-           kr.rnk, sr.rnk, coalesce(kr.tags, sr.tags)
-    FROM kw_ranked kr FULL OUTER JOIN sem_ranked sr ON sr.document_id = kr.document_id
-    ORDER BY fused DESC, 1"""
-    cursor.execute("WITH " + ",".join(ctes) + final, params)
-    return cursor.fetchall()
-
-
-def _facets(rows: list[tuple]) -> list[tuple[str, int]]:
-    """Tag counts over the whole (visible, filtered) result set, most common first."""
-    counts = collections.Counter(tag for row in rows for tag in set(row[5] or ()))
-    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:MAX_FACETS]
+        ranked = f"""
+        SELECT coalesce(kr.document_id, sr.document_id) AS document_id,
+               coalesce(kr.chunk_id, sr.chunk_id) AS chunk_id,
+               coalesce({float(weights['keyword'])} / ({k} + kr.rnk), 0)
+                 + coalesce({float(weights['semantic'])} / ({k} + sr.rnk), 0) AS score,
+               kr.rnk AS kw_rank, sr.rnk AS sem_rank, coalesce(kr.tags, sr.tags) AS tags
+        FROM kw_ranked kr FULL OUTER JOIN sem_ranked sr ON sr.document_id = kr.document_id"""
+    ctes.append(f"\n    ranked AS MATERIALIZED ({ranked})")
+    final = f"""
+    SELECT (SELECT count(*) FROM ranked),
+           (SELECT coalesce(json_agg(json_build_array(tag, n) ORDER BY n DESC, tag), '[]')
+            FROM (SELECT tag, count(DISTINCT document_id) AS n FROM ranked, unnest(tags) AS tag
+                  GROUP BY tag ORDER BY n DESC, tag LIMIT {MAX_FACETS}) f),
+           (SELECT coalesce(json_agg(json_build_array(document_id, chunk_id, score, kw_rank, sem_rank)
+                                     ORDER BY score DESC, document_id), '[]')
+            FROM (SELECT * FROM ranked ORDER BY score DESC, document_id LIMIT %s OFFSET %s) p)"""
+    cursor.execute("WITH " + ",".join(ctes) + final, [*params, limit, offset])
+    total, facets, page = cursor.fetchone()
+    return total, [(tag, n) for tag, n in facets], [tuple(row) for row in page]
 
 
 def _highlight(headline: str) -> str:
@@ -340,7 +348,7 @@ def _result_rows(cursor, *, user, parsed, page: list[tuple], snippets: bool = Tr
     )
     by_ord = {row[0]: row for row in cursor.fetchall()}
     results = []
-    for ordinal, (doc_id, chunk_id, score, kw_rank, sem_rank, _tags) in enumerate(page, start=1):
+    for ordinal, (doc_id, chunk_id, score, kw_rank, sem_rank) in enumerate(page, start=1):
         row = by_ord.get(ordinal)
         if row is None:  # deleted between the two statements
             continue
@@ -376,7 +384,7 @@ def hybrid_search(
     started = time.perf_counter()
     limit, offset = max(0, min(int(limit), 100)), max(0, int(offset))
     parsed = parse_query(query)
-    rows, degraded = [], False
+    total, degraded = 0, False
     if not parsed.is_empty:
         vector = None
         if mode in ("semantic", "hybrid"):
@@ -389,22 +397,21 @@ def hybrid_search(
             lexemes = _lexemes(cursor, parsed) if mode in ("keyword", "hybrid") else []
             if vector is not None:
                 _configure_hnsw(cursor, depth=depth, filtered=scope.filtered)
-            rows = _ranked_documents(cursor, lexemes=lexemes, scope=scope, mode=mode, vector=vector, depth=depth)
-            facets = _facets(rows)
-            page = rows[offset : offset + limit]
+            total, facets, page = _ranked_documents(cursor, lexemes=lexemes, scope=scope, mode=mode,
+                                                    vector=vector, depth=depth, limit=limit, offset=offset)
             results = _result_rows(cursor, user=user, parsed=parsed, page=page, snippets=snippets)
     else:
         facets, results = [], []
     took = time.perf_counter() - started
     SEARCH_QUERIES.labels(mode=mode).inc()
     SEARCH_LATENCY.labels(mode=mode).observe(took)
-    if not rows:
+    if not total:
         SEARCH_ZERO_RESULTS.labels(mode=mode).inc()
     logger.info("search.query", mode=mode, query_chars=len(parsed.raw), terms=len(parsed.words),
-                total=len(rows), took_ms=round(took * 1000, 2), degraded=degraded,
+                total=total, took_ms=round(took * 1000, 2), degraded=degraded,
                 filtered=bool(filters and not filters.is_empty))
     return SearchResults(
-        query=parsed.raw, mode=mode, results=results, total=len(rows), facets=facets,
+        query=parsed.raw, mode=mode, results=results, total=total, facets=facets,
         took_ms=round(took * 1000, 2), limit=limit, offset=offset, degraded=degraded,
     )
 
