@@ -13,9 +13,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from redis.exceptions import RedisError
+
+from apps.core.logging import get_logger
 from apps.llm import runtime
 from apps.llm.conf import breaker_settings
 from apps.llm.metrics import BREAKER_STATE, BREAKER_VALUES
+
+logger = get_logger("quire.llm.breaker")
 
 # KEYS: state hash, probe lease. ARGV: cool-down ms, probe lease ms.
 # Returns {allowed (0/1), state, consecutive failures}.
@@ -68,28 +73,41 @@ class CircuitBreaker:
         return int(config["failure_threshold"]), cooldown_ms
 
     async def allow(self) -> Permit:
-        """May we call the provider now? At most one caller gets the half-open probe."""
+        """May we call the provider now? At most one caller gets the half-open probe.
+        Without Redis the answer is yes: better to try the provider than to refuse."""
         _, cooldown_ms = self._config()
-        # The probe lease outlives a probe that never reports back (killed process).
-        allowed, state, failures = await runtime.run_script(
-            _ALLOW, [self.state_key, self.probe_key], [cooldown_ms, max(cooldown_ms, 60_000)]
-        )
+        try:
+            # The probe lease outlives a probe that never reports back (killed process).
+            allowed, state, failures = await runtime.run_script(
+                _ALLOW, [self.state_key, self.probe_key], [cooldown_ms, max(cooldown_ms, 60_000)]
+            )
+        except RedisError as exc:
+            logger.warning("llm.breaker.redis_unavailable", provider=self.alias, error=str(exc))
+            return Permit(True, "closed", -1)
         state = state.decode() if isinstance(state, bytes) else state
         BREAKER_STATE.labels(self.alias).set(BREAKER_VALUES[state])
         return Permit(bool(allowed), state, int(failures))
 
     async def record_success(self, permit: Permit | None = None) -> None:
-        if permit is not None and permit.state == "closed" and permit.failures == 0:
+        if permit is not None and permit.state == "closed" and permit.failures <= 0:
             return  # the common case costs no write
-        async with runtime.aredis().pipeline(transaction=True) as pipe:
-            pipe.hset(self.state_key, mapping={"state": "closed", "failures": 0})
-            pipe.delete(self.probe_key)
-            await pipe.execute()
+        try:
+            async with runtime.aredis().pipeline(transaction=True) as pipe:
+                pipe.hset(self.state_key, mapping={"state": "closed", "failures": 0})
+                pipe.delete(self.probe_key)
+                await pipe.execute()
+        except RedisError as exc:
+            logger.warning("llm.breaker.redis_unavailable", provider=self.alias, error=str(exc))
+            return
         BREAKER_STATE.labels(self.alias).set(0)
 
     async def record_failure(self) -> str:
         threshold, _ = self._config()
-        state = await runtime.run_script(_FAILURE, [self.state_key, self.probe_key], [threshold])
+        try:
+            state = await runtime.run_script(_FAILURE, [self.state_key, self.probe_key], [threshold])
+        except RedisError as exc:
+            logger.warning("llm.breaker.redis_unavailable", provider=self.alias, error=str(exc))
+            return "closed"
         state = state.decode() if isinstance(state, bytes) else state
         BREAKER_STATE.labels(self.alias).set(BREAKER_VALUES[state])
         return state

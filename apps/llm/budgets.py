@@ -20,11 +20,14 @@ from decimal import Decimal
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db.models import Sum
+from redis.exceptions import RedisError
 
+from apps.core.logging import get_logger
 from apps.llm import runtime
 from apps.llm.exceptions import BudgetExceeded
 from apps.llm.metrics import BUDGET_REJECTED
 
+logger = get_logger("quire.llm.budgets")
 NANO = Decimal(1_000_000_000)
 SPEND_TTL = 40 * 24 * 3600
 
@@ -140,9 +143,9 @@ def spent_this_month(holder: Holder) -> Decimal:
     return total or Decimal("0")
 
 
-async def reserve(*, holders: list[Holder], estimate: Decimal, call_id: str, ttl_s: float) -> Reservation:
+async def reserve(*, holders: list[Holder], estimate: Decimal, call_id: str, ttl_s: float) -> Reservation | None:
     """Reserve ``estimate`` USD against every budget in ``holders`` (see
-    :func:`holders_for`), or raise :class:`BudgetExceeded`."""
+    :func:`holders_for`), or raise :class:`BudgetExceeded`. None if Redis is down."""
     start, end = month_bounds()
     month = start.strftime("%Y%m")
     est = to_nano(estimate)
@@ -150,9 +153,15 @@ async def reserve(*, holders: list[Holder], estimate: Decimal, call_id: str, ttl
     keys = [k for holder in holders for k in holder.keys(month)]
     client = runtime.aredis()
     for _ in range(3):
-        status, index, spend = await runtime.run_script(
-            _RESERVE, keys, [len(holders), est, member, int(ttl_s * 1000), *[to_nano(h.limit_usd) for h in holders]],
-        )
+        try:
+            status, index, spend = await runtime.run_script(
+                _RESERVE, keys,
+                [len(holders), est, member, int(ttl_s * 1000), *[to_nano(h.limit_usd) for h in holders]],
+            )
+        except RedisError as exc:
+            # Budgets fail open: a Redis outage must not stop every call. The ledger still records them.
+            logger.warning("llm.budget.redis_unavailable", error=str(exc))
+            return None
         status = status.decode() if isinstance(status, bytes) else status
         if status == "ok":
             return Reservation(holders, member, month)

@@ -11,8 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 
+from redis.exceptions import RedisError
+
+from apps.core.logging import get_logger
 from apps.llm import runtime
 from apps.llm.metrics import CACHE
+
+logger = get_logger("quire.llm.cache")
 
 
 def _normalise_messages(messages: list[dict]) -> list[list]:
@@ -35,11 +40,19 @@ def cache_key(*, route: str, model: str, messages: list[dict], params: dict, sco
 
 
 async def get(key: str, *, route: str) -> dict | None:
-    raw = await runtime.aredis().get(key)
+    """The cached answer, or None (also when Redis is unavailable: a miss)."""
+    try:
+        raw = await runtime.aredis().get(key)
+    except RedisError as exc:
+        logger.warning("llm.cache.redis_unavailable", error=str(exc))
+        raw = None
     CACHE.labels(route, "hit" if raw is not None else "miss").inc()
     return json.loads(raw) if raw is not None else None
 
 
 async def put(key: str, value: dict, *, ttl: int) -> None:
     if ttl > 0:
-        await runtime.aredis().set(key, json.dumps(value), ex=ttl)
+        try:
+            await runtime.aredis().set(key, json.dumps(value), ex=ttl)
+        except RedisError as exc:
+            logger.warning("llm.cache.redis_unavailable", error=str(exc))

@@ -163,3 +163,8 @@ def _write(items: list[str]) -> None:
                          user_pk=user_meta.pk.column, key_table=ApiKey._meta.db_table)
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(sql, ["[" + ",".join(items) + "]"])
+
+
+def write_now(entries: list[dict]) -> None:
+    """Write rows directly (when the Redis queue is unavailable)."""
+    _write([json.dumps(entry, default=str) for entry in entries])

@@ -60,19 +60,33 @@ def key(*parts: object) -> str:
     return ":".join([prefix, "llm", *(str(p) for p in parts)])
 
 
+# Redis holds breaker state, cache, spend and the ledger queue; when it is down
+# every caller degrades (see breaker, cache, budgets, services) instead of failing,
+# so it must fail fast.
+REDIS_TIMEOUTS = {"socket_connect_timeout": 0.5, "socket_timeout": 2.0}
+
+
 def aredis() -> aioredis.Redis:
-    """This loop's asyncio Redis client."""
-    return loop_local("redis", lambda: aioredis.Redis.from_url(settings.REDIS_URL))
+    """This loop's asyncio Redis client (one quick retry, not redis-py's default backoff)."""
+    from redis.asyncio.retry import Retry as AsyncRetry
+    from redis.backoff import NoBackoff
+
+    return loop_local("redis", lambda: aioredis.Redis.from_url(
+        settings.REDIS_URL, retry=AsyncRetry(NoBackoff(), 1), **REDIS_TIMEOUTS))
 
 
-_sync_redis: redis.Redis | None = None
+_sync_redis: dict[str, redis.Redis] = {}
 
 
 def sync_redis() -> redis.Redis:
-    global _sync_redis
-    if _sync_redis is None:
-        _sync_redis = redis.Redis.from_url(settings.REDIS_URL)
-    return _sync_redis
+    client = _sync_redis.get(settings.REDIS_URL)
+    if client is None:
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        client = _sync_redis[settings.REDIS_URL] = redis.Redis.from_url(
+            settings.REDIS_URL, retry=Retry(NoBackoff(), 1), **REDIS_TIMEOUTS)
+    return client
 
 
 async def aclose_loop_resources() -> None:

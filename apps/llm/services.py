@@ -45,6 +45,7 @@ from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+from redis.exceptions import RedisError
 
 from apps.core.logging import get_logger
 from apps.llm import budgets, cache, ledger, runtime, tokens
@@ -269,7 +270,10 @@ def complete(request: ChatRequest) -> ChatResult:
     try:
         return async_to_sync(_complete_and_close)(request)
     finally:
-        ledger.flush()
+        try:
+            ledger.flush()
+        except RedisError as exc:  # the row went straight to the database, or waits in Redis
+            logger.warning("llm.ledger.flush_skipped", error=str(exc))
 
 
 # --- bookkeeping of one call ---------------------------------------------------------------
@@ -354,11 +358,20 @@ class _CallState:
         task.add_done_callback(_background_tasks.discard)
 
     async def _record(self, entry: dict, cost: Decimal) -> None:
-        async with runtime.aredis().pipeline(transaction=False) as pipe:
-            ledger.push_command(pipe, entry)
-            if self.reservation is not None:
-                self.reservation.settle_command(pipe, cost)
-            await pipe.execute()
+        try:
+            async with runtime.aredis().pipeline(transaction=False) as pipe:
+                ledger.push_command(pipe, entry)
+                if self.reservation is not None:
+                    self.reservation.settle_command(pipe, cost)
+                await pipe.execute()
+        except RedisError as exc:
+            # No queue: write this row straight to the database (slower, still not lost).
+            logger.warning("llm.ledger.redis_unavailable", error=str(exc), record=entry["id"])
+            try:
+                await sync_to_async(ledger.write_now)([entry])
+            except Exception:
+                logger.exception("llm.ledger.row_lost", row=entry)  # the log line is the last copy
+            return
         await ledger.ensure_flusher()
 
     async def finish(self) -> DoneEvent:

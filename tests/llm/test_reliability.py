@@ -237,3 +237,18 @@ def test_half_open_lets_exactly_one_probe_through_and_a_failed_probe_reopens(pro
     assert ask()[-1].provider == "secondary"
     assert proxy.primary.calls() == calls + 1  # one probe, not retried
     assert breaker.state() == "open"
+
+
+@pytest.mark.django_db
+def test_without_redis_calls_still_answer_and_are_recorded(proxy, redis_server, settings):
+    from apps.llm.services import complete
+
+    settings.REDIS_URL = redis_server.url
+    redis_server.stop()
+    events = ask()
+    assert events[-1].type == "done" and events[-1].provider == "primary"
+    result = complete(ChatRequest(route="chat", messages=question("again"), cache=True))
+    assert result.provider == "primary" and not result.cached
+    # No Redis queue: each row went straight to the database.
+    rows = UsageRecord.objects.order_by("created_at")
+    assert [str(r.id) for r in rows] == [events[-1].usage_record_id, result.usage_record_id]
