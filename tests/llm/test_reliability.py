@@ -252,3 +252,23 @@ def test_without_redis_calls_still_answer_and_are_recorded(proxy, redis_server, 
     # No Redis queue: each row went straight to the database.
     rows = UsageRecord.objects.order_by("created_at")
     assert [str(r.id) for r in rows] == [events[-1].usage_record_id, result.usage_record_id]
+
+
+@pytest.mark.django_db
+def test_a_prompt_too_long_for_one_model_moves_to_the_next_provider(proxy):
+    proxy.primary.configure(fail="context")
+    events = ask()
+    assert events[-1].type == "done" and events[-1].provider == "secondary"
+    assert proxy.primary.calls() == 1  # not retried
+    assert CircuitBreaker("primary").state() == "closed"  # the provider is fine
+
+
+@pytest.mark.django_db
+def test_a_request_the_provider_rejects_is_an_error_without_fallback(proxy):
+    proxy.primary.configure(fail="400")
+    events = ask()
+    assert [e.type for e in events] == ["error"]
+    assert events[-1].code == "llm_bad_request" and events[-1].partial is False
+    assert proxy.primary.calls() == 1 and proxy.secondary.calls("/v1/messages") == 0
+    ledger.flush()
+    assert UsageRecord.objects.get().outcome == "error"

@@ -15,7 +15,8 @@ Behaviour is set with :meth:`FakeUpstream.configure`:
   ``"refuse"`` (listening socket closed, kept-alive connections cut) |
   ``"hang"`` (stream: headers then silence; non-stream: no answer) |
   ``"drop"`` (connection cut after ``fail_at`` tokens, default 2) |
-  ``"malformed"`` (a non-JSON chunk after ``fail_at`` tokens, default 0);
+  ``"malformed"`` (a non-JSON chunk after ``fail_at`` tokens, default 0) |
+  ``"400"`` (invalid request) | ``"context"`` (400: prompt longer than the context window);
 * ``fail_count``: fail only the next N requests, then behave (None = always).
 
 Counters: ``counts[path]``, ``requests`` (path, time, body), ``disconnects``
@@ -44,7 +45,7 @@ DEFAULTS = {
     "tokens": 8, "token_delay": 0.0, "text": None, "usage": True, "fail": None, "fail_count": None,
     "retry_after": "1", "fail_at": None, "model": "fake-model", "embedding_dim": 384,
 }
-FAIL_MODES = {None, "500", "429", "refuse", "hang", "drop", "malformed"}
+FAIL_MODES = {None, "500", "429", "400", "context", "refuse", "hang", "drop", "malformed"}
 
 
 class FakeUpstream:
@@ -182,6 +183,13 @@ class FakeUpstream:
         if fail == "429":
             return web.json_response({"error": {"message": "slow down", "type": "rate_limit_error"}}, status=429,
                                      headers={"Retry-After": str(self.config["retry_after"])})
+        if fail == "400":
+            return web.json_response({"error": {"message": "Invalid value for 'temperature'.",
+                                                "type": "invalid_request_error"}}, status=400)
+        if fail == "context":
+            return web.json_response({"error": {"message": "This model's maximum context length is 8192 tokens.",
+                                                "type": "invalid_request_error",
+                                                "code": "context_length_exceeded"}}, status=400)
         if fail == "refuse" and request.transport is not None:
             request.transport.close()  # a kept-alive connection that was already open
         return None
