@@ -11,6 +11,11 @@ from apps.llm.asgi import with_proxy_path  # noqa: E402
 
 application = with_proxy_path(application)
 
+# POST /chat/<id>/messages (the SSE answer) too: no parked thread per open stream; see apps/chat/asgi.py.
+from apps.chat.asgi import with_chat_stream_path  # noqa: E402
+
+application = with_chat_stream_path(application)
+
 # Everything loaded so far lives as long as the process: keep it out of the cyclic
 # GC's full collections, which otherwise stall a request now and then (p99).
 gc.freeze()

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import json
 import time
+from importlib import import_module
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.contrib.auth import get_user
 from django.http import Http404, JsonResponse
+from django.http.response import HttpResponseBase
+from django.middleware.csrf import CsrfViewMiddleware
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
@@ -84,9 +88,28 @@ def _question_from(request) -> str:
     return request.POST.get("question", "")
 
 
+_csrf = CsrfViewMiddleware(lambda request: None)
+
+
+def _apply_request_middleware(request):
+    """Sessions, auth and CSRF for a request that came through the lean handler
+    (:mod:`apps.chat.asgi`); a no-op for what the regular middleware already did.
+    Returns a response if the request must be refused."""
+    if not hasattr(request, "session"):
+        engine = import_module(settings.SESSION_ENGINE)
+        request.session = engine.SessionStore(request.COOKIES.get(settings.SESSION_COOKIE_NAME))
+    if not hasattr(request, "user"):
+        request.user = get_user(request)
+    _csrf.process_request(request)
+    return _csrf.process_view(request, message_stream, (), {})
+
+
 def _prepare(request, pk: int):
-    """The synchronous half (ORM, session, Redis, retrieval), run in a worker thread."""
+    """The synchronous half (session, auth, CSRF, ORM, Redis, retrieval), in one thread hop."""
     try:
+        refused = _apply_request_middleware(request)
+        if refused is not None:
+            return refused
         user = request.user
         session_key = session_key_for(request, create=False)
         conversation = selectors.conversation_get(conversation_id=pk, user=user, session_key=session_key)
@@ -106,6 +129,8 @@ async def message_stream(request, pk: int):
     started = time.perf_counter()
     try:
         prepared = await sync_to_async(_prepare)(request, pk)
+        if isinstance(prepared, HttpResponseBase):  # CSRF refusal
+            return prepared
     except Http404:
         return JsonResponse(envelope("not_found", "No such conversation.", request=request), status=404)
     except APIException as exc:

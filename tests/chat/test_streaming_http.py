@@ -106,3 +106,21 @@ def test_an_answer_is_cut_after_the_maximum_duration(llm, settings):
     assert events[-1][0] == "error" and events[-1][1]["code"] == "max_duration"
     message = Message.objects.get(pk=events[0][1]["message_id"])
     assert message.status == Message.Status.PARTIAL and message.content.startswith("tok0")
+
+
+def test_the_page_stream_path_still_enforces_csrf_and_ownership(app_server, fake_upstream):
+    with httpx.Client(base_url=app_server.url, timeout=10) as client:
+        pk = _open_conversation(client)  # this anonymous session's conversation
+        refused = client.post(f"/chat/{pk}/messages", json={"question": "hi"})
+        assert refused.status_code == 403  # no CSRF token
+        page = client.get(f"/chat/{pk}/")
+        token = page.text.split('name="csrfmiddlewaretoken" value="', 1)[1].split('"', 1)[0]
+        other = httpx.post(f"{app_server.url}/chat/{pk}/messages", json={"question": "hi"},
+                           headers={"X-CSRFToken": token}, cookies={"csrftoken": client.cookies["csrftoken"]})
+        assert other.status_code == 404  # a valid token, but not this session's conversation
+        with client.stream("POST", f"/chat/{pk}/messages", json={"question": "hi"},
+                           headers={"X-CSRFToken": token}) as response:
+            assert response.status_code == 200
+            kinds = [kind for _, kind, _ in _events(response.iter_text())]
+    assert kinds[0] == "meta" and kinds[-1] == "done"
+    assert fake_upstream.calls() == 1

@@ -1,0 +1,32 @@
+"""A lean path through Django for the chat stream (``POST /chat/<id>/messages``).
+
+Under Django's regular ASGI handler every ``MiddlewareMixin`` middleware runs
+its hooks in a thread, and each request gets its own ``ThreadSensitiveContext``
+— a thread that lives as long as the request. For a stream that lasts a
+minute, that is one parked OS thread per open answer. The stream view needs
+only three of those middlewares (sessions, auth, CSRF), so on this path it
+applies them itself, in the one synchronous hop it makes anyway
+(:func:`apps.chat.views.message_stream`), and the request goes to the same
+lean handler the LLM proxy uses for ``/v1/`` (same URLconf, views and error
+handlers; only the request-id middleware).
+"""
+
+from __future__ import annotations
+
+import re
+
+from apps.llm.asgi import ProxyASGIHandler
+
+CHAT_STREAM_PATH = re.compile(r"^/chat/\d+/messages$")
+
+
+def with_chat_stream_path(application):
+    """Wrap the site's ASGI ``application`` so chat streams take the lean handler."""
+    lean = ProxyASGIHandler()
+
+    async def dispatch(scope, receive, send):
+        if scope["type"] == "http" and scope.get("method") == "POST" and CHAT_STREAM_PATH.match(scope["path"]):
+            return await lean(scope, receive, send)
+        return await application(scope, receive, send)
+
+    return dispatch

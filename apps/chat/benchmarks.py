@@ -1,0 +1,299 @@
+"""``manage.py bench sse``: how many chat answers one uvicorn worker can stream at once.
+
+Three processes besides this one: the fake OpenAI-compatible upstream (the
+model, also serving query embeddings), one uvicorn worker serving the real
+site (``POST /chat/<id>/messages``: session auth, limits, hybrid retrieval,
+prompt building, the proxy, the ledger, the message rows), and the load
+generator (:mod:`apps.chat.sse_load`, aiohttp).
+
+(a) held: N streams at once, a token every ``--interval`` s, held ``--hold`` s:
+    streams held without a stall (no gap above 2x the interval), worker RSS
+    growth per stream; (b) throughput: ``--throughput-streams`` streams, a
+    token every ``--fast-interval`` s: token events/s and the p99 gap; (c) time to
+    first token through the chat path minus the upstream alone, one at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from django.conf import settings
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
+from django.contrib.sessions.backends.db import SessionStore
+from django.test import override_settings
+
+from apps.chat.models import Conversation
+from apps.core.bench import percentile, print_table, register
+from apps.documents.models import Document
+
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
+SOURCE = "bench-sse"
+TOPICS = [
+    ("Glaciers", "Glaciers flow downhill under their own weight and carve U-shaped valleys over millennia."),
+    ("Tides", "Tides rise and fall twice a day because of the gravity of the Moon and the Sun."),
+    ("Volcanoes", "Volcanoes erupt when magma rises through the crust and pressure is released."),
+    ("Coral reefs", "Coral reefs are built by colonies of tiny animals that secrete calcium carbonate."),
+    ("Monsoons", "Monsoons are seasonal winds that bring heavy rain when land heats faster than the sea."),
+    ("Aurora", "Auroras appear when charged particles from the Sun strike the upper atmosphere."),
+    ("Deserts", "Deserts receive less than 250 millimetres of rain a year and swing widely in temperature."),
+    ("Rivers", "Rivers carry sediment to the sea and build deltas where the current slows down."),
+]
+
+
+def _arguments(parser):
+    parser.add_argument("--streams", type=int, default=2000, help="held connections (run a)")
+    parser.add_argument("--hold", type=float, default=30.0, help="seconds every stream is held (run a)")
+    parser.add_argument("--interval", type=float, default=1.0, help="seconds between upstream tokens (run a)")
+    parser.add_argument("--throughput-streams", type=int, default=200, help="streams in run b")
+    parser.add_argument("--fast-interval", type=float, default=0.02, help="seconds between tokens (run b)")
+    parser.add_argument("--fast-tokens", type=int, default=250, help="tokens per answer (run b)")
+    parser.add_argument("--ttft-samples", type=int, default=100, help="sequential requests per side (run c)")
+    parser.add_argument("--ramp", type=float, default=200.0, help="new streams per second while opening (run a)")
+
+
+def _raise_nofile() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
+
+
+def _threads(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("Threads:"))
+
+
+def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: process exited: {log.read_text()[-2000:]}")
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not come up: {log.read_text()[-2000:]}")
+
+
+class _Processes:
+    def __init__(self):
+        self.procs: list[subprocess.Popen] = []
+        self.logs: list[Path] = []
+
+    def start(self, args: list[str], env: dict) -> tuple[subprocess.Popen, Path]:
+        log = Path(tempfile.mkstemp(prefix="bench-sse-", suffix=".log")[1])
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(args, cwd=BASE_DIR, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    preexec_fn=_raise_nofile)  # noqa: PLW1509 - only sets a resource limit
+        self.procs.append(proc)
+        self.logs.append(log)
+        return proc, log
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+
+def _configure_upstream(base: str, **config) -> None:
+    response = httpx.post(f"{base}/_fake/config", json={"reset": True, **config}, timeout=10)
+    response.raise_for_status()
+
+
+def _load(spec: dict, env: dict, on_line=None) -> dict:
+    """Run the load generator process; ``on_line`` sees each progress line."""
+    proc = subprocess.Popen([sys.executable, "-m", "apps.chat.sse_load", json.dumps(spec)], cwd=BASE_DIR, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    last = ""
+    for line in proc.stdout:
+        line = line.strip()
+        if not line:
+            continue
+        last = line
+        if on_line is not None and not line.startswith("{"):
+            on_line(line)
+    proc.wait()
+    if proc.returncode != 0:
+        raise RuntimeError(f"load generator failed: {proc.stderr.read()[-3000:]}")
+    return json.loads(last)
+
+
+def _setup_data(conversations: int, upstream_v1: str) -> tuple[object, str, list[int]]:
+    """A bench user with a signed-in session, conversations, and embedded documents."""
+    from apps.documents.services import embed_documents_bulk
+    from apps.llm.embeddings import reset_embedding_backends
+
+    _cleanup()
+    user = get_user_model().objects.create_user(username=f"bench-sse-{secrets.token_hex(4)}",
+                                                password=secrets.token_urlsafe(16))
+    session = SessionStore()
+    session[SESSION_KEY] = str(user.pk)
+    session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+    session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    session.create()
+    docs = Document.objects.bulk_create([  # bulk: no signals, nothing queued for the real worker
+        Document(title=title, slug=f"{SOURCE}-{i}", body=body, status=Document.Status.PUBLISHED,
+                 visibility=Document.Visibility.PUBLIC, source=SOURCE, external_id=str(i))
+        for i, (title, body) in enumerate(TOPICS)
+    ])
+    backends = {"default": {"BACKEND": "apps.llm.embeddings.openai_http.OpenAIHTTPBackend",
+                            "OPTIONS": {"BASE_URL": upstream_v1, "API_KEY": "", "MODEL": "fake-embedding",
+                                        "DIMENSIONS": 384, "MAX_TOKENS": 256}}}
+    with override_settings(EMBEDDING_BACKENDS=backends):
+        reset_embedding_backends()
+        embed_documents_bulk([d.pk for d in docs])
+    reset_embedding_backends()
+    ids = [c.pk for c in Conversation.objects.bulk_create([Conversation(owner=user) for _ in range(conversations)])]
+    return user, session.session_key, ids
+
+
+def _cleanup() -> None:
+    get_user_model().objects.filter(username__startswith="bench-sse-").delete()  # conversations cascade
+    Document.objects.filter(source=SOURCE).delete()
+
+
+@register("sse", help="Chat SSE: held streams per uvicorn worker, KB/stream, added TTFT, events/s",
+          arguments=_arguments)
+def bench_sse(*, stdout, options):
+    nofile = _raise_nofile()
+    n, hold, interval = options["streams"], options["hold"], options["interval"]
+    fast_n, samples = options["throughput_streams"], options["ttft_samples"]
+    procs = _Processes()
+    try:
+        upstream_port, app_port = _free_port(), _free_port()
+        upstream = f"http://127.0.0.1:{upstream_port}"
+        base_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        proc, log = procs.start([sys.executable, "-m", "apps.llm.testing.fake_upstream", "--port", str(upstream_port)],
+                                base_env)
+        _wait_http(f"{upstream}/_fake/stats", proc, log)
+        user, session_key, conversations = _setup_data(n + fast_n + samples + 5, upstream + "/v1")
+
+        app_env = {
+            **base_env, "DEBUG": "False", "LOG_LEVEL": "WARNING",
+            "LLM_OPENAI_BASE_URL": upstream + "/v1", "LLM_OPENAI_API_KEY": "bench", "LLM_OPENAI_MODEL": "gpt-4o-mini",
+            "LLM_TIMEOUT_FIRST_TOKEN": "120", "LLM_TIMEOUT_TOTAL": "900", "CHAT_MAX_STREAM_SECONDS": "900",
+            "EMBEDDING_PROVIDER": "openai", "EMBEDDING_API_BASE": upstream + "/v1", "EMBEDDING_MODEL": "fake-embedding",
+            "EMBEDDING_DIMENSIONS": "384", "EMBEDDING_MAX_TOKENS": "256",
+            "CHAT_QUESTIONS_PER_MINUTE": "0", "CHAT_ANON_QUESTIONS_PER_MINUTE": "0",
+        }
+        app, app_log = procs.start(
+            [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port",
+             str(app_port), "--workers", "1", "--lifespan", "off", "--no-access-log", "--log-level", "warning",
+             "--backlog", "4096", "--timeout-keep-alive", "60"], app_env)
+        _wait_http(f"http://127.0.0.1:{app_port}/healthz", app, app_log)
+        csrf = secrets.token_hex(16)  # 32 chars: a CSRF secret the header may repeat as-is
+        spec = {
+            "base_url": f"http://127.0.0.1:{app_port}",
+            "cookies": {settings.SESSION_COOKIE_NAME: session_key, settings.CSRF_COOKIE_NAME: csrf},
+            "headers": {"X-CSRFToken": csrf, "Accept": "text/event-stream"},
+            "question": "How do glaciers and tides shape the coast?",
+        }
+        urls = [f"/chat/{pk}/messages" for pk in conversations]
+
+        # Warm-up: imports, pools, tokenizer, first queries.
+        _configure_upstream(upstream, tokens=5, token_delay=0.0)
+        warm = _load({**spec, "mode": "throughput", "urls": urls[-5:]}, base_env)
+        if warm["completed"] != 5:
+            raise RuntimeError(f"warm-up failed: {warm} {app_log.read_text()[-2000:]}")
+        time.sleep(1)
+
+        # (a) held connections.
+        stdout.write(f"(a) opening {n} streams, a token every {interval}s, holding {hold}s ...")
+        _configure_upstream(upstream, tokens=int((hold + 300) / interval), token_delay=interval)
+        rss_before, threads_before = _rss_kb(app.pid), _threads(app.pid)
+        samples_rss: list[int] = []
+        peak_threads = [threads_before]
+
+        def sample(line: str) -> None:
+            if line.startswith("HOLDING"):
+                stdout.write(f"    all streams open ({line}); sampling worker memory")
+                for _ in range(3):
+                    time.sleep(min(5.0, hold / 4))
+                    samples_rss.append(_rss_kb(app.pid))
+                    peak_threads.append(_threads(app.pid))
+
+        held = _load({**spec, "mode": "held", "urls": urls[:n], "hold_s": hold, "interval": interval,
+                      "ramp_per_s": options["ramp"], "open_timeout_s": 300}, base_env, on_line=sample)
+        rss_during = statistics.median(samples_rss) if samples_rss else _rss_kb(app.pid)
+        kb_per_stream = (rss_during - rss_before) / n
+        time.sleep(3)  # cancelled answers are being saved
+
+        # (c) time to first token, one request at a time.
+        _configure_upstream(upstream, tokens=3, token_delay=0.0)
+        first_tokens = _load({**spec, "mode": "ttft", "samples": samples, "upstream_url": upstream + "/v1",
+                              "urls": urls[n + fast_n:n + fast_n + samples]}, base_env)
+        direct_p50 = percentile(first_tokens["direct_s"], 50) * 1000
+        chat_p50 = percentile(first_tokens["chat_s"], 50) * 1000
+        chat_p99 = percentile(first_tokens["chat_s"], 99) * 1000
+
+        # (b) throughput.
+        stdout.write(f"(b) {fast_n} streams, a token every {options['fast_interval'] * 1000:.0f} ms ...")
+        _configure_upstream(upstream, tokens=options["fast_tokens"], token_delay=options["fast_interval"])
+        fast = _load({**spec, "mode": "throughput", "urls": urls[n:n + fast_n]}, base_env)
+    finally:
+        procs.stop()
+        _cleanup()
+
+    figures = {
+        "streams_requested": n,
+        "streams_held": held["streams_held"],
+        "hold_s": held["hold_s"],
+        "open_s": held["open_s"],
+        "worst_gap_s": held["worst_gap_s"],
+        "held_errors": held["errors"],
+        "kb_per_stream": round(kb_per_stream, 1),
+        "worker_rss_mb_before": round(rss_before / 1024, 1),
+        "worker_rss_mb_holding": round(rss_during / 1024, 1),
+        "worker_threads_peak": max(peak_threads),
+        "ttft_direct_p50_ms": round(direct_p50, 2),
+        "ttft_chat_p50_ms": round(chat_p50, 2),
+        "ttft_chat_p99_ms": round(chat_p99, 2),
+        "ttft_added_p50_ms": round(chat_p50 - direct_p50, 2),
+        "throughput_streams": fast["streams"],
+        "throughput_completed": fast["completed"],
+        "events_per_s": fast["events_per_s"],
+        "gap_p50_ms": fast["gap_p50_ms"],
+        "gap_p99_ms": fast["gap_p99_ms"],
+        "gap_max_ms": fast["gap_max_ms"],
+        "throughput_errors": fast["errors"],
+        "nofile_limit": nofile,
+    }
+    print_table(stdout, [
+        ("held streams", f"{held['streams_held']}/{n}",
+         f"opened in {held['open_s']} s, worst gap {held['worst_gap_s']} s"),
+        ("memory", f"{figures['kb_per_stream']} KB/stream", f"RSS {figures['worker_rss_mb_before']} -> "
+                                                           f"{figures['worker_rss_mb_holding']} MB"),
+        ("ttft added p50", f"{figures['ttft_added_p50_ms']} ms", f"chat {figures['ttft_chat_p50_ms']} ms vs upstream "
+                                                               f"{figures['ttft_direct_p50_ms']} ms"),
+        ("throughput", f"{figures['events_per_s']} events/s", f"gap p99 {figures['gap_p99_ms']} ms, "
+                                                            f"{fast['completed']}/{fast['streams']} completed"),
+    ], ("figure", "value", "detail"))
+    return figures
