@@ -227,6 +227,20 @@ def _prefix(title: str, headings: list[str], limit: int, backend: EmbeddingBacke
     return label + "\n\n"
 
 
+def _trim_to_limit(prefix: str, text: str, limit: int, backend: EmbeddingBackend) -> tuple[str, int]:
+    """Drop trailing words (then characters) until prefix + text fits ``limit`` tokens."""
+    words = text.split(" ")
+    while len(words) > 1:
+        words = words[:-1]
+        count = backend.count_tokens(prefix + " ".join(words))
+        if count <= limit:
+            return " ".join(words), count
+    text = words[0]
+    while text and backend.count_tokens(prefix + text) > limit:
+        text = text[: len(text) * 3 // 4]
+    return text, backend.count_tokens(prefix + text)
+
+
 def chunk_document(
     *, title: str, body: str, backend: EmbeddingBackend, target_tokens: int = 200, overlap_tokens: int = 30
 ) -> list[ChunkDraft]:
@@ -236,7 +250,7 @@ def chunk_document(
     hard_limit = backend.max_input_tokens
     target = min(target_tokens, hard_limit)
     prefix_limit = max(8, int(backend.max_tokens * PREFIX_SHARE))
-    drafts: list[tuple[str, str, str]] = []  # (text, heading_path, embed_input)
+    drafts: list[tuple[str, str, str]] = []  # (prefix, text, heading_path)
     for headings, paragraphs in split_sections(body):
         prefix = _prefix(title, headings, prefix_limit, backend)
         prefix_tokens = backend.count_tokens(prefix) if prefix else 0
@@ -244,17 +258,14 @@ def chunk_document(
         budget = min(budget, hard_limit - prefix_tokens)
         overlap = min(overlap_tokens, budget // 2)
         for group in _pack(_pieces(paragraphs, budget, backend), budget, overlap, backend):
-            text = _join(group)
-            drafts.append((text, HEADING_SEPARATOR.join(headings)[:500], prefix + text))
+            drafts.append((prefix, _join(group), HEADING_SEPARATOR.join(headings)[:500]))
 
-    counts = backend.count_tokens_batch([d[2] for d in drafts])
+    counts = backend.count_tokens_batch([prefix + text for prefix, text, _ in drafts])
     result: list[ChunkDraft] = []
-    for ordinal, ((text, heading_path, embed_input), count) in enumerate(zip(drafts, counts, strict=True)):
-        while count > hard_limit:  # safety net if a tokenizer is not additive somewhere
-            words = text.split()
-            text = " ".join(words[: max(1, len(words) - max(1, (count - hard_limit)))])
-            embed_input = embed_input[: len(embed_input) - len(embed_input.split("\n\n", 1)[-1])] + text
-            count = backend.count_tokens(embed_input)
+    for ordinal, ((prefix, text, heading_path), count) in enumerate(zip(drafts, counts, strict=True)):
+        if count > hard_limit:  # safety net, should a tokenizer not be additive somewhere
+            text, count = _trim_to_limit(prefix, text, hard_limit, backend)
+        embed_input = prefix + text
         result.append(ChunkDraft(
             ordinal=ordinal, text=text, heading_path=heading_path, embed_input=embed_input,
             token_count=count + backend.special_tokens,

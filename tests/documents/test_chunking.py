@@ -80,3 +80,13 @@ def test_empty_body_gives_no_chunks(minilm):
 def test_fenced_code_is_not_split_into_headings():
     sections = split_sections("## Real\n\n```bash\n# not a heading\nmake run\n\nmake test\n```\n\nAfter.")
     assert sections == [(["Real"], ["```bash\n# not a heading\nmake run\n\nmake test\n```", "After."])]
+
+
+def test_the_safety_net_trims_a_chunk_if_counts_are_not_additive():
+    from apps.documents.chunking import _trim_to_limit
+
+    backend = get_embedding_backend()  # deterministic: words and punctuation are tokens
+    text, count = _trim_to_limit("Title\n\n", "one two three four five six", 4, backend)
+    assert (text, count) == ("one two three", 4)
+    text, count = _trim_to_limit("Title\n\n", "x" * 50, 1, backend)
+    assert count <= 1
