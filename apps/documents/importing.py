@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
@@ -210,7 +210,17 @@ def import_records(
     batch: list[tuple[ImportRecord, Document]] = []
 
     def flush():
-        ids = _write_batch(batch, source=source, publish=publish, report=report)
+        try:
+            ids = _write_batch(batch, source=source, publish=publish, report=report)
+        except IntegrityError:
+            # A conflict the validation could not see (e.g. a concurrent import took a
+            # slug): redo the batch one record per transaction and report the culprits.
+            ids = []
+            for record, document in batch:
+                try:
+                    ids += _write_batch([(record, document)], source=source, publish=publish, report=report)
+                except IntegrityError as exc:
+                    report.errors.append(f"{record.location}: {str(exc).splitlines()[0]}")
         if on_batch_committed and ids:
             on_batch_committed(ids)
         batch.clear()
@@ -277,7 +287,10 @@ def _write_batch(batch, *, source: str, publish: bool, report: ImportReport) -> 
 
 
 def _free_slug(slug: str, taken: set[str]) -> str:
+    """``slug``, or ``slug-2``, ``slug-3``... free both in this batch and in the database."""
     candidate, n = slug, 2
     while candidate in taken:
         candidate, n = f"{slug[:300]}-{n}", n + 1
+        if candidate not in taken and Document.objects.filter(slug=candidate).exists():
+            taken.add(candidate)
     return candidate

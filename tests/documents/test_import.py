@@ -9,6 +9,7 @@ from django.test import override_settings
 
 from apps.documents.models import Chunk, Document
 from tests.documents.conftest import wait_for
+from tests.factories.documents import DocumentFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -125,3 +126,16 @@ def test_demo_content_loads_once_as_published_public_documents():
     assert set(demo.values_list("status", "visibility").distinct()) == {("published", "public")}
     assert demo.filter(slug="search-syntax", title="Search syntax and modes").exists()
     assert all(len(d.body) > 500 for d in demo)
+
+
+def test_slug_collisions_get_a_free_suffix(tmp_path):
+    DocumentFactory(slug="guide", source="elsewhere")
+    DocumentFactory(slug="guide-2", source="elsewhere")
+    notes = write_lines(tmp_path / "notes.jsonl", [
+        json.dumps({"id": "a", "title": "Guide", "body": "One.", "slug": "guide"}),
+        json.dumps({"id": "b", "title": "Guide", "body": "Two.", "slug": "guide"}),
+    ])
+    _, err, error = run_import(notes, "--no-embed")
+    assert error is None, err
+    slugs = dict(Document.objects.filter(source="notes").values_list("external_id", "slug"))
+    assert slugs == {"a": "guide-3", "b": "guide-4"}
