@@ -184,8 +184,12 @@ def fake_upstream(_fake_upstream_server):
 
     Point a provider at it with ``apps.llm.testing.openai_provider(fake_upstream)``;
     make it fail with ``fake_upstream.configure(fail="500")`` (see its docstring);
-    ``fake_upstream.calls()`` counts chat completion requests.
+    ``fake_upstream.calls()`` counts chat completion requests. The proxy's Redis
+    state of this run (breakers, cache, spend, ledger queue) starts empty.
     """
+    from apps.llm.testing import reset_proxy_state
+
+    reset_proxy_state()
     yield _fake_upstream_server.reset()
     _fake_upstream_server.reset()
 

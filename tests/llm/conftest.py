@@ -3,8 +3,7 @@ from decimal import Decimal
 import pytest
 from django.conf import settings as django_settings
 
-from apps.llm import runtime
-from apps.llm.testing import EXTRACTIVE, anthropic_provider, openai_provider
+from apps.llm.testing import EXTRACTIVE, anthropic_provider, openai_provider, reset_proxy_state
 from apps.llm.testing.fake_upstream import FakeUpstream
 
 PRICES = {
@@ -16,13 +15,7 @@ PRICES = {
 @pytest.fixture(autouse=True)
 def clean_llm_redis():
     """Breakers, cache, spend and the ledger queue start empty in every test."""
-    client = runtime.sync_redis()
-    pattern = runtime.key("*")
-    for key in client.scan_iter(match=pattern, count=1000):
-        client.delete(key)
-    from apps.llm.services import forget_cached_keys
-
-    forget_cached_keys()
+    reset_proxy_state()
     yield
 
 

@@ -59,3 +59,15 @@ def flush_ledger_until(count: int, *, timeout: float = 5.0) -> int:
         if rows >= count or time.monotonic() > deadline:
             return rows
         time.sleep(0.02)
+
+
+def reset_proxy_state() -> None:
+    """Forget this deployment's (test run's) breakers, cached answers, spend and queued
+    ledger rows, and the per-process API key / budget caches."""
+    from apps.llm import runtime
+    from apps.llm.services import forget_cached_keys
+
+    client = runtime.sync_redis()
+    for key in client.scan_iter(match=runtime.key("*"), count=1000):
+        client.delete(key)
+    forget_cached_keys()
