@@ -56,7 +56,7 @@ def _arguments(parser):
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between upstream tokens (run a)")
     parser.add_argument("--throughput-streams", type=int, default=200, help="streams in run b")
     parser.add_argument("--fast-interval", type=float, default=0.02, help="seconds between tokens (run b)")
-    parser.add_argument("--fast-tokens", type=int, default=250, help="tokens per answer (run b)")
+    parser.add_argument("--fast-tokens", type=int, default=500, help="tokens per answer (run b)")
     parser.add_argument("--ttft-samples", type=int, default=100, help="sequential requests per side (run c)")
     parser.add_argument("--ramp", type=float, default=200.0, help="new streams per second while opening (run a)")
 
@@ -199,7 +199,9 @@ def bench_sse(*, stdout, options):
         app_env = {
             **base_env, "DEBUG": "False", "LOG_LEVEL": "WARNING",
             "LLM_OPENAI_BASE_URL": upstream + "/v1", "LLM_OPENAI_API_KEY": "bench", "LLM_OPENAI_MODEL": "gpt-4o-mini",
-            "LLM_TIMEOUT_FIRST_TOKEN": "120", "LLM_TIMEOUT_TOTAL": "900", "CHAT_MAX_STREAM_SECONDS": "900",
+            # A stream waiting for a pooled upstream connection waits; it does not fail over.
+            "LLM_TIMEOUT_CONNECT": "600", "LLM_TIMEOUT_FIRST_TOKEN": "600", "LLM_TIMEOUT_TOTAL": "900",
+            "CHAT_MAX_STREAM_SECONDS": "900",
             "EMBEDDING_PROVIDER": "openai", "EMBEDDING_API_BASE": upstream + "/v1", "EMBEDDING_MODEL": "fake-embedding",
             "EMBEDDING_DIMENSIONS": "384", "EMBEDDING_MAX_TOKENS": "256",
             "CHAT_QUESTIONS_PER_MINUTE": "0", "CHAT_ANON_QUESTIONS_PER_MINUTE": "0",
@@ -220,10 +222,26 @@ def bench_sse(*, stdout, options):
 
         # Warm-up: imports, pools, tokenizer, first queries.
         _configure_upstream(upstream, tokens=5, token_delay=0.0)
-        warm = _load({**spec, "mode": "throughput", "urls": urls[-5:]}, base_env)
+        warm = _load({**spec, "mode": "throughput", "urls": urls[-5:], "question": "warm-up"}, base_env)
         if warm["completed"] != 5:
             raise RuntimeError(f"warm-up failed: {warm} {app_log.read_text()[-2000:]}")
         time.sleep(1)
+
+        # (c) time to first token, one request at a time.
+        _configure_upstream(upstream, tokens=3, token_delay=0.0)
+        first_tokens = _load({**spec, "mode": "ttft", "samples": samples, "question": spec["question"] + " (ttft)",
+                              "upstream_url": upstream + "/v1",
+                              "urls": urls[n + fast_n:n + fast_n + samples]}, base_env)
+        direct_p50 = percentile(first_tokens["direct_s"], 50) * 1000
+        chat_p50 = percentile(first_tokens["chat_s"], 50) * 1000
+        chat_p99 = percentile(first_tokens["chat_s"], 99) * 1000
+
+        # (b) throughput.
+        stdout.write(f"(b) {fast_n} streams, a token every {options['fast_interval'] * 1000:.0f} ms ...")
+        _configure_upstream(upstream, tokens=options["fast_tokens"], token_delay=options["fast_interval"])
+        fast = _load({**spec, "mode": "throughput", "urls": urls[n:n + fast_n], "question": spec["question"] + " (b)"},
+                     base_env)
+        time.sleep(3)  # answers are being saved
 
         # (a) held connections.
         stdout.write(f"(a) opening {n} streams, a token every {interval}s, holding {hold}s ...")
@@ -240,24 +258,13 @@ def bench_sse(*, stdout, options):
                     samples_rss.append(_rss_kb(app.pid))
                     peak_threads.append(_threads(app.pid))
 
-        held = _load({**spec, "mode": "held", "urls": urls[:n], "hold_s": hold, "interval": interval,
-                      "ramp_per_s": options["ramp"], "open_timeout_s": 300}, base_env, on_line=sample)
+        held = _load({**spec, "mode": "held", "urls": urls[:n], "question": spec["question"] + " (held)",
+                      "hold_s": hold, "interval": interval,
+                      "ramp_per_s": options["ramp"], "open_timeout_s": n / options["ramp"] + 60},
+                     base_env, on_line=sample)
         rss_during = statistics.median(samples_rss) if samples_rss else _rss_kb(app.pid)
-        kb_per_stream = (rss_during - rss_before) / n
-        time.sleep(3)  # cancelled answers are being saved
-
-        # (c) time to first token, one request at a time.
-        _configure_upstream(upstream, tokens=3, token_delay=0.0)
-        first_tokens = _load({**spec, "mode": "ttft", "samples": samples, "upstream_url": upstream + "/v1",
-                              "urls": urls[n + fast_n:n + fast_n + samples]}, base_env)
-        direct_p50 = percentile(first_tokens["direct_s"], 50) * 1000
-        chat_p50 = percentile(first_tokens["chat_s"], 50) * 1000
-        chat_p99 = percentile(first_tokens["chat_s"], 99) * 1000
-
-        # (b) throughput.
-        stdout.write(f"(b) {fast_n} streams, a token every {options['fast_interval'] * 1000:.0f} ms ...")
-        _configure_upstream(upstream, tokens=options["fast_tokens"], token_delay=options["fast_interval"])
-        fast = _load({**spec, "mode": "throughput", "urls": urls[n:n + fast_n]}, base_env)
+        open_streams = held["streams_open"]
+        kb_per_stream = (rss_during - rss_before) / max(1, open_streams)
     finally:
         procs.stop()
         _cleanup()
@@ -269,6 +276,8 @@ def bench_sse(*, stdout, options):
         "open_s": held["open_s"],
         "worst_gap_s": held["worst_gap_s"],
         "held_errors": held["errors"],
+        "not_held": held["not_held"],
+        "streams_open_at_sampling": open_streams,
         "kb_per_stream": round(kb_per_stream, 1),
         "worker_rss_mb_before": round(rss_before / 1024, 1),
         "worker_rss_mb_holding": round(rss_during / 1024, 1),
@@ -277,14 +286,19 @@ def bench_sse(*, stdout, options):
         "ttft_chat_p50_ms": round(chat_p50, 2),
         "ttft_chat_p99_ms": round(chat_p99, 2),
         "ttft_added_p50_ms": round(chat_p50 - direct_p50, 2),
+        "server_prepare_p50_ms": round(percentile(first_tokens["prepare_ms"], 50), 2),
+        "server_proxy_ttft_p50_ms": round(percentile(first_tokens["proxy_ttft_ms"], 50), 2),
         "throughput_streams": fast["streams"],
         "throughput_completed": fast["completed"],
         "events_per_s": fast["events_per_s"],
+        "events_per_s_all_live": fast["events_per_s_all_live"],
+        "throughput_all_live_window_s": fast["window_s"],
         "gap_p50_ms": fast["gap_p50_ms"],
         "gap_p99_ms": fast["gap_p99_ms"],
         "gap_max_ms": fast["gap_max_ms"],
         "throughput_errors": fast["errors"],
         "nofile_limit": nofile,
+        "load_average_1m": round(os.getloadavg()[0], 2),
     }
     print_table(stdout, [
         ("held streams", f"{held['streams_held']}/{n}",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import html
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from apps.llm.services import count_message_tokens, count_tokens, route_config
 
@@ -63,7 +64,7 @@ class PromptPassage:
 class Prompt:
     messages: list[dict]
     passages: list[PromptPassage]  # those that fit, i.e. the only ones that may be cited
-    prompt_tokens: int
+    prompt_tokens: int  # an upper bound of the real count (see build_prompt)
     dropped_turns: int = 0
     dropped_passages: int = 0
     budget: int = 0
@@ -95,21 +96,32 @@ def history_turn(role: str, content: str) -> dict:
     return {"role": role, "content": content}
 
 
+@lru_cache(maxsize=16)
+def _fixed_cost(route: str) -> tuple[int, int]:
+    """(reply priming, priming + the system message without passages), counted once per route."""
+    empty = count_message_tokens(route, [])
+    return empty, count_message_tokens(route, [{"role": "system", "content": _system_message([])}])
+
+
 def build_prompt(*, question: str, passages: list[PromptPassage], history: list[dict],
                  route: str = "chat") -> Prompt:
     """Messages for ``route`` that fit its context window minus its answer tokens.
 
     ``history`` is oldest first. Trimming drops the oldest turns first, all of them
     if need be, and only then the lowest-ranked passages.
+
+    Each part is counted once. The WordPiece pre-tokenizer splits on whitespace,
+    so the parts' counts add up to the whole's; with the margin rounded up per
+    part (and the "no passage" filler counted in the fixed part) the sum is an
+    upper bound of the real count, so what fits by the sum fits for real.
     """
     budget = route_config(route).max_prompt_tokens
-    empty = count_message_tokens(route, [])  # reply priming
+    empty, system_cost = _fixed_cost(route)
 
     def message_cost(message: dict) -> int:
         return count_message_tokens(route, [message]) - empty
 
-    fixed = count_message_tokens(route, [{"role": "system", "content": _system_message([])},
-                                         {"role": "user", "content": question}])
+    fixed = system_cost + message_cost({"role": "user", "content": question})
     passage_costs = [count_tokens(route, format_passage(p)) + 1 for p in passages]
     turn_costs = [message_cost(t) for t in history]
 
@@ -127,16 +139,5 @@ def build_prompt(*, question: str, passages: list[PromptPassage], history: list[
     turns = history[first_turn:]
     messages = [{"role": "system", "content": _system_message(shown)}, *turns,
                 {"role": "user", "content": question}]
-    # The sum of parts can differ from the whole by rounding; settle on the real count.
-    prompt_tokens = count_message_tokens(route, messages)
-    while prompt_tokens > budget and (turns or shown):
-        if turns:
-            turns = turns[1:]
-            first_turn += 1
-        else:
-            shown = shown[:-1]
-        messages = [{"role": "system", "content": _system_message(shown)}, *turns,
-                    {"role": "user", "content": question}]
-        prompt_tokens = count_message_tokens(route, messages)
-    return Prompt(messages=messages, passages=shown, prompt_tokens=prompt_tokens, dropped_turns=first_turn,
+    return Prompt(messages=messages, passages=shown, prompt_tokens=total, dropped_turns=first_turn,
                   dropped_passages=len(passages) - len(shown), budget=budget, history=turns)

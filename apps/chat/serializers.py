@@ -99,6 +99,7 @@ class DoneEventSerializer(serializers.Serializer):
     ttft_ms = serializers.FloatField(allow_null=True)
     latency_ms = serializers.FloatField()
     upstream_ttft_ms = serializers.FloatField(allow_null=True)
+    prepare_ms = serializers.FloatField(allow_null=True, help_text="Limits, retrieval and prompt before the call")
 
 
 class ErrorEventSerializer(serializers.Serializer):

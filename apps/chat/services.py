@@ -37,6 +37,7 @@ class PreparedAnswer:
     route: str
     user: object  # the asking user (AnonymousUser for anonymous readers)
     scope: str  # the cache permission scope of ``user``
+    prepare_ms: float | None = None  # request received -> ready to call the model (limits, retrieval, rows)
 
     @property
     def sources(self) -> list[dict]:

@@ -38,7 +38,7 @@ def raise_nofile_limit() -> int:
 
 
 class Stream:
-    __slots__ = ("index", "sent", "meta_at", "tokens", "error", "done", "closed_at")
+    __slots__ = ("index", "sent", "meta_at", "tokens", "error", "done", "closed_at", "done_data")
 
     def __init__(self, index: int):
         self.index = index
@@ -46,6 +46,7 @@ class Stream:
         self.tokens: list[float] = []
         self.error: str | None = None
         self.done = False
+        self.done_data: dict | None = None
 
 
 async def _read(session: aiohttp.ClientSession, spec: dict, url: str, question: str, stream: Stream,
@@ -68,6 +69,7 @@ async def _read(session: aiohttp.ClientSession, spec: dict, url: str, question: 
                         stream.meta_at = now
                     elif block.startswith(b"event: done"):
                         stream.done = True
+                        stream.done_data = json.loads(block.split(b"data: ", 1)[1])
                     elif block.startswith(b"event: error"):
                         stream.error = block.decode(errors="replace")[:300]
                 if stop is not None and stop.is_set():
@@ -101,7 +103,9 @@ async def held(spec: dict) -> dict:
                 break
             await asyncio.sleep(0.2)
         opened = time.perf_counter()
-        print(f"HOLDING {sum(1 for s in streams if s.tokens and not s.error)}", flush=True)
+        streams_open = sum(1 for s in streams if s.closed_at is None and s.meta_at is not None)
+        print(f"HOLDING {streams_open} open, {sum(1 for s in streams if s.tokens and not s.error)} streaming",
+              flush=True)
         await asyncio.sleep(hold_s)
         window_end = time.perf_counter()
         stop.set()
@@ -110,23 +114,32 @@ async def held(spec: dict) -> dict:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     held_count, gaps_max, errors, tokens_in_window = 0, [], {}, 0
+    lost = {"no_first_token": 0, "error": 0, "ended_early": 0, "stalled": 0}
     for s in streams:
         in_window = [t for t in s.tokens if opened <= t <= window_end]
         tokens_in_window += len(in_window)
         if s.error:
             errors[s.error[:80]] = errors.get(s.error[:80], 0) + 1
-        if not s.tokens or s.error or (s.closed_at is not None and s.closed_at < window_end):
+            lost["error"] += 1
+            continue
+        if not s.tokens:
+            lost["no_first_token"] += 1
+            continue
+        if s.done or (s.closed_at is not None and s.closed_at < window_end):
+            lost["ended_early"] += 1
             continue
         marks = [opened, *in_window, window_end]
         worst = max(b - a for a, b in zip(marks, marks[1:], strict=False))
         gaps_max.append(worst)
         if worst <= 2 * interval:
             held_count += 1
+        else:
+            lost["stalled"] += 1
     return {
-        "streams_requested": len(urls), "streams_held": held_count,
+        "streams_requested": len(urls), "streams_held": held_count, "streams_open": streams_open,
         "open_s": round(opened - ramp_started, 2), "hold_s": round(window_end - opened, 2),
         "worst_gap_s": round(max(gaps_max), 3) if gaps_max else None,
-        "tokens_in_window": tokens_in_window, "errors": errors,
+        "tokens_in_window": tokens_in_window, "errors": errors, "not_held": lost,
     }
 
 
@@ -138,8 +151,12 @@ async def throughput(spec: dict) -> dict:
                                for i, url in enumerate(urls)))
     all_tokens = sorted(t for s in streams for t in s.tokens)
     gaps = sorted(b - a for s in streams for a, b in zip(s.tokens, s.tokens[1:], strict=False))
-    span = (all_tokens[-1] - all_tokens[0]) if len(all_tokens) > 1 else float("nan")
-
+    # Events per second while every stream is streaming (opening is serial on the
+    # server, so the first and last streams overlap only in this window).
+    live = [s for s in streams if len(s.tokens) > 1]
+    window = (max(s.tokens[0] for s in live), min(s.tokens[-1] for s in live)) if live else (0.0, 0.0)
+    span = window[1] - window[0]
+    in_window = sum(1 for t in all_tokens if window[0] <= t <= window[1])
     def pct(p):
         return round(gaps[min(len(gaps) - 1, int(p / 100 * len(gaps)))] * 1000, 2) if gaps else None
 
@@ -148,13 +165,14 @@ async def throughput(spec: dict) -> dict:
         if s.error:
             errors[s.error[:80]] = errors.get(s.error[:80], 0) + 1
     return {"streams": len(urls), "completed": sum(s.done for s in streams), "events": len(all_tokens),
-            "events_per_s": round(len(all_tokens) / span, 1) if span == span else None,
+            "events_per_s": round(len(all_tokens) / (all_tokens[-1] - all_tokens[0]), 1) if len(all_tokens) > 1 else None,
+            "events_per_s_all_live": round(in_window / span, 1) if span > 0 else None, "window_s": round(span, 2),
             "gap_p50_ms": pct(50), "gap_p99_ms": pct(99), "gap_max_ms": round(gaps[-1] * 1000, 2) if gaps else None,
             "errors": errors}
 
 
 async def ttft(spec: dict) -> dict:
-    direct, chat = [], []
+    direct, chat, prepare, upstream_ttft = [], [], [], []
     body = {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hello"}]}
     async with _session(spec) as session, aiohttp.ClientSession() as upstream:
         for _ in range(spec["samples"]):
@@ -170,7 +188,10 @@ async def ttft(spec: dict) -> dict:
             await _read(session, spec, url, f"{spec['question']} #{i}", stream, None)
             if stream.tokens and not stream.error:
                 chat.append(stream.tokens[0] - stream.sent)
-    return {"direct_s": direct, "chat_s": chat}
+            if stream.done_data:
+                prepare.append(stream.done_data.get("prepare_ms") or 0.0)
+                upstream_ttft.append(stream.done_data.get("upstream_ttft_ms") or 0.0)
+    return {"direct_s": direct, "chat_s": chat, "prepare_ms": prepare, "proxy_ttft_ms": upstream_ttft}
 
 
 def main() -> None:

@@ -101,6 +101,7 @@ async def _pump(events: AsyncIterator, queue: asyncio.Queue) -> None:
 async def answer_events(prepared: PreparedAnswer, *, started: float | None = None) -> AsyncIterator[bytes]:
     """The SSE byte stream answering ``prepared``; saves the message however it ends."""
     started = started if started is not None else time.perf_counter()
+    prepared.prepare_ms = round((time.perf_counter() - started) * 1000, 2)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + settings.CHAT_MAX_STREAM_SECONDS
     heartbeat = settings.CHAT_HEARTBEAT_SECONDS
@@ -209,6 +210,7 @@ def _done_payload(prepared: PreparedAnswer, event, first_token_at: float | None,
         "ttft_ms": round((first_token_at - started) * 1000, 2) if first_token_at else None,
         "latency_ms": round((time.perf_counter() - started) * 1000, 2),
         "upstream_ttft_ms": getattr(event, "ttft_ms", None),
+        "prepare_ms": prepared.prepare_ms,
     }
 
 
