@@ -164,8 +164,9 @@ async def throughput(spec: dict) -> dict:
     for s in streams:
         if s.error:
             errors[s.error[:80]] = errors.get(s.error[:80], 0) + 1
+    overall = (all_tokens[-1] - all_tokens[0]) if len(all_tokens) > 1 else 0.0
     return {"streams": len(urls), "completed": sum(s.done for s in streams), "events": len(all_tokens),
-            "events_per_s": round(len(all_tokens) / (all_tokens[-1] - all_tokens[0]), 1) if len(all_tokens) > 1 else None,
+            "events_per_s": round(len(all_tokens) / overall, 1) if overall > 0 else None,
             "events_per_s_all_live": round(in_window / span, 1) if span > 0 else None, "window_s": round(span, 2),
             "gap_p50_ms": pct(50), "gap_p99_ms": pct(99), "gap_max_ms": round(gaps[-1] * 1000, 2) if gaps else None,
             "errors": errors}
