@@ -302,8 +302,10 @@ SEARCH_RRF_WEIGHTS = {
     "keyword": env.float("SEARCH_RRF_WEIGHT_KEYWORD", default=1.0),
     "semantic": env.float("SEARCH_RRF_WEIGHT_SEMANTIC", default=1.0),
 }
-# HNSW candidate list per query (SET LOCAL hnsw.ef_search); see docs/benchmarks.md.
-SEARCH_HNSW_EF_SEARCH = env.int("SEARCH_HNSW_EF_SEARCH", default=100)
+# HNSW candidate list per query (SET LOCAL hnsw.ef_search; raised to the number of
+# chunks a query asks for). 128: smallest value with recall@10 >= 0.99 on 100k
+# vectors in `bench search` (docs/benchmarks.md).
+SEARCH_HNSW_EF_SEARCH = env.int("SEARCH_HNSW_EF_SEARCH", default=128)
 # Nearest chunks fetched for the semantic list (raised to cover deep pages).
 SEARCH_SEMANTIC_CANDIDATES = env.int("SEARCH_SEMANTIC_CANDIDATES", default=100)
 # Longest query text considered, and most distinct terms scored.
