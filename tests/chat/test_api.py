@@ -2,6 +2,7 @@
 anonymous callers scoped to their session; limits come back in the envelope."""
 
 import pytest
+from django.test import AsyncClient
 from rest_framework.test import APIClient
 
 from apps.chat.models import Conversation, Message
@@ -125,3 +126,18 @@ def test_questions_per_minute_are_limited_per_user(reader, settings, llm):
     theirs = ConversationFactory(owner=other)
     response, _ = ask(f"/api/v1/chat/conversations/{theirs.pk}/messages", "a question", user=other)
     assert response.status_code == 200
+
+
+def test_anonymous_readers_are_limited_per_session(settings, llm, client):
+    settings.CHAT_ANON_QUESTIONS_PER_MINUTE = 1
+    client.get("/chat/")
+    created = client.post("/chat/", HTTP_ACCEPT="application/json").json()
+    async_client = AsyncClient()
+    async_client.cookies = client.cookies
+    ok, _ = ask(created["messages_url"], "first", client=async_client)
+    assert ok.status_code == 200
+    refused, events = ask(created["messages_url"], "second", client=async_client)
+    assert refused.status_code == 429 and events == []
+    assert refused.json()["error"]["code"] == "chat_rate_limited"
+    assert "Try again in" in refused.json()["error"]["message"]
+    assert int(refused["Retry-After"]) >= 1
