@@ -114,7 +114,7 @@ def vacuum_analyze() -> None:
     from django.db import connection
 
     with connection.cursor() as cursor:
-        for table in ("documents_document", "documents_chunk", "search_posting"):
+        for table in ("documents_document", "documents_chunk", "search_posting", "search_document"):
             cursor.execute(f"VACUUM (ANALYZE) {table}")
 
 

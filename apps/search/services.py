@@ -16,6 +16,7 @@ Lucene-style BM25 in one GROUP BY.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import time
 from dataclasses import asdict, dataclass, field
@@ -156,6 +157,8 @@ class _Scope:
 
 
 def _scope(user, filters: SearchFilters | None, parsed: ParsedQuery) -> _Scope:
+    # ``d`` is search_document (migration 0002): a trigger-kept narrow mirror of the
+    # documents_document columns the visibility rule and the filters read.
     vis, vis_params = visibility_sql(user, alias="d")
     flt, flt_params = _filter_sql(filters)
     txt, txt_params = _text_filter_sql(parsed)
@@ -209,7 +212,7 @@ def _keyword_chunks_cte(lexemes: list[str], scope: _Scope) -> tuple[str, list]:
     ),
     kw_chunks AS (
         SELECT s.chunk_id, s.document_id, s.score, d.tags FROM kw_scored s
-        JOIN documents_document d ON d.id = s.document_id {chunk_join}
+        JOIN search_document d ON d.id = s.document_id {chunk_join}
         WHERE {scope.where}
     )"""
     return sql, [lexemes, *scope.params]
@@ -226,7 +229,7 @@ def _semantic_chunks_cte(scope: _Scope, depth: int, *, exclude_document: int | N
     sql = f"""
     sem_chunks AS MATERIALIZED (
         SELECT c.id AS chunk_id, c.document_id, c.embedding <=> %s::vector AS distance, d.tags
-        FROM documents_chunk c JOIN documents_document d ON d.id = c.document_id
+        FROM documents_chunk c JOIN search_document d ON d.id = c.document_id
         WHERE c.embedding IS NOT NULL AND {scope.where} {extra}
         ORDER BY c.embedding <=> %s::vector
         LIMIT %s
@@ -393,7 +396,9 @@ def hybrid_search(
         scope = _scope(user, filters, parsed)
         # Depth in chunks: documents have several, and a page must still fill up.
         depth = min(1000, max(settings.SEARCH_SEMANTIC_CANDIDATES, CHUNKS_PER_DOCUMENT * (offset + limit)))
-        with transaction.atomic(), connection.cursor() as cursor:
+        # A transaction only when SET LOCAL hnsw.* must scope to the semantic query.
+        scope_block = transaction.atomic() if vector is not None else contextlib.nullcontext()
+        with scope_block, connection.cursor() as cursor:
             lexemes = _lexemes(cursor, parsed) if mode in ("keyword", "hybrid") else []
             if vector is not None:
                 _configure_hnsw(cursor, depth=depth, filtered=scope.filtered)
@@ -500,7 +505,7 @@ def similar_documents(*, document, user, limit: int = 5) -> list[SearchResult]:
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(
             f"""SELECT avg(c.embedding)::text FROM documents_chunk c
-                JOIN documents_document d ON d.id = c.document_id
+                JOIN search_document d ON d.id = c.document_id
                 WHERE c.document_id = %s AND c.embedding IS NOT NULL AND {scope.where}""",
             [document.pk, *scope.params],
         )

@@ -111,7 +111,7 @@ def test_explain_shows_the_hnsw_index_for_the_semantic_query():
                       l2_normalize((SELECT array_agg(random() - 0.5) FROM generate_series(1, 384) WHERE g > 0)::vector),
                       to_tsvector('english', 'filler')
                FROM generate_series(1, 5000) g""", [filler.pk])
-        cursor.execute("ANALYZE documents_document, documents_chunk")
+        cursor.execute("ANALYZE documents_document, documents_chunk, search_document")
     captured = []
 
     def capture(execute, sql, params, many, context):

@@ -78,3 +78,28 @@ def test_pages_hide_canaries_from_anonymous(planted, client):
     for canary in canaries.values():
         assert client.get(f"/d/{canary.slug}/").status_code == 404
     assert "Canary" not in client.get(f"/d/{public.slug}/").content.decode()
+
+
+def test_visibility_and_tag_changes_apply_to_the_next_search():
+    from apps.documents.services import document_update, documents_publish, documents_unpublish
+    from apps.search.services import SearchFilters
+
+    doc = indexed_document(title="Quokka notes", body="Quokkas live on Rottnest island.", tags=["fauna"])
+
+    def found(**kwargs):
+        return [r.document_id for r in hybrid_search(query="quokkas rottnest", user=None, **kwargs).results]
+
+    assert found() == [doc.pk]
+    document_update(document=doc, visibility=Document.Visibility.PRIVATE)
+    assert found() == []
+    document_update(document=doc, visibility=Document.Visibility.PUBLIC)
+    documents_unpublish(document_ids=[doc.pk])
+    assert found() == []
+    documents_publish(document_ids=[doc.pk])
+    assert found() == [doc.pk]
+    doc.refresh_from_db()
+    document_update(document=doc, tags=["island"])
+    assert found(filters=SearchFilters(tags=["fauna"])) == []
+    assert found(filters=SearchFilters(tags=["island"])) == [doc.pk]
+    doc.delete()
+    assert found() == []
