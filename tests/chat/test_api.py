@@ -141,3 +141,14 @@ def test_anonymous_readers_are_limited_per_session(settings, llm, client):
     assert refused.json()["error"]["code"] == "chat_rate_limited"
     assert "Try again in" in refused.json()["error"]["message"]
     assert int(refused["Retry-After"]) >= 1
+
+
+def test_openapi_describes_the_stream_and_its_events(client):
+    schema = client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+    post = schema["paths"]["/api/v1/chat/conversations/{id}/messages"]["post"]
+    assert list(post["responses"]["200"]["content"]) == ["text/event-stream"]
+    assert {"400", "404", "409", "429"} <= set(post["responses"])
+    for event in ("`meta`", "`token`", "`citations`", "`done`", "`error`"):
+        assert event in post["description"]
+    components = schema["components"]["schemas"]
+    assert {"MetaEvent", "TokenEvent", "CitationsEvent", "DoneEvent", "ErrorEvent"} <= set(components)
