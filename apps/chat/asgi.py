@@ -8,7 +8,10 @@ only three of those middlewares (sessions, auth, CSRF), so on this path it
 applies them itself, in the one synchronous hop it makes anyway
 (:func:`apps.chat.views.message_stream`), and the request goes to the same
 lean handler the LLM proxy uses for ``/v1/`` (same URLconf, views and error
-handlers; only the request-id middleware).
+handlers; only the request-id middleware). The other middlewares have nothing
+to do for this response: it sets no cookie, is never framed, never redirected
+(the host is still checked against ALLOWED_HOSTS by the view); the chat's own
+Prometheus metrics count these requests instead of django-prometheus.
 """
 
 from __future__ import annotations

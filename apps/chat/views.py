@@ -95,6 +95,7 @@ def _apply_request_middleware(request):
     """Sessions, auth and CSRF for a request that came through the lean handler
     (:mod:`apps.chat.asgi`); a no-op for what the regular middleware already did.
     Returns a response if the request must be refused."""
+    request.get_host()  # ALLOWED_HOSTS, as CommonMiddleware would (DisallowedHost -> 400)
     if not hasattr(request, "session"):
         engine = import_module(settings.SESSION_ENGINE)
         request.session = engine.SessionStore(request.COOKIES.get(settings.SESSION_COOKIE_NAME))
