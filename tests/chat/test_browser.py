@@ -31,3 +31,38 @@ def test_reader_asks_and_sees_a_streamed_answer_with_a_citation_link(page, app_s
     assert page.locator(".chat-list li.current a").inner_text() == "Who trimmed the lamp wicks?"
     page.locator(".message.assistant .content a.cite").click()
     page.wait_for_url(f"**/d/{doc.slug}/")
+
+
+@pytest.fixture
+def extractive_server(django_db_blocker):
+    """A worker with no LLM configured and one question per minute for anonymous readers."""
+    from tests.chat.sse_client import AppServer
+    from tests.conftest import child_env, free_port
+
+    with django_db_blocker.unblock():
+        env = child_env(CHAT_ANON_QUESTIONS_PER_MINUTE="1")
+    for name in ("LLM_OPENAI_BASE_URL", "LLM_OPENAI_API_KEY", "ANTHROPIC_API_KEY"):
+        env.pop(name, None)
+    server = AppServer(free_port(), env).start()
+    yield server
+    server.stop()
+
+
+def test_without_a_model_the_page_says_so_and_shows_limit_errors(page, extractive_server):
+    indexed_document(title="Lighthouse keepers", body="The keepers trimmed the lamp wicks every night.")
+    page.goto(extractive_server.url + "/chat/")
+    assert "No language model is configured" in page.locator("#chat-extractive-notice").inner_text()
+    page.fill("#chat-question", "Who trimmed the lamp wicks?")
+    page.click("#chat-send")
+    meta = page.locator(".message.assistant .answer-meta.extractive")
+    meta.wait_for()
+    assert "no language model is configured" in meta.inner_text()
+    assert page.locator(".message.assistant .content a.cite").first.inner_text() == "1"
+
+    page.fill("#chat-question", "And who lit them?")
+    page.click("#chat-send")
+    error = page.locator("#chat-error")
+    error.wait_for()
+    assert "Try again in" in error.inner_text()
+    assert page.locator(".message.user").count() == 1  # the refused question was not added
+    assert page.input_value("#chat-question") == "And who lit them?"  # kept for a retry
