@@ -9,15 +9,17 @@ Public face (used by the pages, the API, evaluation and chat):
 
 How the keyword side works: ``search_posting`` (kept current by triggers on
 ``documents_chunk``, see migration 0001) holds (lexeme, chunk, tf, chunk length)
-under a covering primary key. A query reads the postings of its lexemes with an
-index-only scan, counts document frequency from those same rows, and computes
-Lucene-style BM25 in one GROUP BY.
+under a covering primary key. A query first counts each of its lexemes' postings
+(document frequency, index-only) and reads N / average length from the slotted
+corpus stats, then reads the postings again and computes Lucene-style BM25 in one
+GROUP BY, joined to ``search_document`` (migration 0002) for visibility and filters.
 """
 
 from __future__ import annotations
 
 import contextlib
 import html
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
@@ -170,52 +172,67 @@ def _scope(user, filters: SearchFilters | None, parsed: ParsedQuery) -> _Scope:
     )
 
 
-def _lexemes(cursor, parsed: ParsedQuery) -> list[str]:
-    """The query's distinct lexemes under Postgres's own ``english`` analyzer (stop words dropped)."""
+@dataclass
+class _KeywordTerms:
+    lexemes: list[str]
+    idf: list[float]
+    avgdl: float
+
+    def __bool__(self) -> bool:
+        return bool(self.lexemes)
+
+
+def _keyword_terms(cursor, parsed: ParsedQuery) -> _KeywordTerms:
+    """The query's distinct lexemes (Postgres's ``english`` analyzer) with their BM25 idf.
+
+    Document frequency is ``count(*)`` over the lexeme's postings — an index-only scan
+    of the covering primary key — so it is exact at every moment and no writer ever
+    updates a shared per-lexeme counter. N and the average chunk length come from the
+    slotted corpus statistics.
+    """
     if parsed.is_empty:
-        return []
+        return _KeywordTerms([], [], 1.0)
     cursor.execute(
-        "SELECT coalesce(array_agg(lexeme), '{}') FROM "
-        "(SELECT DISTINCT t.lexeme FROM unnest(to_tsvector('english', %s)) t LIMIT %s) x",
+        """SELECT t.lexeme,
+                  (SELECT count(*) FROM search_posting p WHERE p.lexeme = (t.lexeme COLLATE "C")),
+                  (SELECT coalesce(sum(chunks), 0) FROM search_corpus_stats),
+                  (SELECT coalesce(sum(total_length), 0) FROM search_corpus_stats)
+           FROM (SELECT DISTINCT x.lexeme FROM unnest(to_tsvector('english', %s)) x LIMIT %s) t""",
         [parsed.text, settings.SEARCH_MAX_QUERY_TERMS],
     )
-    return list(cursor.fetchone()[0])
+    rows = [row for row in cursor.fetchall() if row[1] > 0]
+    if not rows:
+        return _KeywordTerms([], [], 1.0)
+    n, total_length = max(int(rows[0][2]), 1), max(int(rows[0][3]), 1)
+    return _KeywordTerms(
+        lexemes=[lexeme for lexeme, *_ in rows],
+        idf=[math.log(1 + (n - df + 0.5) / (df + 0.5)) for _, df, _, _ in rows],
+        avgdl=total_length / n,
+    )
 
 
-def _keyword_chunks_cte(lexemes: list[str], scope: _Scope) -> tuple[str, list]:
+def _keyword_chunks_cte(terms: _KeywordTerms, scope: _Scope) -> tuple[str, list]:
     """CTEs ending in ``kw_chunks(chunk_id, document_id, score, tags)``: BM25 per visible chunk.
 
-    The lexemes are bound as a literal array (not computed in the statement) so the
-    planner sees them and estimates the postings with the per-lexeme statistics.
+    Lexemes and their idf are bound as literal arrays: one index-only scan of the
+    postings per lexeme, one GROUP BY per query.
     """
     k1, b = float(settings.SEARCH_BM25_K1), float(settings.SEARCH_BM25_B)
     chunk_join = "JOIN documents_chunk c ON c.id = s.chunk_id" if scope.needs_chunk_join else ""
     sql = f"""
-    kw_stats AS (
-        SELECT greatest(coalesce(sum(chunks), 0), 1)::float8 AS n,
-               greatest(coalesce(sum(total_length), 0), 1)::float8 / greatest(coalesce(sum(chunks), 0), 1) AS avgdl
-        FROM search_corpus_stats
-    ),
     kw_scored AS (
-        -- Postings come out of the primary key sorted by lexeme, so document frequency
-        -- is a window count over them (no second pass, no shared df row to update).
-        SELECT x.chunk_id, x.document_id,
-               sum(x.idf * x.tf * {k1 + 1} / (x.tf + {k1} * (1 - {b} + {b} * x.dl / x.avgdl))) AS score
-        FROM (
-            SELECT p.chunk_id, p.document_id, p.tf, p.dl, st.avgdl,
-                   ln(1 + (st.n - count(*) OVER w + 0.5) / (count(*) OVER w + 0.5)) AS idf
-            FROM search_posting p CROSS JOIN kw_stats st
-            WHERE p.lexeme = ANY(%s::text[])
-            WINDOW w AS (PARTITION BY p.lexeme)
-        ) x
-        GROUP BY x.chunk_id, x.document_id
+        SELECT p.chunk_id, p.document_id,
+               sum(q.idf * p.tf * {k1 + 1} / (p.tf + {k1} * (1 - {b} + {b} * p.dl / %s::float8))) AS score
+        FROM unnest(%s::text[], %s::float8[]) AS q(lexeme, idf)
+        JOIN search_posting p ON p.lexeme = (q.lexeme COLLATE "C")
+        GROUP BY p.chunk_id, p.document_id
     ),
     kw_chunks AS (
         SELECT s.chunk_id, s.document_id, s.score, d.tags FROM kw_scored s
         JOIN search_document d ON d.id = s.document_id {chunk_join}
         WHERE {scope.where}
     )"""
-    return sql, [lexemes, *scope.params]
+    return sql, [terms.avgdl, terms.lexemes, terms.idf, *scope.params]
 
 
 def _semantic_chunks_cte(scope: _Scope, depth: int, *, exclude_document: int | None = None) -> tuple[str, list]:
@@ -318,7 +335,7 @@ def _ranked_documents(cursor, *, lexemes, scope, mode, vector, depth, limit, off
     SELECT (SELECT count(*) FROM ranked),
            (SELECT coalesce(json_agg(json_build_array(tag, n) ORDER BY n DESC, tag), '[]')
             FROM (SELECT tag, count(DISTINCT document_id) AS n FROM ranked, unnest(tags) AS tag
-                  GROUP BY tag ORDER BY n DESC, tag LIMIT {MAX_FACETS}) f),
+                  WHERE cardinality(tags) > 0 GROUP BY tag ORDER BY n DESC, tag LIMIT {MAX_FACETS}) f),
            (SELECT coalesce(json_agg(json_build_array(document_id, chunk_id, score, kw_rank, sem_rank)
                                      ORDER BY score DESC, document_id), '[]')
             FROM (SELECT * FROM ranked ORDER BY score DESC, document_id LIMIT %s OFFSET %s) p)"""
@@ -399,7 +416,7 @@ def hybrid_search(
         # A transaction only when SET LOCAL hnsw.* must scope to the semantic query.
         scope_block = transaction.atomic() if vector is not None else contextlib.nullcontext()
         with scope_block, connection.cursor() as cursor:
-            lexemes = _lexemes(cursor, parsed) if mode in ("keyword", "hybrid") else []
+            lexemes = _keyword_terms(cursor, parsed) if mode in ("keyword", "hybrid") else None
             if vector is not None:
                 _configure_hnsw(cursor, depth=depth, filtered=scope.filtered)
             total, facets, page = _ranked_documents(cursor, lexemes=lexemes, scope=scope, mode=mode,
@@ -439,7 +456,7 @@ def retrieve_passages(*, query: str, user, limit: int = 8, mode: str = "hybrid")
     depth = max(PASSAGE_CANDIDATES, limit * 4)
     ctes, params, lists = [], [], []
     with connection.cursor() as cursor:
-        lexemes = _lexemes(cursor, parsed) if mode in ("keyword", "hybrid") else []
+        lexemes = _keyword_terms(cursor, parsed) if mode in ("keyword", "hybrid") else None
     if lexemes:
         sql, p = _keyword_chunks_cte(lexemes, scope)
         ctes.append(sql)
