@@ -60,7 +60,7 @@ def _arguments(parser):
     parser.add_argument("--ttft-samples", type=int, default=100, help="sequential requests per side (run c)")
     parser.add_argument("--ramp", type=float, default=200.0, help="new streams per second while opening (run a)")
     parser.add_argument("--upstream-pool-limit", type=int, default=0,
-                        help="what-if: run the worker with aiohttp pools of this size (see apps/chat/bench_worker.py)")
+                        help="override LLM_HTTP_POOL_LIMIT (upstream connections per worker) for this run")
 
 
 def _raise_nofile() -> int:
@@ -209,13 +209,11 @@ def bench_sse(*, stdout, options):
             "CHAT_QUESTIONS_PER_MINUTE": "0", "CHAT_ANON_QUESTIONS_PER_MINUTE": "0",
         }
         if options["upstream_pool_limit"]:
-            app, app_log = procs.start([sys.executable, "-m", "apps.chat.bench_worker", str(app_port)],
-                                       {**app_env, "BENCH_UPSTREAM_POOL_LIMIT": str(options["upstream_pool_limit"])})
-        else:
-            app, app_log = procs.start(
-                [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port",
-                 str(app_port), "--workers", "1", "--lifespan", "off", "--no-access-log", "--log-level", "warning",
-                 "--backlog", "4096", "--timeout-keep-alive", "60"], app_env)
+            app_env["LLM_HTTP_POOL_LIMIT"] = str(options["upstream_pool_limit"])
+        app, app_log = procs.start(
+            [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port",
+             str(app_port), "--workers", "1", "--lifespan", "off", "--no-access-log", "--log-level", "warning",
+             "--backlog", "4096", "--timeout-keep-alive", "60"], app_env)
         _wait_http(f"http://127.0.0.1:{app_port}/healthz", app, app_log)
         csrf = secrets.token_hex(16)  # 32 chars: a CSRF secret the header may repeat as-is
         spec = {
@@ -303,7 +301,7 @@ def bench_sse(*, stdout, options):
         "gap_p99_ms": fast["gap_p99_ms"],
         "gap_max_ms": fast["gap_max_ms"],
         "throughput_errors": fast["errors"],
-        "upstream_pool_limit": options["upstream_pool_limit"] or "apps.llm.runtime default",
+        "upstream_pool_limit": options["upstream_pool_limit"] or settings.LLM_HTTP_POOL_LIMIT,
         "nofile_limit": nofile,
         "load_average_1m": round(os.getloadavg()[0], 2),
     }

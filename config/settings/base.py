@@ -222,6 +222,8 @@ LLM_TIMEOUTS = {  # seconds; a route may override any of them with "timeouts"
 LLM_RETRY = {"attempts": 2, "backoff_base": 0.25, "backoff_max": 4.0, "max_retry_after": 10.0}
 LLM_BREAKER = {"failure_threshold": 3, "cooldown": 30.0}
 LLM_CACHE_TTL = env.int("LLM_CACHE_TTL", default=3600)
+# Upstream connections per process (and per upstream host); one per concurrent stream.
+LLM_HTTP_POOL_LIMIT = env.int("LLM_HTTP_POOL_LIMIT", default=4096)
 LLM_LEDGER_FLUSH_INTERVAL = 0.5  # seconds between batched UsageRecord writes
 LLM_API_KEY_CACHE_SECONDS = 30  # revoking an API key takes effect within this
 LLM_DEFAULT_USER_MONTHLY_BUDGET_USD = env.str("LLM_DEFAULT_USER_MONTHLY_BUDGET_USD", default="") or None  # USD
