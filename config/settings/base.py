@@ -225,6 +225,11 @@ LLM_CACHE_TTL = env.int("LLM_CACHE_TTL", default=3600)
 # Upstream connections per process (and per upstream host); one per concurrent stream.
 LLM_HTTP_POOL_LIMIT = env.int("LLM_HTTP_POOL_LIMIT", default=4096)
 LLM_LEDGER_FLUSH_INTERVAL = 0.5  # seconds between batched UsageRecord writes
+# Celery beat also flushes the ledger queue, for web processes that went idle or died.
+LLM_LEDGER_BEAT_SECONDS = env.float("LLM_LEDGER_BEAT_SECONDS", default=10.0)
+CELERY_BEAT_SCHEDULE = {
+    "flush-llm-ledger": {"task": "llm.flush_ledger", "schedule": LLM_LEDGER_BEAT_SECONDS},
+}
 LLM_API_KEY_CACHE_SECONDS = 30  # revoking an API key takes effect within this
 LLM_DEFAULT_USER_MONTHLY_BUDGET_USD = env.str("LLM_DEFAULT_USER_MONTHLY_BUDGET_USD", default="") or None  # USD
 LLM_PRICES = {  # USD per 1M tokens
