@@ -91,3 +91,15 @@ def test_control_characters_in_filters_give_a_friendly_page(client):
     assert api.status_code == 400 and api.json()["error"]["code"] == "validation_error"
     api = client.get("/api/v1/search", {"q": "words", "tags": "b," + "c" * 500})
     assert api.status_code == 200 and api.json()["total"] == 0
+
+
+def test_date_filter_on_the_results_page_narrows(client):
+    import datetime as dt
+
+    indexed_document(title="Old eclipse", body="An eclipse was seen.", published_at=dt.datetime(2019, 3, 1, tzinfo=dt.UTC))
+    indexed_document(title="New eclipse", body="An eclipse was seen.", published_at=dt.datetime(2025, 3, 1, tzinfo=dt.UTC))
+    page = client.get("/search", {"q": "eclipse", "date_from": "2024-01-01"}).content.decode()
+    assert "New eclipse" in page and "Old eclipse" not in page
+    assert 'name="date_from" value="2024-01-01"' in page
+    page = client.get("/search", {"q": "eclipse", "date_to": "2020-01-01"}).content.decode()
+    assert "Old eclipse" in page and "New eclipse" not in page
