@@ -37,6 +37,8 @@ def _arguments(parser):
                         help="BEIR folder whose test queries are embedded as query vectors.")
     parser.add_argument("--max-queries", type=int, default=200)
     parser.add_argument("--rebuild", action="store_true", help="Drop and rebuild the collection and its index.")
+    parser.add_argument("--halfvec", action="store_true",
+                        help="Also measure an HNSW index over embedding::halfvec (half the size of the vector index).")
     parser.add_argument("--generator", choices=["data", "isotropic"], default="data",
                         help="How copies are perturbed: along the difference of two other real vectors "
                              "(stays in the space real embeddings occupy), or by isotropic uniform noise.")
@@ -162,6 +164,29 @@ EXACT_PARALLEL = [("enable_indexscan", "off")]
 FORCE_HNSW = [("enable_seqscan", "off")]
 
 
+def _halfvec_curve(vectors, truth, exact_p50, stdout, sizes) -> dict:
+    """The same curve through an HNSW index on embedding::halfvec(384), against full-precision truth."""
+    with connection.cursor() as cursor:
+        cursor.execute("SET maintenance_work_mem = '1GB'")
+        cursor.execute(f"CREATE INDEX {TABLE}_hnsw_half ON {TABLE} USING hnsw "
+                       f"((embedding::halfvec(384)) halfvec_cosine_ops) WITH (m = 16, ef_construction = 64)")
+        cursor.execute("RESET maintenance_work_mem")
+    sizes["halfvec_index_mb"] = round(_scalar(f"SELECT pg_relation_size('{TABLE}_hnsw_half')") / 2**20, 1)
+    query = f"SELECT id FROM {TABLE} ORDER BY embedding::halfvec(384) <=> %s::halfvec(384) LIMIT %s"
+    _measure(query, vectors, None, [("hnsw.ef_search", str(EF_CANDIDATES[-1]))])  # warm-up
+    curve = {}
+    for ef in EF_CANDIDATES:
+        m = _measure(query, vectors, truth, [("hnsw.ef_search", str(ef))])
+        m.pop("_ids")
+        m["speedup_p50"] = round(exact_p50 / m["p50_ms"], 1) if m["p50_ms"] else None
+        curve[ef] = m
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP INDEX {TABLE}_hnsw_half")
+    print_table(stdout, [(ef, m["recall_at_10"], m["p50_ms"], m["p99_ms"], m["speedup_p50"]) for ef, m in curve.items()],
+                ("halfvec ef_search", "recall@10", "p50 ms", "p99 ms", "speedup p50"))
+    return {str(k): {kk: v for kk, v in m.items() if kk != "uses_hnsw"} for k, m in curve.items()}
+
+
 @register("search", help="HNSW vs exact scan: recall@10, latency, filtered queries with/without iterative scan",
           arguments=_arguments)
 def bench_search(*, stdout, options):
@@ -196,6 +221,10 @@ def bench_search(*, stdout, options):
     rows.append(("exact, 1 core", 1.0, exact["p50_ms"], exact["p99_ms"], 1.0, ""))
     rows.append(("exact, parallel", 1.0, exact_parallel["p50_ms"], exact_parallel["p99_ms"], "", 1.0))
     print_table(stdout, rows, ("ef_search", "recall@10", "p50 ms", "p99 ms", "speedup p50", "vs parallel exact"))
+
+    sizes = {"vector_index_mb": round(_scalar(f"SELECT pg_relation_size('{TABLE}_hnsw')") / 2**20, 1),
+             "shared_buffers": _scalar("SELECT current_setting('shared_buffers')")}
+    halfvec = _halfvec_curve(vectors, truth, exact_p50, stdout, sizes) if options["halfvec"] else None
 
     filtered = {}
     ef = str(chosen)
@@ -241,6 +270,8 @@ def bench_search(*, stdout, options):
         "speedup_p50": best["speedup_p50"],
         "ef_curve": {str(k): {kk: v for kk, v in m.items() if kk != "uses_hnsw"} for k, m in curve.items()},
         "filtered": filtered,
+        **sizes,
+        **({"halfvec": halfvec} if halfvec else {}),
         **build,
     }
     return figures
