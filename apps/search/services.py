@@ -27,6 +27,7 @@ from datetime import date, datetime, timedelta
 from django.conf import settings
 from django.db import connection, transaction
 from django.urls import reverse
+from django.utils import timezone
 from prometheus_client import Counter, Histogram
 
 from apps.core.logging import get_logger
@@ -117,6 +118,11 @@ class Passage:
 
 
 # --- SQL building blocks ---------------------------------------------------------------
+def _start_of_day(day: date) -> datetime:
+    """Midnight of ``day`` in the site's time zone (TIME_ZONE), as an aware datetime."""
+    return timezone.make_aware(datetime.combine(day, datetime.min.time()))
+
+
 def _filter_sql(filters: SearchFilters | None, *, alias: str = "d") -> tuple[str, list]:
     if filters is None or filters.is_empty:
         return "TRUE", []
@@ -126,10 +132,10 @@ def _filter_sql(filters: SearchFilters | None, *, alias: str = "d") -> tuple[str
         params.append([clean_text(tag)[:64] for tag in filters.tags])
     if filters.date_from:
         parts.append(f"{alias}.published_at >= %s")
-        params.append(datetime.combine(filters.date_from, datetime.min.time()).astimezone())
+        params.append(_start_of_day(filters.date_from))
     if filters.date_to:
         parts.append(f"{alias}.published_at < %s")
-        params.append(datetime.combine(filters.date_to + timedelta(days=1), datetime.min.time()).astimezone())
+        params.append(_start_of_day(filters.date_to + timedelta(days=1)))
     if filters.sources:
         parts.append(f"{alias}.source = ANY(%s)")
         params.append(list(filters.sources))
