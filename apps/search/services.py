@@ -289,6 +289,42 @@ def _check_mode(mode: str) -> None:
 
 
 # --- hybrid_search ---------------------------------------------------------------------
+def _fused_ranking(ctes: list[str]) -> str:
+    """Reciprocal rank fusion of the two chunk lists, then the best chunk per document.
+
+    Chunks are fused (a chunk both lists rank high wins), then grouped: a document's
+    score is its best chunk's. Only the first SEARCH_RRF_DEPTH ranks of each list
+    contribute; documents matched deeper (long keyword tails) stay in the result set,
+    after every fused one, ordered by their best rank — so totals and facets still
+    cover every match. kw_rank / sem_rank are the document's best chunk ranks.
+    """
+    weights, k = settings.SEARCH_RRF_WEIGHTS, int(settings.SEARCH_RRF_K)
+    window = int(settings.SEARCH_RRF_DEPTH)
+    ctes.append(f"""
+    kw_chunk_ranked AS (
+        SELECT chunk_id, document_id, tags, row_number() OVER (ORDER BY score DESC, chunk_id) AS rnk FROM kw_chunks
+    ),
+    sem_chunk_ranked AS (
+        SELECT chunk_id, document_id, tags, row_number() OVER (ORDER BY distance, chunk_id) AS rnk
+        FROM sem_chunks WHERE distance < 1
+    ),
+    fused_chunks AS (
+        SELECT coalesce(kc.chunk_id, sc.chunk_id) AS chunk_id, coalesce(kc.document_id, sc.document_id) AS document_id,
+               coalesce(kc.tags, sc.tags) AS tags, kc.rnk AS kr, sc.rnk AS sr,
+               CASE WHEN kc.rnk <= {window} THEN {float(weights['keyword'])} / ({k} + kc.rnk) ELSE 0 END
+                 + CASE WHEN sc.rnk <= {window} THEN {float(weights['semantic'])} / ({k} + sc.rnk) ELSE 0 END AS fused
+        FROM kw_chunk_ranked kc FULL OUTER JOIN sem_chunk_ranked sc ON sc.chunk_id = kc.chunk_id
+    )""")
+    return f"""
+        SELECT document_id, chunk_id,
+               CASE WHEN fused > 0 THEN fused ELSE 1.0 / (1000000 + best_rank) END AS score,
+               kw_rank, sem_rank, tags
+        FROM (SELECT DISTINCT ON (document_id) document_id, chunk_id, tags, fused, least(kr, sr) AS best_rank,
+                     min(kr) OVER (PARTITION BY document_id) AS kw_rank,
+                     min(sr) OVER (PARTITION BY document_id) AS sem_rank
+              FROM fused_chunks ORDER BY document_id, fused DESC, least(kr, sr), chunk_id) best"""
+
+
 def _ranked_documents(cursor, *, lexemes, scope, mode, vector, depth, limit, offset):
     """Rank every candidate document in SQL; return (total, facets, page).
 
@@ -305,37 +341,30 @@ def _ranked_documents(cursor, *, lexemes, scope, mode, vector, depth, limit, off
         sql, p = _keyword_chunks_cte(lexemes, scope)
         ctes.append(sql)
         params += p
+    if use_semantic:
+        sql, p = _semantic_chunks_cte(scope, depth)
+        ctes.append(sql)
+        literal = _vector_literal(vector)
+        params += [literal, *p, literal, depth]
+    if use_keyword and use_semantic:
+        ranked = _fused_ranking(ctes)
+    elif use_keyword:
         ctes.append("""
     kw_ranked AS (
         SELECT document_id, chunk_id, score, tags, row_number() OVER (ORDER BY score DESC, document_id) AS rnk
         FROM (SELECT DISTINCT ON (document_id) document_id, chunk_id, score, tags FROM kw_chunks
               ORDER BY document_id, score DESC) best
     )""")
-    if use_semantic:
-        sql, p = _semantic_chunks_cte(scope, depth)
-        ctes.append(sql)
-        literal = _vector_literal(vector)
-        params += [literal, *p, literal, depth]
+        ranked = "SELECT document_id, chunk_id, score, rnk AS kw_rank, NULL::bigint AS sem_rank, tags FROM kw_ranked"
+    else:
         ctes.append("""
     sem_ranked AS (
         SELECT document_id, chunk_id, distance, tags, row_number() OVER (ORDER BY distance, document_id) AS rnk
         FROM (SELECT DISTINCT ON (document_id) document_id, chunk_id, distance, tags FROM sem_chunks
               WHERE distance < 1 ORDER BY document_id, distance) best
     )""")
-    if not use_semantic:
-        ranked = "SELECT document_id, chunk_id, score, rnk AS kw_rank, NULL::bigint AS sem_rank, tags FROM kw_ranked"
-    elif not use_keyword:
         ranked = ("SELECT document_id, chunk_id, 1 - distance AS score, NULL::bigint AS kw_rank, rnk AS sem_rank, tags "
                   "FROM sem_ranked")
-    else:
-        weights, k = settings.SEARCH_RRF_WEIGHTS, int(settings.SEARCH_RRF_K)
-        ranked = f"""
-        SELECT coalesce(kr.document_id, sr.document_id) AS document_id,
-               coalesce(kr.chunk_id, sr.chunk_id) AS chunk_id,
-               coalesce({float(weights['keyword'])} / ({k} + kr.rnk), 0)
-                 + coalesce({float(weights['semantic'])} / ({k} + sr.rnk), 0) AS score,
-               kr.rnk AS kw_rank, sr.rnk AS sem_rank, coalesce(kr.tags, sr.tags) AS tags
-        FROM kw_ranked kr FULL OUTER JOIN sem_ranked sr ON sr.document_id = kr.document_id"""
     ctes.append(f"\n    ranked AS MATERIALIZED ({ranked})")
     final = f"""
     SELECT (SELECT count(*) FROM ranked),

@@ -309,6 +309,9 @@ SEARCH_RRF_WEIGHTS = {
     "keyword": env.float("SEARCH_RRF_WEIGHT_KEYWORD", default=1.0),
     "semantic": env.float("SEARCH_RRF_WEIGHT_SEMANTIC", default=1.0),
 }
+# Chunks are fused, then grouped per document; only each list's first N chunk ranks
+# contribute (deeper matches still appear, after the fused ones).
+SEARCH_RRF_DEPTH = env.int("SEARCH_RRF_DEPTH", default=100)
 # HNSW candidate list per query (SET LOCAL hnsw.ef_search; raised to the number of
 # chunks a query asks for). 128: smallest value with recall@10 >= 0.99 on 100k
 # vectors in `bench search` (docs/benchmarks.md).
