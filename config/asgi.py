@@ -4,7 +4,13 @@ import os
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
+# One torch thread: a web process embeds one short query at a time (see settings).
+os.environ.setdefault("EMBEDDING_TORCH_THREADS", "1")
 application = get_asgi_application()
+
+from apps.llm.embeddings import warm_up_in_background  # noqa: E402
+
+warm_up_in_background()
 
 # /v1/ (the OpenAI-compatible LLM proxy) skips the thread-hopping middleware; see apps/llm/asgi.py.
 from apps.llm.asgi import with_proxy_path  # noqa: E402

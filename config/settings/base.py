@@ -254,7 +254,13 @@ if EMBEDDING_PROVIDER == "local":
     EMBEDDING_BACKENDS = {
         "default": {
             "BACKEND": "apps.llm.embeddings.sentence_transformers.SentenceTransformerBackend",
-            "OPTIONS": {"BATCH_SIZE": env.int("EMBEDDING_BATCH_SIZE", default=32)},
+            "OPTIONS": {
+                "BATCH_SIZE": env.int("EMBEDDING_BATCH_SIZE", default=32),
+                # 0 = torch's choice (all cores: best for the worker's batches). Web
+                # processes embed one short query at a time and set 1 (config/asgi.py):
+                # measured p95 of a query embedding on 2 busy cores, 577 ms -> 16 ms.
+                "TORCH_THREADS": env.int("EMBEDDING_TORCH_THREADS", default=0) or None,
+            },
         }
     }
 elif EMBEDDING_PROVIDER == "openai":
