@@ -74,8 +74,16 @@ def aredis() -> aioredis.Redis:
     from redis.asyncio.retry import Retry as AsyncRetry
     from redis.backoff import NoBackoff
 
-    return loop_local("redis", lambda: aioredis.Redis.from_url(
-        settings.REDIS_URL, retry=AsyncRetry(NoBackoff(), 1), **REDIS_TIMEOUTS))
+    def create() -> aioredis.Redis:
+        # A bounded pool that waits briefly for a free connection: redis-py's default
+        # pool raises "Too many connections" past 100, which at 2,000 concurrent
+        # streams turned cache/breaker/ledger calls into fallbacks (bench sse).
+        pool = aioredis.BlockingConnectionPool.from_url(
+            settings.REDIS_URL, max_connections=settings.LLM_REDIS_MAX_CONNECTIONS,
+            timeout=REDIS_TIMEOUTS["socket_timeout"], retry=AsyncRetry(NoBackoff(), 1), **REDIS_TIMEOUTS)
+        return aioredis.Redis(connection_pool=pool)
+
+    return loop_local("redis", create)
 
 
 _sync_redis: dict[str, redis.Redis] = {}

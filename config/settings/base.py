@@ -224,6 +224,8 @@ LLM_BREAKER = {"failure_threshold": 3, "cooldown": 30.0}
 LLM_CACHE_TTL = env.int("LLM_CACHE_TTL", default=3600)
 # Upstream connections per process (and per upstream host); one per concurrent stream.
 LLM_HTTP_POOL_LIMIT = env.int("LLM_HTTP_POOL_LIMIT", default=4096)
+# Redis connections per process for breaker/cache/budgets/ledger; callers wait for a free one.
+LLM_REDIS_MAX_CONNECTIONS = env.int("LLM_REDIS_MAX_CONNECTIONS", default=256)
 LLM_LEDGER_FLUSH_INTERVAL = 0.5  # seconds between batched UsageRecord writes
 # Celery beat also flushes the ledger queue, for web processes that went idle or died.
 LLM_LEDGER_BEAT_SECONDS = env.float("LLM_LEDGER_BEAT_SECONDS", default=10.0)
