@@ -23,6 +23,7 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from apps.core.bench import percentile, print_table, register
+from apps.documents.models import HNSW_EF_CONSTRUCTION, HNSW_M
 
 TABLE = "bench_search_vector"
 EF_CANDIDATES = (10, 20, 40, 64, 100, 128, 160, 200, 300)
@@ -43,6 +44,9 @@ def _arguments(parser):
                         help="How copies are perturbed: along the difference of two other real vectors "
                              "(stays in the space real embeddings occupy), or by isotropic uniform noise.")
     parser.add_argument("--drop", action="store_true", help="Drop the benchmark table afterwards.")
+    parser.add_argument("--m", type=int, default=HNSW_M, help="HNSW m (graph degree); needs --rebuild to change.")
+    parser.add_argument("--ef-construction", type=int, default=HNSW_EF_CONSTRUCTION,
+                        help="HNSW ef_construction; needs --rebuild to change.")
 
 
 def _scalar(sql, params=()):
@@ -51,7 +55,7 @@ def _scalar(sql, params=()):
         return cursor.fetchone()[0]
 
 
-def _build(chunks: int, generator: str, stdout) -> dict:
+def _build(chunks: int, generator: str, stdout, *, m: int, ef_construction: int) -> dict:
     with connection.cursor() as cursor:
         cursor.execute(f"DROP TABLE IF EXISTS {TABLE}")
         cursor.execute(f"CREATE TABLE {TABLE} (id bigserial PRIMARY KEY, origin bigint, bucket int NOT NULL, "
@@ -93,7 +97,7 @@ def _build(chunks: int, generator: str, stdout) -> dict:
         cursor.execute("SET maintenance_work_mem = '1GB'")
         started = time.perf_counter()
         cursor.execute(f"CREATE INDEX {TABLE}_hnsw ON {TABLE} USING hnsw (embedding vector_cosine_ops) "
-                       f"WITH (m = 16, ef_construction = 64)")
+                       f"WITH (m = {int(m)}, ef_construction = {int(ef_construction)})")
         built = time.perf_counter() - started
         cursor.execute("RESET maintenance_work_mem")
         cursor.execute(f"ANALYZE {TABLE}")
@@ -164,12 +168,13 @@ EXACT_PARALLEL = [("enable_indexscan", "off")]
 FORCE_HNSW = [("enable_seqscan", "off")]
 
 
-def _halfvec_curve(vectors, truth, exact_p50, stdout, sizes) -> dict:
+def _halfvec_curve(vectors, truth, exact_p50, stdout, sizes, *, m: int, ef_construction: int) -> dict:
     """The same curve through an HNSW index on embedding::halfvec(384), against full-precision truth."""
     with connection.cursor() as cursor:
         cursor.execute("SET maintenance_work_mem = '1GB'")
         cursor.execute(f"CREATE INDEX {TABLE}_hnsw_half ON {TABLE} USING hnsw "
-                       f"((embedding::halfvec(384)) halfvec_cosine_ops) WITH (m = 16, ef_construction = 64)")
+                       f"((embedding::halfvec(384)) halfvec_cosine_ops) "
+                       f"WITH (m = {int(m)}, ef_construction = {int(ef_construction)})")
         cursor.execute("RESET maintenance_work_mem")
     sizes["halfvec_index_mb"] = round(_scalar(f"SELECT pg_relation_size('{TABLE}_hnsw_half')") / 2**20, 1)
     query = f"SELECT id FROM {TABLE} ORDER BY embedding::halfvec(384) <=> %s::halfvec(384) LIMIT %s"
@@ -182,7 +187,8 @@ def _halfvec_curve(vectors, truth, exact_p50, stdout, sizes) -> dict:
         curve[ef] = m
     with connection.cursor() as cursor:
         cursor.execute(f"DROP INDEX {TABLE}_hnsw_half")
-    print_table(stdout, [(ef, m["recall_at_10"], m["p50_ms"], m["p99_ms"], m["speedup_p50"]) for ef, m in curve.items()],
+    print_table(stdout,
+                [(ef, m["recall_at_10"], m["p50_ms"], m["p99_ms"], m["speedup_p50"]) for ef, m in curve.items()],
                 ("halfvec ef_search", "recall@10", "p50 ms", "p99 ms", "speedup p50"))
     return {str(k): {kk: v for kk, v in m.items() if kk != "uses_hnsw"} for k, m in curve.items()}
 
@@ -194,8 +200,9 @@ def bench_search(*, stdout, options):
     existing = _scalar("SELECT to_regclass(%s) IS NOT NULL", [TABLE])
     build = {}
     if options["rebuild"] or not existing or _scalar(f"SELECT count(*) FROM {TABLE}") < chunks:
-        stdout.write(f"building {TABLE} with {chunks} vectors and its HNSW index (m=16, ef_construction=64) ...")
-        build = _build(chunks, options["generator"], stdout)
+        stdout.write(f"building {TABLE} with {chunks} vectors and its HNSW index "
+                     f"(m={options['m']}, ef_construction={options['ef_construction']}) ...")
+        build = _build(chunks, options["generator"], stdout, m=options["m"], ef_construction=options["ef_construction"])
     total = _scalar(f"SELECT count(*) FROM {TABLE}")
     vectors = _query_vectors(options, stdout)
 
@@ -224,7 +231,8 @@ def bench_search(*, stdout, options):
 
     sizes = {"vector_index_mb": round(_scalar(f"SELECT pg_relation_size('{TABLE}_hnsw')") / 2**20, 1),
              "shared_buffers": _scalar("SELECT current_setting('shared_buffers')")}
-    halfvec = _halfvec_curve(vectors, truth, exact_p50, stdout, sizes) if options["halfvec"] else None
+    halfvec = _halfvec_curve(vectors, truth, exact_p50, stdout, sizes, m=options["m"],
+                             ef_construction=options["ef_construction"]) if options["halfvec"] else None
 
     filtered = {}
     ef = str(chosen)
@@ -249,7 +257,8 @@ def bench_search(*, stdout, options):
         [(label, e["selectivity"], variant, e[variant]["rows_mean"], e[variant]["recall_at_10"],
           e[variant]["p50_ms"], e[variant]["uses_hnsw"], e["exact_p50_ms"])
          for label, e in filtered.items()
-         for variant in ("iterative_off", "iterative_relaxed_order", "iterative_strict_order", "planner_relaxed_order")],
+         for variant in ("iterative_off", "iterative_relaxed_order", "iterative_strict_order",
+                         "planner_relaxed_order")],
         ("filter", "share", "variant", "rows (k=10)", "recall@10", "p50 ms", "hnsw", "exact p50 ms"),
     )
     best = curve[chosen]
@@ -260,6 +269,9 @@ def bench_search(*, stdout, options):
         "chunks": total,
         "queries": len(vectors),
         "ef_search": chosen,
+        # The index actually measured (it may predate this run's --m/--ef-construction).
+        "index_options": _scalar("SELECT array_to_string(reloptions, ',') FROM pg_class WHERE relname = %s",
+                                 [f"{TABLE}_hnsw"]),
         "recall_at_10": best["recall_at_10"],
         "hnsw_p50_ms": best["p50_ms"],
         "hnsw_p99_ms": best["p99_ms"],
