@@ -210,6 +210,10 @@ def bench_proxy(*, stdout, options):
         deadline = time.monotonic() + 15
         rows = 0
         while time.monotonic() < deadline:
+            if not settings.LLM_LEDGER_FLUSH_INTERVAL:  # no in-process flusher: do what the beat task does
+                from apps.llm import ledger
+
+                ledger.flush()
             rows = UsageRecord.objects.filter(api_key__in=[key, budget_key]).count() - started_rows
             if rows >= figures["proxied_calls"]:
                 break

@@ -226,7 +226,9 @@ LLM_CACHE_TTL = env.int("LLM_CACHE_TTL", default=3600)
 LLM_HTTP_POOL_LIMIT = env.int("LLM_HTTP_POOL_LIMIT", default=4096)
 # Redis connections per process for breaker/cache/budgets/ledger; callers wait for a free one.
 LLM_REDIS_MAX_CONNECTIONS = env.int("LLM_REDIS_MAX_CONNECTIONS", default=256)
-LLM_LEDGER_FLUSH_INTERVAL = 0.5  # seconds between batched UsageRecord writes
+# Seconds between batched UsageRecord writes by each web process; 0 leaves them to the
+# Celery beat task (llm.flush_ledger) so no ledger write ever runs beside a request.
+LLM_LEDGER_FLUSH_INTERVAL = env.float("LLM_LEDGER_FLUSH_INTERVAL", default=0.5)
 # Celery beat also flushes the ledger queue, for web processes that went idle or died.
 LLM_LEDGER_BEAT_SECONDS = env.float("LLM_LEDGER_BEAT_SECONDS", default=10.0)
 CELERY_BEAT_SCHEDULE = {
