@@ -315,7 +315,7 @@ def _fused_ranking(ctes: list[str]) -> str:
                  + CASE WHEN sc.rnk <= {window} THEN {float(weights['semantic'])} / ({k} + sc.rnk) ELSE 0 END AS fused
         FROM kw_chunk_ranked kc FULL OUTER JOIN sem_chunk_ranked sc ON sc.chunk_id = kc.chunk_id
     )""")
-    return f"""
+    return """
         SELECT document_id, chunk_id,
                CASE WHEN fused > 0 THEN fused ELSE 1.0 / (1000000 + best_rank) END AS score,
                kw_rank, sem_rank, tags
