@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
-import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 from django.conf import settings
+
+from apps.core.worker_process import WorkerProcess as CoreWorkerProcess
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 CHROMIUM_PATHS = ["/usr/lib/chromium/chromium", "/usr/bin/chromium", "/usr/bin/chromium-browser"]
@@ -63,53 +60,16 @@ def child_env(**extra) -> dict:
     return env
 
 
-class WorkerProcess:
-    """A real `celery worker` subprocess consuming this run's queue."""
+class WorkerProcess(CoreWorkerProcess):
+    """A real `celery worker` subprocess consuming this run's queue and test database."""
 
     def __init__(self, concurrency: int = 1, extra_env: dict | None = None):
-        self.concurrency = concurrency
-        self.extra_env = extra_env or {}
-        self.proc: subprocess.Popen | None = None
-        self.log_path = Path(tempfile.mkstemp(prefix="celery-worker-", suffix=".log")[1])
+        super().__init__(queue=settings.CELERY_TASK_DEFAULT_QUEUE, env=child_env(**(extra_env or {})),
+                         name="test-worker", concurrency=concurrency)
 
     def start(self, timeout: float = 90) -> WorkerProcess:
-        from config.celery_app import app
-
-        log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the worker
-        self.proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "celery", "-A", "config.celery_app", "worker",
-                "--loglevel", "WARNING", "--pool", "prefork", "--concurrency", str(self.concurrency),
-                "-Q", settings.CELERY_TASK_DEFAULT_QUEUE, "-n", f"test-{os.getpid()}-{time.time_ns()}@%h",
-                "--without-gossip", "--without-mingle", "--without-heartbeat",
-            ],
-            cwd=BASE_DIR, env=child_env(**self.extra_env), stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        result = app.send_task("core.ping", args=["ready"], queue=settings.CELERY_TASK_DEFAULT_QUEUE)
-        try:
-            result.get(timeout=timeout)
-        except Exception as exc:
-            self.stop()
-            raise RuntimeError(f"worker did not start: {self.log_path.read_text()[-3000:]}") from exc
+        super().start(timeout=timeout)
         return self
-
-    def kill(self) -> None:
-        """kill -9 the whole worker (main process and its children)."""
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
 
 
 @pytest.fixture(scope="session")

@@ -17,10 +17,7 @@ worker (real model), next to the bare model's throughput on the same chunks.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,6 +25,7 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from apps.core.bench import print_table, register
+from apps.core.worker_process import WorkerProcess
 from apps.documents.chunking import chunk_document
 from apps.documents.importing import import_records, read_jsonl
 from apps.documents.models import Document
@@ -49,49 +47,21 @@ def _arguments(parser):
     parser.add_argument("--keep", action="store_true", help="keep the imported documents")
 
 
-class _Worker:
-    def __init__(self, queue: str, broker_url: str):
-        self.queue, self.broker_url = queue, broker_url
-        self.log = Path(tempfile.mkstemp(prefix="bench-ingest-worker-", suffix=".log")[1])
-        self.proc: subprocess.Popen | None = None
+class _Worker(WorkerProcess):
+    """The bench's worker: its own queue on a private Redis database, short time limits."""
 
-    def start(self, app) -> float:
+    def __init__(self, queue: str, broker_url: str):
         env = dict(os.environ)
         env.update(
             DJANGO_SETTINGS_MODULE=os.environ.get("DJANGO_SETTINGS_MODULE", "config.settings.local"),
-            CELERY_BROKER_URL=self.broker_url, CELERY_TASK_DEFAULT_QUEUE=self.queue,
+            CELERY_BROKER_URL=broker_url, CELERY_TASK_DEFAULT_QUEUE=queue,
             CELERY_VISIBILITY_TIMEOUT=str(VISIBILITY_TIMEOUT), CELERY_TASK_SOFT_TIME_LIMIT="20",
             CELERY_TASK_TIME_LIMIT="25", LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1",
         )
-        started = time.perf_counter()
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "config.celery_app", "worker", "--pool", "prefork",
-                 "--concurrency", "1", "-Q", self.queue, "-n", f"bench-ingest-{time.time_ns()}@%h",
-                 "--without-gossip", "--without-mingle", "--loglevel", "WARNING"],
-                cwd=settings.BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        with app.connection_for_write(self.broker_url) as conn:
-            result = app.send_task("core.ping", args=["bench"], queue=self.queue, connection=conn)
-        try:
-            result.get(timeout=180)
-        except Exception as exc:
-            self.kill()
-            raise RuntimeError(f"bench worker did not start: {self.log.read_text()[-2000:]}") from exc
-        return time.perf_counter() - started
+        super().__init__(queue=queue, env=env, name="bench-ingest-worker", broker_url=broker_url)
 
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill()
+    def start(self, app=None) -> float:
+        return super().start(timeout=180)
 
 
 def _drop_source(source: str) -> None:
