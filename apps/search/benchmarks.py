@@ -262,6 +262,11 @@ def bench_search(*, stdout, options):
         ("filter", "share", "variant", "rows (k=10)", "recall@10", "p50 ms", "hnsw", "exact p50 ms"),
     )
     best = curve[chosen]
+    # The index actually measured (it may predate this run's --m/--ef-construction).
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT array_to_string(reloptions, ',') FROM pg_class WHERE relname = %s", [f"{TABLE}_hnsw"])
+        row = cursor.fetchone()
+    index_options = (row[0] or "m=16,ef_construction=64 (pgvector defaults)") if row else None
     if options["drop"]:
         with connection.cursor() as cursor:
             cursor.execute(f"DROP TABLE IF EXISTS {TABLE}")
@@ -269,9 +274,7 @@ def bench_search(*, stdout, options):
         "chunks": total,
         "queries": len(vectors),
         "ef_search": chosen,
-        # The index actually measured (it may predate this run's --m/--ef-construction).
-        "index_options": _scalar("SELECT array_to_string(reloptions, ',') FROM pg_class WHERE relname = %s",
-                                 [f"{TABLE}_hnsw"]),
+        "index_options": index_options,
         "recall_at_10": best["recall_at_10"],
         "hnsw_p50_ms": best["p50_ms"],
         "hnsw_p99_ms": best["p99_ms"],
