@@ -22,6 +22,15 @@ from apps.chat.asgi import with_chat_stream_path  # noqa: E402
 
 application = with_chat_stream_path(application)
 
+# Development (make run, DEBUG): serve /static/ from the app's finders, as runserver
+# does. Production serves collected files through WhiteNoise (config/settings/production.py).
+from django.conf import settings  # noqa: E402
+
+if settings.DEBUG:
+    from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
+
+    application = ASGIStaticFilesHandler(application)
+
 # Everything loaded so far lives as long as the process: keep it out of the cyclic
 # GC's full collections, which otherwise stall a request now and then (p99).
 gc.freeze()

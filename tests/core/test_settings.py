@@ -51,3 +51,21 @@ def test_malformed_values_are_named():
     assert "DB_POOL_MAX_SIZE is malformed" in result.stderr
     result = load_production(REDIS_URL="localhost:6379")
     assert "REDIS_URL is malformed" in result.stderr
+
+
+def test_production_serves_collected_static_files_through_whitenoise():
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    env.update(GOOD, DJANGO_SETTINGS_MODULE="config.settings.production")
+    code = (
+        "import django; django.setup(); from django.conf import settings; "
+        "from django.core.handlers.wsgi import WSGIHandler; WSGIHandler(); "
+        "m = settings.MIDDLEWARE; "
+        "print(m.index('whitenoise.middleware.WhiteNoiseMiddleware') - m.index('django.middleware.security.SecurityMiddleware'), "
+        "settings.STORAGES['staticfiles']['BACKEND'])"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=BASE_DIR, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    position, backend = result.stdout.split()
+    assert int(position) == 1  # right after SecurityMiddleware, as WhiteNoise documents
+    assert backend.endswith("CompressedManifestStaticFilesStorage")
