@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import html
 import math
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
@@ -379,8 +380,19 @@ def _ranked_documents(cursor, *, lexemes, scope, mode, vector, depth, limit, off
     return total, [(tag, n) for tag, n in facets], [tuple(row) for row in page]
 
 
+# Chunks hold Markdown source; a snippet is plain text, so emphasis, code ticks,
+# heading hashes and list bullets are dropped (the words themselves stay).
+_MARKDOWN_INLINE = re.compile(r"\*\*|__|`+|~~")
+_MARKDOWN_LINE_START = re.compile(r"(^|\n)\s*(?:#{1,6}|[-*+]|\d+[.)]|>)\s+")
+
+
+def _plain_snippet(headline: str) -> str:
+    text = _MARKDOWN_LINE_START.sub(r"\1", headline)
+    return _MARKDOWN_INLINE.sub("", text)
+
+
 def _highlight(headline: str) -> str:
-    escaped = html.escape(headline, quote=True)
+    escaped = html.escape(_plain_snippet(headline), quote=True)
     return escaped.replace(_MARK_START, "<mark>").replace(_MARK_STOP, "</mark>")
 
 

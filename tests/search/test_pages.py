@@ -103,3 +103,11 @@ def test_date_filter_on_the_results_page_narrows(client):
     assert 'name="date_from" value="2024-01-01"' in page
     page = client.get("/search", {"q": "eclipse", "date_to": "2020-01-01"}).content.decode()
     assert "Old eclipse" in page and "New eclipse" not in page
+
+
+def test_snippets_show_words_not_markdown_markup(client):
+    indexed_document(title="Proxy notes", body="- The **inference proxy** runs `manage.py bench proxy` nightly.")
+    page = client.get("/search", {"q": "inference proxy", "mode": "keyword"}).content.decode()
+    snippet = page.split('class="snippet"', 1)[1].split("</p>", 1)[0] if 'class="snippet"' in page else page
+    assert "<mark>inference</mark>" in snippet
+    assert "**" not in snippet and "`" not in snippet
