@@ -29,7 +29,7 @@ from apps.chat.serializers import (
     TokenEventSerializer,
 )
 from apps.chat.streaming import release_db_connection
-from apps.chat.web import answer_response, session_key_for
+from apps.chat.web import answer_response, session_key_for, start_conversation
 
 STREAM_DESCRIPTION = """\
 Asks a question in the conversation and streams the answer as **server-sent events**
@@ -111,8 +111,7 @@ class ConversationListAPI(ChatAPIMixin, generics.GenericAPIView):
     def post(self, request):
         data = ConversationCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        conversation = services.conversation_create(user=request.user, session_key=self.session_key(create=True),
-                                                    title=data.validated_data["title"])
+        conversation = start_conversation(request, title=data.validated_data["title"])
         return Response(ConversationSerializer(conversation).data, status=status.HTTP_201_CREATED)
 
 

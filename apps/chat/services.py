@@ -57,6 +57,22 @@ def conversation_create(*, user, session_key: str | None, title: str = "") -> Co
 
 
 @transaction.atomic
+def conversations_adopt(*, user, conversation_ids: list[int]) -> int:
+    """Give a reader who just signed in the anonymous conversations of their session.
+
+    Only ids the session itself recorded are passed in, and only conversations that
+    still have no owner move, so nobody can claim someone else's thread.
+    """
+    if not conversation_ids or user is None or not user.is_authenticated:
+        return 0
+    moved = Conversation.objects.filter(pk__in=conversation_ids, owner__isnull=True).update(
+        owner=user, session_key="", updated_at=timezone.now())
+    if moved:
+        logger.info("chat.conversations_adopted", user_id=user.pk, count=moved)
+    return moved
+
+
+@transaction.atomic
 def conversation_delete(*, conversation: Conversation) -> None:
     conversation.delete()
 

@@ -24,7 +24,7 @@ from rest_framework.exceptions import APIException
 
 from apps.chat import selectors, services
 from apps.chat.streaming import is_extractive, release_db_connection
-from apps.chat.web import answer_response, session_key_for
+from apps.chat.web import answer_response, session_key_for, start_conversation
 from apps.core.exceptions import envelope
 from apps.llm.services import route_config
 
@@ -56,8 +56,7 @@ def chat_index(request):
     """GET: the list and an empty thread. POST: start a conversation (JSON for the script)."""
     if request.method == "GET":
         return _page(request)
-    conversation = services.conversation_create(user=request.user,
-                                                session_key=session_key_for(request, create=True))
+    conversation = start_conversation(request)
     if "application/json" in request.headers.get("Accept", ""):
         return JsonResponse({"id": conversation.pk, "url": reverse("chat:thread", args=[conversation.pk]),
                              "messages_url": reverse("chat:messages", args=[conversation.pk])}, status=201)

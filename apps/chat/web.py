@@ -7,10 +7,24 @@ from collections.abc import AsyncIterator
 
 from django.http import StreamingHttpResponse
 
-from apps.chat.services import PreparedAnswer
+from apps.chat.services import PreparedAnswer, conversation_create
 from apps.chat.streaming import answer_events
 
 SESSION_MARK = "quire_chat"
+
+
+# Session data (unlike the session key, which login rotates) survives signing in:
+# the ids of conversations started anonymously are kept here so they can be adopted.
+SESSION_CONVERSATIONS = "quire_chat_conversations"
+
+
+def start_conversation(request, *, title: str = ""):
+    """Create a conversation for the caller; remember anonymous ones in the session."""
+    conversation = conversation_create(user=request.user, session_key=session_key_for(request, create=True),
+                                       title=title)
+    if not request.user.is_authenticated:
+        request.session[SESSION_CONVERSATIONS] = [*request.session.get(SESSION_CONVERSATIONS, []), conversation.pk]
+    return conversation
 
 
 def session_key_for(request, *, create: bool) -> str | None:

@@ -75,6 +75,27 @@ def test_anonymous_conversations_belong_to_their_session(llm):
     assert first_reader.get(f"/api/v1/chat/conversations/{pk}").status_code == 200
 
 
+def test_conversations_started_anonymously_follow_the_reader_who_signs_in(llm, client):
+    """Signing in rotates the session key; the session's own threads move to the account."""
+    from django.test import Client
+
+    started = client.post("/api/v1/chat/conversations", {"title": "Before sign-in"}, content_type="application/json")
+    assert started.status_code == 201
+    pk = started.json()["id"]
+    stranger = Client()
+    theirs = stranger.post("/api/v1/chat/conversations", {"title": "Someone else"},
+                           content_type="application/json").json()["id"]
+    reader = UserFactory()
+
+    assert client.login(username=reader.username, password="pw-for-tests-1")
+
+    assert [c["id"] for c in client.get("/api/v1/chat/conversations").json()["results"]] == [pk]
+    adopted = Conversation.objects.get(pk=pk)
+    assert adopted.owner == reader and adopted.session_key == ""
+    assert Conversation.objects.get(pk=theirs).owner is None  # another session's thread stays theirs
+    assert stranger.get(f"/api/v1/chat/conversations/{theirs}").status_code == 200
+
+
 def test_api_streams_the_answer_for_an_event_stream_client(reader, llm):
     llm.configure(text="Hello there.")
     conversation = ConversationFactory(owner=reader)
