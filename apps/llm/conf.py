@@ -27,7 +27,8 @@ from functools import cache
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.utils.module_loading import import_string
+
+from apps.core.backends import backend_class
 
 ROUTE_KEYS = {"providers", "params", "max_tokens", "context_window", "timeouts", "retry", "cache_ttl"}
 LINK_KEYS = {"provider", "model", "params"}
@@ -129,8 +130,9 @@ def get_provider(alias: str):
         config = settings.LLM_PROVIDERS[alias]
     except KeyError:
         raise ImproperlyConfigured(f"No LLM provider {alias!r} in LLM_PROVIDERS") from None
-    _check_keys(f"LLM_PROVIDERS[{alias!r}]", config, {"BACKEND", "OPTIONS"})
-    backend_cls = import_string(config["BACKEND"])
+    from apps.llm.backends.base import ChatBackend
+
+    backend_cls = backend_class("LLM_PROVIDERS", alias, config, ChatBackend)
     return backend_cls(alias=alias, options=config.get("OPTIONS", {}))
 
 

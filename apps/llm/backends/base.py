@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import aiohttp
-from django.core.exceptions import ImproperlyConfigured
 
+from apps.core.backends import reject_unknown_options
 from apps.llm import runtime
 from apps.llm.exceptions import ContextWindowExceeded, LLMBadRequest, LLMRateLimited, LLMUnavailable
 
@@ -62,12 +62,7 @@ class ChatBackend:
     model_backed = True
 
     def __init__(self, *, alias: str, options: dict):
-        unknown = set(options) - set(self.OPTIONS)
-        if unknown:
-            raise ImproperlyConfigured(
-                f"LLM_PROVIDERS[{alias!r}] ({type(self).__name__}): unknown OPTIONS {sorted(unknown)}; "
-                f"allowed: {sorted(self.OPTIONS)}"
-            )
+        reject_unknown_options("LLM_PROVIDERS", alias, type(self), options, self.OPTIONS)
         self.alias = alias
         self.options = {**self.OPTIONS, **options}
 

@@ -19,7 +19,8 @@ from typing import Any, ClassVar
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.utils.module_loading import import_string
+
+from apps.core.backends import backend_class, reject_unknown_options
 
 
 class EmbeddingBackend:
@@ -39,12 +40,7 @@ class EmbeddingBackend:
     option_names: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, alias: str = "default", **options: Any):
-        unknown = set(options) - set(self.option_names)
-        if unknown:
-            raise ImproperlyConfigured(
-                f"EMBEDDING_BACKENDS[{alias!r}]: unknown OPTIONS {sorted(unknown)} for "
-                f"{type(self).__name__}; accepted: {sorted(self.option_names)}"
-            )
+        reject_unknown_options("EMBEDDING_BACKENDS", alias, type(self), options, self.option_names)
         self.alias = alias
         self.options = options
 
@@ -105,19 +101,7 @@ def _create(alias: str) -> EmbeddingBackend:
     if alias not in configs:
         raise ImproperlyConfigured(f"EMBEDDING_BACKENDS has no alias {alias!r} (have: {sorted(configs)})")
     config = configs[alias]
-    unknown = set(config) - {"BACKEND", "OPTIONS"}
-    if unknown or "BACKEND" not in config:
-        raise ImproperlyConfigured(
-            f"EMBEDDING_BACKENDS[{alias!r}] needs BACKEND and optional OPTIONS, got {sorted(config)}"
-        )
-    try:
-        backend_cls = import_string(config["BACKEND"])
-    except ImportError as exc:
-        raise ImproperlyConfigured(
-            f"EMBEDDING_BACKENDS[{alias!r}]: cannot import {config['BACKEND']!r}: {exc}"
-        ) from exc
-    if not (isinstance(backend_cls, type) and issubclass(backend_cls, EmbeddingBackend)):
-        raise ImproperlyConfigured(f"EMBEDDING_BACKENDS[{alias!r}]: {config['BACKEND']!r} is not an EmbeddingBackend")
+    backend_cls = backend_class("EMBEDDING_BACKENDS", alias, config, EmbeddingBackend)
     return backend_cls(alias, **config.get("OPTIONS", {}))
 
 
