@@ -6,30 +6,19 @@ import pytest
 from django.test import AsyncClient
 
 from apps.chat.models import Message
-from apps.documents.models import Document
 from tests.chat.sse_client import ask, first
 from tests.factories.chat import ConversationFactory
 from tests.factories.documents import UserFactory
-from tests.factories.search import indexed_document
+from tests.factories.search import plant_canaries
 
 pytestmark = pytest.mark.django_db
 
 SHARED = "Glacier calving events along the Greenland coast accelerate in late summer."
-CANARIES = {
-    "internal": dict(visibility=Document.Visibility.INTERNAL),
-    "private": dict(visibility=Document.Visibility.PRIVATE),
-    "draft": dict(status=Document.Status.DRAFT),
-}
 
 
 @pytest.fixture
 def planted():
-    author = UserFactory()
-    public = indexed_document(title="Public glaciers", body=f"{SHARED} zqpublicword")
-    canaries = {name: indexed_document(title=f"Canary {name}", body=f"{SHARED} zq{name}word zq{name}secret",
-                                       author=author, **fields)
-                for name, fields in CANARIES.items()}
-    return author, public, canaries
+    return plant_canaries(shared=SHARED, public_title="Public glaciers", canary_words="{name}word zq{name}secret")
 
 
 def _everything_sent(llm, events) -> str:

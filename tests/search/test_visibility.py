@@ -6,28 +6,16 @@ import pytest
 from apps.documents.models import Document
 from apps.search.services import hybrid_search, retrieve_passages, similar_documents
 from tests.factories.documents import StaffFactory, UserFactory
-from tests.factories.search import indexed_document
+from tests.factories.search import CANARIES, indexed_document, plant_canaries
 
 pytestmark = pytest.mark.django_db
 
 SHARED = "Aurora borealis observations over the northern fjords at night."
-CANARIES = {
-    "internal": dict(visibility=Document.Visibility.INTERNAL),
-    "private": dict(visibility=Document.Visibility.PRIVATE),
-    "draft": dict(status=Document.Status.DRAFT),
-}
 
 
 @pytest.fixture
 def planted():
-    author = UserFactory()
-    public = indexed_document(title="Public aurora", body=SHARED + " zqpublicword", tags=["sky"])
-    canaries = {
-        name: indexed_document(title=f"Canary {name}", body=f"{SHARED} zq{name}word", author=author,
-                               tags=[f"secret-{name}"], **fields)
-        for name, fields in CANARIES.items()
-    }
-    return author, public, canaries
+    return plant_canaries(shared=SHARED, public_title="Public aurora", public_tags=["sky"], canary_tags=True)
 
 
 @pytest.mark.parametrize("mode", ["hybrid", "keyword", "semantic"])
