@@ -1,5 +1,4 @@
 from django.http import JsonResponse
-from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 
 from apps.core.health import run_checks
@@ -18,7 +17,3 @@ def readyz(request):
     failed = [name for name, result in checks.items() if not result["ok"]]
     body = {"status": "ok" if healthy else "unavailable", "failed": failed, "checks": checks}
     return JsonResponse(body, status=200 if healthy else 503)
-
-
-def home(request):
-    return render(request, "core/home.html")
