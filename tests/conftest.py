@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import quote
 
 import pytest
@@ -104,8 +105,7 @@ def redis_server(tmp_path):
 
     port = free_port()
     url = devservices.start_redis(port=port, data_dir=tmp_path / "redis")
-    yield type("RedisServer", (), {"port": port, "url": url,
-                                   "stop": staticmethod(lambda: devservices.stop_redis(port, tmp_path / "redis"))})
+    yield SimpleNamespace(port=port, url=url, stop=lambda: devservices.stop_redis(port, tmp_path / "redis"))
     devservices.stop_redis(port, tmp_path / "redis")
 
 

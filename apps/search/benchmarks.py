@@ -263,10 +263,8 @@ def bench_search(*, stdout, options):
     )
     best = curve[chosen]
     # The index actually measured (it may predate this run's --m/--ef-construction).
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT array_to_string(reloptions, ',') FROM pg_class WHERE relname = %s", [f"{TABLE}_hnsw"])
-        row = cursor.fetchone()
-    index_options = (row[0] or "m=16,ef_construction=64 (pgvector defaults)") if row else None
+    index_options = _scalar("SELECT (SELECT array_to_string(reloptions, ',') FROM pg_class WHERE relname = %s)",
+                            [f"{TABLE}_hnsw"])
     if options["drop"]:
         with connection.cursor() as cursor:
             cursor.execute(f"DROP TABLE IF EXISTS {TABLE}")
