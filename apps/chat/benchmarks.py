@@ -94,10 +94,11 @@ def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90)
         if proc.poll() is not None:
             raise RuntimeError(f"{url}: process exited: {log.read_text()[-2000:]}")
         try:
-            httpx.get(url, timeout=1)
-            return
+            if httpx.get(url, timeout=1).status_code < 500:  # /readyz: 503 until the model is loaded
+                return
         except httpx.HTTPError:
-            time.sleep(0.2)
+            pass
+        time.sleep(0.2)
     raise RuntimeError(f"{url} did not come up: {log.read_text()[-2000:]}")
 
 
@@ -214,7 +215,7 @@ def bench_sse(*, stdout, options):
             [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port",
              str(app_port), "--workers", "1", "--lifespan", "off", "--no-access-log", "--log-level", "warning",
              "--backlog", "4096", "--timeout-keep-alive", "60"], app_env)
-        _wait_http(f"http://127.0.0.1:{app_port}/healthz", app, app_log)
+        _wait_http(f"http://127.0.0.1:{app_port}/readyz", app, app_log)
         csrf = secrets.token_hex(16)  # 32 chars: a CSRF secret the header may repeat as-is
         spec = {
             "base_url": f"http://127.0.0.1:{app_port}",

@@ -1,7 +1,8 @@
 """Readiness checks: PostgreSQL with pgvector, Redis, the Celery broker.
 
 Each check returns ``(ok, detail)``; :func:`run_checks` never raises, so
-``/readyz`` answers 503 naming what failed instead of erroring.
+``/readyz`` answers 503 naming what failed instead of erroring. Apps above
+core add their own with :func:`register_check` (core imports none of them).
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ def check_broker() -> tuple[bool, dict]:
 
 
 CHECKS = {"database": check_database, "redis": check_redis, "broker": check_broker}
+
+
+def register_check(name: str, check) -> None:
+    """Add ``check`` (a callable returning ``(ok, detail)``) to ``/readyz`` under ``name``."""
+    CHECKS[name] = check
 
 
 def run_checks() -> tuple[bool, dict]:

@@ -9,6 +9,9 @@ class LlmConfig(AppConfig):
     def ready(self):
         from django.core.signals import setting_changed
 
+        from apps.core.health import register_check
         from apps.llm.conf import clear_caches
+        from apps.llm.embeddings import check_warm_up
 
         setting_changed.connect(clear_caches, dispatch_uid="llm-conf-clear")
+        register_check("embedding_model", check_warm_up)

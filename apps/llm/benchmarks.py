@@ -197,7 +197,9 @@ def bench_proxy(*, stdout, options):
 
             async with aiohttp.ClientSession() as session:
                 await _wait_http(session, f"{upstream_url}/v1/models", upstream)
-                await _wait_http(session, f"{proxy_url}/healthz", proxy)
+                # /readyz, not /healthz: it answers 503 until the embedding model is loaded,
+                # and requests served during that load (torch imports hold the GIL) stall.
+                await _wait_http(session, f"{proxy_url}/readyz", proxy)
             return await _measure(options, upstream_url, proxy_url, raw, budget_raw)
 
         try:

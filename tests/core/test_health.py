@@ -1,6 +1,8 @@
 import pytest
 from django.test import override_settings
 
+from apps.llm.embeddings.testing import DeterministicBackend
+
 pytestmark = pytest.mark.django_db
 
 
@@ -39,3 +41,43 @@ def test_metrics_exposed_for_prometheus(client):
     response = client.get("/metrics")
     assert response.status_code == 200
     assert b"django_http_requests_total_by_method_total" in response.content
+
+
+class SlowLoadingBackend(DeterministicBackend):
+    """Stands in for the local model: load() blocks until the test releases it."""
+
+    released = None
+
+    def load(self):
+        type(self).released.wait(10)
+
+
+def test_readyz_is_503_while_the_embedding_model_warms_up(client, settings):
+    import threading
+
+    from apps.llm.embeddings import WARM_UP_STATE, reset_embedding_backends, warm_up_in_background
+
+    SlowLoadingBackend.released = threading.Event()
+    settings.EMBEDDING_BACKENDS = {**settings.EMBEDDING_BACKENDS,
+                                   "slow": {"BACKEND": f"{__name__}.SlowLoadingBackend", "OPTIONS": {}}}
+    reset_embedding_backends()
+    try:
+        warm_up_in_background("slow")
+        response = client.get("/readyz")
+        assert response.status_code == 503
+        body = response.json()
+        assert body["failed"] == ["embedding_model"]
+        assert body["checks"]["embedding_model"]["models"]["slow"] == "loading"
+
+        SlowLoadingBackend.released.set()
+        for _ in range(100):
+            if WARM_UP_STATE.get("slow") != "loading":
+                break
+            threading.Event().wait(0.05)
+        response = client.get("/readyz")
+        assert response.status_code == 200, response.json()
+        assert response.json()["checks"]["embedding_model"]["models"]["slow"] == "ready"
+    finally:
+        SlowLoadingBackend.released.set()
+        WARM_UP_STATE.pop("slow", None)
+        reset_embedding_backends()
