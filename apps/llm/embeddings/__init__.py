@@ -15,7 +15,6 @@ from apps.llm.embeddings.exceptions import (
     EmbeddingUnavailable,
 )
 
-
 # Warm-up of each alias's model in this process: "loading", "ready" or "failed".
 WARM_UP_STATE: dict[str, str] = {}
 
