@@ -9,7 +9,9 @@ embedding 100k texts with the model would take over an hour on 2 cores.
 
 Queries are real: the BEIR test queries of ``--queries`` embedded with the
 configured model (or, without a dataset, held-out perturbed chunk vectors).
-Ground truth is an exact scan (index scans disabled). Filters select 1 % and
+The HNSW index is the production kind by default: over ``embedding::halfvec(384)``
+like documents_chunk's (``--index vector`` for full precision, ``--compare`` to
+measure both). Ground truth is an exact full-precision scan (index scans disabled). Filters select 1 % and
 10 % of rows by a ``bucket`` column, with hnsw.iterative_scan off / relaxed /
 strict.
 """
@@ -23,9 +25,16 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from apps.core.bench import percentile, print_table, register
-from apps.documents.models import HNSW_EF_CONSTRUCTION, HNSW_M
+from apps.documents.models import HNSW_EF_CONSTRUCTION, HNSW_INDEX_EXPRESSION, HNSW_M
 
 TABLE = "bench_search_vector"
+# What an HNSW index over the collection stores, and how a query must order to use it.
+INDEX_KINDS = {
+    "halfvec": {"expression": f"({HNSW_INDEX_EXPRESSION})", "opclass": "halfvec_cosine_ops",
+                "order_by": f"{HNSW_INDEX_EXPRESSION} <=> %s::halfvec(384)"},
+    "vector": {"expression": "embedding", "opclass": "vector_cosine_ops", "order_by": "embedding <=> %s::vector"},
+}
+PRODUCTION_INDEX = "halfvec"  # matches documents_chunk's chunk_embedding_halfvec_hnsw
 EF_CANDIDATES = (10, 20, 40, 64, 100, 128, 160, 200, 300)
 RECALL_GOAL = 0.99
 NOISE_NORM = 1.0
@@ -38,8 +47,11 @@ def _arguments(parser):
                         help="BEIR folder whose test queries are embedded as query vectors.")
     parser.add_argument("--max-queries", type=int, default=200)
     parser.add_argument("--rebuild", action="store_true", help="Drop and rebuild the collection and its index.")
-    parser.add_argument("--halfvec", action="store_true",
-                        help="Also measure an HNSW index over embedding::halfvec (half the size of the vector index).")
+    parser.add_argument("--index", choices=sorted(INDEX_KINDS), default=PRODUCTION_INDEX,
+                        help="What the HNSW index stores: half-precision vectors (production: "
+                             "documents_chunk's index is on embedding::halfvec(384)) or full precision.")
+    parser.add_argument("--compare", choices=sorted(INDEX_KINDS), default=None,
+                        help="Also build an HNSW index of this other kind and report its curve.")
     parser.add_argument("--generator", choices=["data", "isotropic"], default="data",
                         help="How copies are perturbed: along the difference of two other real vectors "
                              "(stays in the space real embeddings occupy), or by isotropic uniform noise.")
@@ -55,7 +67,7 @@ def _scalar(sql, params=()):
         return cursor.fetchone()[0]
 
 
-def _build(chunks: int, generator: str, stdout, *, m: int, ef_construction: int) -> dict:
+def _build(chunks: int, generator: str, stdout) -> dict:
     with connection.cursor() as cursor:
         cursor.execute(f"DROP TABLE IF EXISTS {TABLE}")
         cursor.execute(f"CREATE TABLE {TABLE} (id bigserial PRIMARY KEY, origin bigint, bucket int NOT NULL, "
@@ -94,15 +106,39 @@ def _build(chunks: int, generator: str, stdout, *, m: int, ef_construction: int)
         # bucket = a random 0..99: "bucket = 0" is 1 % of rows, "bucket < 10" is 10 %.
         cursor.execute(f"UPDATE {TABLE} SET bucket = floor(random() * 100)::int")
         generated = time.perf_counter() - started
-        cursor.execute("SET maintenance_work_mem = '1GB'")
+        cursor.execute(f"ANALYZE {TABLE}")
+    return {"real_vectors": real, "generator": generator, "generate_s": round(generated, 1)}
+
+
+def _index_name(kind: str) -> str:
+    return f"{TABLE}_hnsw_{kind}"
+
+
+def _ensure_index(kind: str, *, m: int, ef_construction: int, rebuild: bool, stdout) -> float | None:
+    """Build the ``kind`` HNSW index unless it exists with these parameters; seconds taken, or None."""
+    wanted = f"m={int(m)},ef_construction={int(ef_construction)}"
+    current = _scalar("SELECT (SELECT array_to_string(reloptions, ',') FROM pg_class WHERE relname = %s)",
+                      [_index_name(kind)])
+    if current == wanted and not rebuild:
+        return None
+    spec = INDEX_KINDS[kind]
+    stdout.write(f"building the {kind} HNSW index ({wanted}) ...")
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP INDEX IF EXISTS {_index_name(kind)}")
+        # Enough for a 1M-vector halfvec graph to be built in memory (24 GB machine).
+        cursor.execute("SET maintenance_work_mem = '3GB'")
         started = time.perf_counter()
-        cursor.execute(f"CREATE INDEX {TABLE}_hnsw ON {TABLE} USING hnsw (embedding vector_cosine_ops) "
+        cursor.execute(f"CREATE INDEX {_index_name(kind)} ON {TABLE} USING hnsw "
+                       f"({spec['expression']} {spec['opclass']}) "
                        f"WITH (m = {int(m)}, ef_construction = {int(ef_construction)})")
         built = time.perf_counter() - started
         cursor.execute("RESET maintenance_work_mem")
-        cursor.execute(f"ANALYZE {TABLE}")
-    return {"real_vectors": real, "generator": generator, "generate_s": round(generated, 1),
-            "index_build_s": round(built, 1)}
+    return round(built, 1)
+
+
+def _drop_index(kind: str) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP INDEX IF EXISTS {_index_name(kind)}")
 
 
 def _query_vectors(options, stdout) -> list[str]:
@@ -168,77 +204,86 @@ EXACT_PARALLEL = [("enable_indexscan", "off")]
 FORCE_HNSW = [("enable_seqscan", "off")]
 
 
-def _halfvec_curve(vectors, truth, exact_p50, stdout, sizes, *, m: int, ef_construction: int) -> dict:
-    """The same curve through an HNSW index on embedding::halfvec(384), against full-precision truth."""
-    with connection.cursor() as cursor:
-        cursor.execute("SET maintenance_work_mem = '1GB'")
-        cursor.execute(f"CREATE INDEX {TABLE}_hnsw_half ON {TABLE} USING hnsw "
-                       f"((embedding::halfvec(384)) halfvec_cosine_ops) "
-                       f"WITH (m = {int(m)}, ef_construction = {int(ef_construction)})")
-        cursor.execute("RESET maintenance_work_mem")
-    sizes["halfvec_index_mb"] = round(_scalar(f"SELECT pg_relation_size('{TABLE}_hnsw_half')") / 2**20, 1)
-    query = f"SELECT id FROM {TABLE} ORDER BY embedding::halfvec(384) <=> %s::halfvec(384) LIMIT %s"
-    _measure(query, vectors, None, [("hnsw.ef_search", str(EF_CANDIDATES[-1]))])  # warm-up
+def _curve(kind: str, vectors, truth, exact: dict, exact_parallel: dict) -> dict:
+    """recall@10 and latency at every ef_search through the ``kind`` index, against exact truth."""
+    query = f"SELECT id FROM {TABLE} ORDER BY {INDEX_KINDS[kind]['order_by']} LIMIT %s"
     curve = {}
     for ef in EF_CANDIDATES:
-        m = _measure(query, vectors, truth, [("hnsw.ef_search", str(ef))])
+        m = _measure(query, vectors, truth, [("hnsw.ef_search", str(ef)), ("hnsw.iterative_scan", "off")])
         m.pop("_ids")
-        m["speedup_p50"] = round(exact_p50 / m["p50_ms"], 1) if m["p50_ms"] else None
+        m["speedup_p50"] = round(exact["p50_ms"] / m["p50_ms"], 1) if m["p50_ms"] else None
+        m["speedup_p50_vs_parallel"] = round(exact_parallel["p50_ms"] / m["p50_ms"], 1) if m["p50_ms"] else None
         curve[ef] = m
-    with connection.cursor() as cursor:
-        cursor.execute(f"DROP INDEX {TABLE}_hnsw_half")
-    print_table(stdout,
-                [(ef, m["recall_at_10"], m["p50_ms"], m["p99_ms"], m["speedup_p50"]) for ef, m in curve.items()],
-                ("halfvec ef_search", "recall@10", "p50 ms", "p99 ms", "speedup p50"))
-    return {str(k): {kk: v for kk, v in m.items() if kk != "uses_hnsw"} for k, m in curve.items()}
+    return curve
+
+
+def _curve_rows(curve: dict) -> list[tuple]:
+    return [(ef, m["recall_at_10"], m["p50_ms"], m["p99_ms"], m["speedup_p50"], m["speedup_p50_vs_parallel"])
+            for ef, m in curve.items()]
+
+
+def _index_mb(kind: str) -> float:
+    return round(_scalar("SELECT pg_relation_size(%s::regclass)", [_index_name(kind)]) / 2**20, 1)
+
+
+CURVE_COLUMNS = ("ef_search", "recall@10", "p50 ms", "p99 ms", "speedup p50", "vs parallel exact")
 
 
 @register("search", help="HNSW vs exact scan: recall@10, latency, filtered queries with/without iterative scan",
           arguments=_arguments)
 def bench_search(*, stdout, options):
     chunks = max(1000, options["chunks"])
+    kind, compare = options["index"], options["compare"]
     existing = _scalar("SELECT to_regclass(%s) IS NOT NULL", [TABLE])
-    build = {}
-    if options["rebuild"] or not existing or _scalar(f"SELECT count(*) FROM {TABLE}") < chunks:
-        stdout.write(f"building {TABLE} with {chunks} vectors and its HNSW index "
-                     f"(m={options['m']}, ef_construction={options['ef_construction']}) ...")
-        build = _build(chunks, options["generator"], stdout, m=options["m"], ef_construction=options["ef_construction"])
+    build, rebuild = {}, options["rebuild"]
+    if rebuild or not existing or _scalar(f"SELECT count(*) FROM {TABLE}") != chunks:
+        stdout.write(f"building {TABLE} with {chunks} vectors ...")
+        build = _build(chunks, options["generator"], stdout)
+        rebuild = True
+    with connection.cursor() as cursor:  # an index of an earlier version of this bench
+        cursor.execute(f"DROP INDEX IF EXISTS {TABLE}_hnsw")
+    for each in dict.fromkeys(filter(None, (kind, compare))):
+        seconds = _ensure_index(each, m=options["m"], ef_construction=options["ef_construction"],
+                                rebuild=rebuild, stdout=stdout)
+        if seconds is not None:
+            build[f"{each}_index_build_s"] = seconds
     total = _scalar(f"SELECT count(*) FROM {TABLE}")
     vectors = _query_vectors(options, stdout)
 
-    plain = f"SELECT id FROM {TABLE} ORDER BY embedding <=> %s::vector LIMIT %s"
+    plain = f"SELECT id FROM {TABLE} ORDER BY {INDEX_KINDS[kind]['order_by']} LIMIT %s"
+    exact_sql = f"SELECT id FROM {TABLE} ORDER BY embedding <=> %s::vector LIMIT %s"  # the truth: full precision
     # Warm-up pass (index and table pages into cache), not measured.
     _measure(plain, vectors, None, [("hnsw.ef_search", str(EF_CANDIDATES[-1]))])
-    exact_parallel = _measure(plain, vectors, None, EXACT_PARALLEL)
+    exact_parallel = _measure(exact_sql, vectors, None, EXACT_PARALLEL)
     exact_parallel.pop("_ids")
-    exact = _measure(plain, vectors, None, EXACT)
+    exact = _measure(exact_sql, vectors, None, EXACT)
     truth = exact.pop("_ids")
-    exact_p50 = exact["p50_ms"]
 
-    curve = {}
-    for ef in EF_CANDIDATES:
-        m = _measure(plain, vectors, truth, [("hnsw.ef_search", str(ef)), ("hnsw.iterative_scan", "off")])
-        m.pop("_ids")
-        m["speedup_p50"] = round(exact_p50 / m["p50_ms"], 1) if m["p50_ms"] else None
-        m["speedup_p50_vs_parallel"] = round(exact_parallel["p50_ms"] / m["p50_ms"], 1) if m["p50_ms"] else None
-        curve[ef] = m
+    curve = _curve(kind, vectors, truth, exact, exact_parallel)
     chosen = next((ef for ef in EF_CANDIDATES if curve[ef]["recall_at_10"] >= RECALL_GOAL), EF_CANDIDATES[-1])
-    rows = [(ef, m["recall_at_10"], m["p50_ms"], m["p99_ms"], m["speedup_p50"], m["speedup_p50_vs_parallel"])
-            for ef, m in curve.items()]
+    rows = _curve_rows(curve)
     rows.append(("exact, 1 core", 1.0, exact["p50_ms"], exact["p99_ms"], 1.0, ""))
     rows.append(("exact, parallel", 1.0, exact_parallel["p50_ms"], exact_parallel["p99_ms"], "", 1.0))
-    print_table(stdout, rows, ("ef_search", "recall@10", "p50 ms", "p99 ms", "speedup p50", "vs parallel exact"))
+    stdout.write(f"HNSW index: {kind} ({_index_mb(kind)} MB)")
+    print_table(stdout, rows, CURVE_COLUMNS)
 
-    sizes = {"vector_index_mb": round(_scalar(f"SELECT pg_relation_size('{TABLE}_hnsw')") / 2**20, 1),
+    sizes = {f"{kind}_index_mb": _index_mb(kind),
              "shared_buffers": _scalar("SELECT current_setting('shared_buffers')")}
-    halfvec = _halfvec_curve(vectors, truth, exact_p50, stdout, sizes, m=options["m"],
-                             ef_construction=options["ef_construction"]) if options["halfvec"] else None
+    comparison = None
+    if compare and compare != kind:
+        _measure(f"SELECT id FROM {TABLE} ORDER BY {INDEX_KINDS[compare]['order_by']} LIMIT %s", vectors, None,
+                 [("hnsw.ef_search", str(EF_CANDIDATES[-1]))])  # warm-up
+        comparison = _curve(compare, vectors, truth, exact, exact_parallel)
+        sizes[f"{compare}_index_mb"] = _index_mb(compare)
+        stdout.write(f"for comparison, HNSW index: {compare} ({sizes[f'{compare}_index_mb']} MB)")
+        print_table(stdout, _curve_rows(comparison), CURVE_COLUMNS)
+        _drop_index(compare)  # it would only slow the next writes to the table
 
     filtered = {}
     ef = str(chosen)
     for label, predicate in (("1pct", "bucket = 0"), ("10pct", "bucket < 10")):
-        query = f"SELECT id FROM {TABLE} WHERE {predicate} ORDER BY embedding <=> %s::vector LIMIT %s"
-        f_exact = _measure(query, vectors, None, EXACT)
+        query = f"SELECT id FROM {TABLE} WHERE {predicate} ORDER BY {INDEX_KINDS[kind]['order_by']} LIMIT %s"
+        f_exact = _measure(exact_sql.replace("ORDER BY", f"WHERE {predicate} ORDER BY"), vectors, None, EXACT)
         f_truth = f_exact.pop("_ids")
         entry = {"selectivity": _scalar(f"SELECT round(avg(({predicate})::int)::numeric, 4) FROM {TABLE}"),
                  "exact_p50_ms": f_exact["p50_ms"]}
@@ -262,15 +307,19 @@ def bench_search(*, stdout, options):
         ("filter", "share", "variant", "rows (k=10)", "recall@10", "p50 ms", "hnsw", "exact p50 ms"),
     )
     best = curve[chosen]
-    # The index actually measured (it may predate this run's --m/--ef-construction).
     index_options = _scalar("SELECT (SELECT array_to_string(reloptions, ',') FROM pg_class WHERE relname = %s)",
-                            [f"{TABLE}_hnsw"])
+                            [_index_name(kind)])
     if options["drop"]:
         with connection.cursor() as cursor:
             cursor.execute(f"DROP TABLE IF EXISTS {TABLE}")
-    figures = {
+
+    def without_plan(c: dict) -> dict:
+        return {str(k): {kk: v for kk, v in m.items() if kk != "uses_hnsw"} for k, m in c.items()}
+
+    return {
         "chunks": total,
         "queries": len(vectors),
+        "index": kind,
         "ef_search": chosen,
         "index_options": index_options,
         "recall_at_10": best["recall_at_10"],
@@ -281,10 +330,9 @@ def bench_search(*, stdout, options):
         "exact_parallel_p50_ms": exact_parallel["p50_ms"],
         "speedup_p50_vs_parallel": best["speedup_p50_vs_parallel"],
         "speedup_p50": best["speedup_p50"],
-        "ef_curve": {str(k): {kk: v for kk, v in m.items() if kk != "uses_hnsw"} for k, m in curve.items()},
+        "ef_curve": without_plan(curve),
         "filtered": filtered,
         **sizes,
-        **({"halfvec": halfvec} if halfvec else {}),
+        **({f"{compare}_curve": without_plan(comparison)} if comparison else {}),
         **build,
     }
-    return figures

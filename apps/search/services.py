@@ -32,6 +32,7 @@ from django.utils import timezone
 from prometheus_client import Counter, Histogram
 
 from apps.core.logging import get_logger
+from apps.documents.models import EMBEDDING_DIMENSIONS, HNSW_INDEX_EXPRESSION
 from apps.documents.selectors import visibility_sql
 from apps.search.query import ParsedQuery, clean_text, parse_query
 
@@ -245,9 +246,11 @@ def _keyword_chunks_cte(terms: _KeywordTerms, scope: _Scope) -> tuple[str, list]
 def _semantic_chunks_cte(scope: _Scope, depth: int, *, exclude_document: int | None = None) -> tuple[str, list]:
     """CTE ``sem_chunks(chunk_id, document_id, distance)``: nearest visible chunks via HNSW.
 
-    Callers bind: vector, *returned params, vector, depth. ORDER BY distance + LIMIT is what lets
-    PostgreSQL walk the HNSW index; with a filter, hnsw.iterative_scan keeps walking
-    until ``depth`` rows passed it.
+    Callers bind: vector, *returned params, vector, depth. ORDER BY the index's own
+    expression (``HNSW_INDEX_EXPRESSION``, half precision) + LIMIT is what lets PostgreSQL
+    walk the HNSW index; with a filter, hnsw.iterative_scan keeps walking until ``depth``
+    rows passed it. ``distance`` is then computed at full precision for the candidates
+    found, so ranks and scores are exact (a re-rank of the ``depth`` candidates).
     """
     extra = "AND c.document_id <> %s" if exclude_document is not None else ""
     sql = f"""
@@ -255,7 +258,7 @@ def _semantic_chunks_cte(scope: _Scope, depth: int, *, exclude_document: int | N
         SELECT c.id AS chunk_id, c.document_id, c.embedding <=> %s::vector AS distance, d.tags
         FROM documents_chunk c JOIN search_document d ON d.id = c.document_id
         WHERE c.embedding IS NOT NULL AND {scope.where} {extra}
-        ORDER BY c.embedding <=> %s::vector
+        ORDER BY c.{HNSW_INDEX_EXPRESSION} <=> %s::halfvec({EMBEDDING_DIMENSIONS})
         LIMIT %s
     )"""
     params = [*scope.params, *([exclude_document] if exclude_document is not None else [])]

@@ -22,8 +22,12 @@ def test_bench_search_reports_recall_latency_and_filtered_rows(capsys, tmp_path)
                FROM generate_series(1, 1200) g""", [doc.pk])
         cursor.execute("SELECT count(*) FROM documents_chunk")
         chunks_before = cursor.fetchone()[0]
-    call_command("bench", "search", "--chunks", "3000", "--max-queries", "5", "--queries", str(tmp_path), "--drop")
+    call_command("bench", "search", "--chunks", "3000", "--max-queries", "5", "--queries", str(tmp_path),
+                 "--compare", "vector", "--drop")
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["index"] == "halfvec"  # the production kind by default
+    assert result["halfvec_index_mb"] < result["vector_index_mb"]
+    assert set(result["vector_curve"]) == set(result["ef_curve"])
     assert result["chunks"] == 3000 and result["queries"] == 5
     assert 0 < result["recall_at_10"] <= 1 and result["ef_search"] in (10, 20, 40, 64, 100, 128, 160, 200, 300)
     assert {"hnsw_p50_ms", "hnsw_p99_ms", "exact_p50_ms", "speedup_p50"} <= set(result)

@@ -126,7 +126,7 @@ def test_explain_shows_the_hnsw_index_for_the_semantic_query():
     with connection.cursor() as cursor:
         cursor.execute("EXPLAIN " + sql, params)
         plan = "\n".join(row[0] for row in cursor.fetchall())
-    assert "Index Scan using chunk_embedding_hnsw" in plan, plan
+    assert "Index Scan using chunk_embedding_halfvec_hnsw" in plan, plan
 
 
 def test_embedding_outage_degrades_to_keyword_results_instead_of_failing(client):
