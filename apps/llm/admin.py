@@ -5,7 +5,7 @@ from django.utils import timezone
 from apps.llm.budgets import month_bounds
 from apps.llm.models import ApiKey, UsageRecord, UserBudget
 from apps.llm.selectors import day_chart, usage_totals
-from apps.llm.services import new_key_material
+from apps.llm.services import api_key_revoke, new_key_material
 
 
 @admin.register(UsageRecord)
@@ -41,14 +41,26 @@ class UsageRecordAdmin(admin.ModelAdmin):
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    """Keys for /v1/chat/completions. The key is shown once, right after it is created."""
+    """Keys for /v1/chat/completions. The key is shown once, right after it is created.
+    Unticking "is active", the revoke action and deleting all take effect in every web
+    process from its next request (``apps.llm.keys``)."""
 
-    list_display = ("name", "prefix", "user", "monthly_budget_usd", "spent_this_month", "is_active", "created_at")
+    list_display = ("name", "prefix", "user", "monthly_budget_usd", "spent_this_month", "requests_per_minute",
+                    "is_active", "created_at")
     list_filter = ("is_active",)
     search_fields = ("name", "prefix", "user__username")
     readonly_fields = ("prefix", "created_at")
-    fields = ("name", "user", "monthly_budget_usd", "is_active", "prefix", "created_at")
+    fields = ("name", "user", "monthly_budget_usd", "requests_per_minute", "is_active", "prefix", "created_at")
     list_select_related = ("user",)
+    actions = ("revoke_selected",)
+
+    @admin.action(description="Revoke selected API keys (refused at once)")
+    def revoke_selected(self, request, queryset):
+        revoked = 0
+        for key in queryset.filter(is_active=True):
+            api_key_revoke(api_key=key)
+            revoked += 1
+        self.message_user(request, f"Revoked {revoked} API key(s).", messages.SUCCESS)
 
     def get_queryset(self, request):
         start, _ = month_bounds()

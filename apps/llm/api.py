@@ -11,11 +11,18 @@ OpenAI clients raise as an ``APIError``.
 The response cache is scoped per key owner: the answer depends only on the
 request, but we still never hand one customer's cached answer to another.
 Extension: ``"cache": false`` in the body bypasses the cache.
+
+Every request is admitted by one Redis script (``apps.llm.keys``): a key revoked
+in any process is refused at once, and a key with a requests-per-minute limit
+gets 429 ``rate_limit_exceeded`` with ``Retry-After`` once it is reached. Chat
+completion responses of limited keys carry OpenAI's ``x-ratelimit-limit-requests``,
+``x-ratelimit-remaining-requests`` and ``x-ratelimit-reset-requests`` headers.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 
@@ -27,7 +34,7 @@ from apps.core.exceptions import envelope
 from apps.core.logging import get_logger
 from apps.llm.conf import route_names
 from apps.llm.exceptions import BudgetExceeded, LLMError
-from apps.llm.services import ChatRequest, aapi_key_authenticate, acomplete, stream_chat
+from apps.llm.services import ChatRequest, KeyAdmission, aapi_key_admit, acomplete, stream_chat
 
 logger = get_logger("quire.llm.api")
 PASSTHROUGH_PARAMS = {"temperature": float, "top_p": float, "presence_penalty": float, "frequency_penalty": float,
@@ -49,12 +56,40 @@ def _budget_error(request, error: BudgetExceeded) -> JsonResponse:
     return _error(request, 429, error.code, error.message, error.details(), headers)
 
 
-async def _authenticate(request: HttpRequest):
+async def _admit(request: HttpRequest, *, count: bool) -> KeyAdmission:
     header = request.headers.get("Authorization", "")
     scheme, _, raw = header.partition(" ")
     if scheme.lower() != "bearer" or not raw.strip():
-        return None
-    return await aapi_key_authenticate(raw.strip())
+        return KeyAdmission(None)
+    return await aapi_key_admit(raw.strip(), count=count)
+
+
+def _duration(seconds: float) -> str:
+    """OpenAI's reset format: ``20ms``, ``1.5s``, ``1m0s``."""
+    if seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    if seconds < 60:
+        return f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes)}m{rest:.0f}s"
+
+
+def _with_rate_headers(response: HttpResponse, admission: KeyAdmission) -> HttpResponse:
+    if admission.limit is not None:
+        response["x-ratelimit-limit-requests"] = str(admission.limit)
+        response["x-ratelimit-remaining-requests"] = str(admission.remaining)
+        response["x-ratelimit-reset-requests"] = _duration(admission.reset_after or 0)
+    return response
+
+
+def _rate_limited(request, admission: KeyAdmission) -> JsonResponse:
+    retry_after = max(1, math.ceil(admission.retry_after))
+    response = _error(
+        request, 429, "rate_limit_exceeded",
+        f"This API key's limit of {admission.limit} requests per minute is reached; retry in {retry_after} s.",
+        {"limit": "api_key_requests_per_minute", "limit_requests": admission.limit, "retry_after": retry_after},
+        {"Retry-After": str(retry_after)})
+    return _with_rate_headers(response, admission)
 
 
 def _unauthenticated(request) -> JsonResponse:
@@ -117,9 +152,15 @@ def _usage_json(usage) -> dict:
 async def chat_completions(request: HttpRequest) -> HttpResponse:
     if request.method != "POST":
         return _error(request, 405, "method_not_allowed", f'Method "{request.method}" not allowed.')
-    key = await _authenticate(request)
-    if key is None:
+    admission = await _admit(request, count=True)
+    if admission.key is None:
         return _unauthenticated(request)
+    if admission.limited:
+        return _rate_limited(request, admission)
+    return _with_rate_headers(await _chat_completion(request, admission.key), admission)
+
+
+async def _chat_completion(request: HttpRequest, key) -> HttpResponse:
     try:
         body = request.body
     except RequestDataTooBig:
@@ -200,7 +241,7 @@ async def _sse(events, first, *, completion_id: str, created: int, model: str, i
 async def models(request: HttpRequest) -> HttpResponse:
     if request.method != "GET":
         return _error(request, 405, "method_not_allowed", f'Method "{request.method}" not allowed.')
-    if await _authenticate(request) is None:
+    if (await _admit(request, count=False)).key is None:  # listing models does not use up the rate limit
         return _unauthenticated(request)
     return JsonResponse({"object": "list", "data": [
         {"id": name, "object": "model", "created": 0, "owned_by": "quire"} for name in route_names()]})

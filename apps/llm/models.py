@@ -13,7 +13,11 @@ from django.utils import timezone
 class ApiKey(models.Model):
     """A key for ``/v1/chat/completions``. Staff create it in admin; the key itself is
     shown once and only its SHA-256 is stored (it has 256 bits of entropy, so a
-    fast hash is enough: there is nothing to brute-force)."""
+    fast hash is enough: there is nothing to brute-force).
+
+    Web processes remember keys they have looked up; saving or deleting a key
+    changes a version number in Redis that every request checks, so a revoked
+    key is refused by every process from its next request on (``apps.llm.keys``)."""
 
     name = models.CharField(max_length=100)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="llm_api_keys",
@@ -22,7 +26,12 @@ class ApiKey(models.Model):
     key_hash = models.CharField(max_length=64, unique=True, editable=False)
     monthly_budget_usd = models.DecimalField(max_digits=12, decimal_places=4, null=True, blank=True,
                                              help_text="Empty means no limit for this key.")
-    is_active = models.BooleanField(default=True)
+    requests_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, verbose_name="requests per minute",
+        help_text="Rate limit on /v1/. Empty: the site default (LLM_API_KEY_DEFAULT_RPM, unset means unlimited); "
+                  "0: unlimited for this key.")
+    is_active = models.BooleanField(default=True, help_text="Unticking it revokes the key in every web process at "
+                                                            "once.")
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
     class Meta:
@@ -81,3 +90,7 @@ class UsageRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.route} {self.provider}/{self.model} {self.outcome} ${self.cost_usd}"
+
+
+# Saving or deleting a key (or deactivating its user) bumps the key version in Redis.
+from apps.llm import keys as _keys  # noqa: E402,F401

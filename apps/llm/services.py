@@ -21,8 +21,10 @@ Public API::
     def count_tokens(route, text) -> int
     def count_message_tokens(route, messages) -> int
     def route_config(route) -> RouteConfig   # .context_window, .max_tokens, .max_prompt_tokens
-    def api_key_create(*, name, user, monthly_budget_usd=None) -> tuple[ApiKey, str]
+    def api_key_create(*, name, user, monthly_budget_usd=None, requests_per_minute=None) -> tuple[ApiKey, str]
+    def api_key_revoke(*, api_key) -> ApiKey                # refused by every process from the next request
     def api_key_authenticate(raw_key) -> ApiKey | None   (async: aapi_key_authenticate)
+    async def aapi_key_admit(raw_key, *, count=True) -> KeyAdmission   # + requests-per-minute limit
 
 ``BudgetExceeded`` is raised before any provider is called (by ``stream_chat``
 on the first iteration, by ``acomplete``/``complete`` directly).
@@ -32,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import secrets
 import time
@@ -42,13 +43,12 @@ from dataclasses import dataclass, field, fields
 from decimal import Decimal
 
 from asgiref.sync import async_to_sync, sync_to_async
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 from redis.exceptions import RedisError
 
 from apps.core.logging import get_logger
-from apps.llm import budgets, cache, ledger, runtime, tokens
+from apps.llm import budgets, cache, keys, ledger, runtime, tokens
 from apps.llm.conf import RouteConfig, get_provider
 from apps.llm.conf import route_config as _route_config
 from apps.llm.exceptions import LLMError, LLMUnavailable
@@ -397,12 +397,10 @@ class _CallState:
         self._record_soon(entry, cost)
 
 
-# --- API keys ----------------------------------------------------------------------------
+# --- API keys ---------------------------------------------------------------------------
 KEY_PREFIX = "qk_"
-
-
-def hash_api_key(raw_key: str) -> str:
-    return hashlib.sha256(raw_key.encode()).hexdigest()
+hash_api_key = keys.hash_api_key
+KeyAdmission = keys.Admission
 
 
 def new_key_material() -> tuple[str, str, str]:
@@ -412,42 +410,48 @@ def new_key_material() -> tuple[str, str, str]:
 
 
 @transaction.atomic
-def api_key_create(*, name: str, user, monthly_budget_usd: Decimal | None = None):
-    """Create a key; returns ``(api_key, raw_key)``. The raw key is never stored."""
+def api_key_create(*, name: str, user, monthly_budget_usd: Decimal | None = None,
+                   requests_per_minute: int | None = None):
+    """Create a key; returns ``(api_key, raw_key)``. The raw key is never stored.
+    ``requests_per_minute``: None = the site default (``LLM_API_KEY_DEFAULT_RPM``), 0 = unlimited."""
     from apps.llm.models import ApiKey
 
     raw, prefix, digest = new_key_material()
-    key = ApiKey(name=name, user=user, prefix=prefix, key_hash=digest, monthly_budget_usd=monthly_budget_usd)
+    key = ApiKey(name=name, user=user, prefix=prefix, key_hash=digest, monthly_budget_usd=monthly_budget_usd,
+                 requests_per_minute=requests_per_minute)
     key.full_clean()
     key.save()
     return key, raw
 
 
-_key_cache: dict[str, tuple[object, float]] = {}
+@transaction.atomic
+def api_key_revoke(*, api_key):
+    """Deactivate ``api_key``. Every web process refuses it from its next request on:
+    the save bumps the key version in Redis once the transaction commits (``apps.llm.keys``)."""
+    if api_key.is_active:
+        api_key.is_active = False
+        api_key.save(update_fields=["is_active"])
+    return api_key
 
 
 def api_key_authenticate(raw_key: str):
-    """The active ``ApiKey`` (with its user loaded) for ``raw_key``, or None."""
-    from apps.llm.models import ApiKey
+    """The active ``ApiKey`` (with its user loaded) for ``raw_key``, or None (reads the database)."""
+    return keys.lookup(hash_api_key(raw_key))
 
-    return (ApiKey.objects.select_related("user").filter(key_hash=hash_api_key(raw_key), is_active=True,
-                                                         user__is_active=True).first())
+
+async def aapi_key_admit(raw_key: str, *, count: bool = True) -> KeyAdmission:
+    """Authenticate ``raw_key`` and, if ``count``, count the request against the key's
+    requests-per-minute limit: one Redis round trip. A key revoked in any process is
+    refused at once; ``.key`` is None for unknown or revoked keys, ``.limited`` is True
+    when the limit is reached (``.retry_after`` seconds)."""
+    return await keys.admit(raw_key, count=count)
 
 
 async def aapi_key_authenticate(raw_key: str):
-    """Async lookup, remembered for ``LLM_API_KEY_CACHE_SECONDS`` (so revoking takes that long)."""
-    digest = hash_api_key(raw_key)
-    cached = _key_cache.get(digest)
-    now = time.monotonic()
-    if cached is not None and cached[1] > now:
-        return cached[0]
-    key = await sync_to_async(api_key_authenticate)(raw_key)
-    if len(_key_cache) > 10_000:
-        _key_cache.clear()
-    _key_cache[digest] = (key, now + settings.LLM_API_KEY_CACHE_SECONDS)
-    return key
+    """Async lookup that sees revocations at once; None for unknown or revoked keys. Counts nothing."""
+    return (await keys.admit(raw_key, count=False)).key
 
 
 def forget_cached_keys() -> None:
-    _key_cache.clear()
+    keys.forget()
     budgets.forget_cached_limits()

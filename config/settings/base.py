@@ -234,7 +234,11 @@ LLM_LEDGER_BEAT_SECONDS = env.float("LLM_LEDGER_BEAT_SECONDS", default=10.0)
 CELERY_BEAT_SCHEDULE = {
     "flush-llm-ledger": {"task": "llm.flush_ledger", "schedule": LLM_LEDGER_BEAT_SECONDS},
 }
-LLM_API_KEY_CACHE_SECONDS = 30  # revoking an API key takes effect within this
+# Web processes remember API keys this long; revocation still reaches every process at
+# once (a key version in Redis, checked on each request): the TTL only bounds a Redis outage.
+LLM_API_KEY_CACHE_SECONDS = 30
+# Requests per minute per API key on /v1/ when the key sets none; unset = unlimited.
+LLM_API_KEY_DEFAULT_RPM = env.int("LLM_API_KEY_DEFAULT_RPM", default=None)
 LLM_DEFAULT_USER_MONTHLY_BUDGET_USD = env.str("LLM_DEFAULT_USER_MONTHLY_BUDGET_USD", default="") or None  # USD
 LLM_PRICES = {  # USD per 1M tokens
     "gpt-4o-mini": {"input": Decimal("0.15"), "output": Decimal("0.60")},

@@ -1,5 +1,10 @@
+import subprocess
+import sys
+import time
 from decimal import Decimal
+from types import SimpleNamespace
 
+import httpx
 import pytest
 from django.conf import settings as django_settings
 
@@ -48,6 +53,42 @@ def proxy(settings, fake_upstream, second_upstream):
     }
     settings.LLM_PRICES = PRICES
     return type("Proxy", (), {"primary": fake_upstream, "secondary": second_upstream, "settings": settings})
+
+
+def start_proxy_server(upstream, **env) -> SimpleNamespace:
+    """A real uvicorn serving Quire on the test database, its ``openai`` provider being
+    ``upstream``; ``env`` adds environment variables. Call ``.stop()`` when done."""
+    from tests.conftest import BASE_DIR, child_env, free_port
+
+    port = free_port()
+    environment = child_env(LLM_OPENAI_BASE_URL=upstream.url, LLM_OPENAI_API_KEY="upstream-key",
+                            LLM_OPENAI_MODEL="gpt-4o-mini", LOG_LEVEL="WARNING", **env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port", str(port),
+         "--lifespan", "off", "--log-level", "warning"],
+        cwd=BASE_DIR, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(proc.stdout.read().decode(errors="replace")[-3000:])
+        time.sleep(0.1)
+
+    def stop():
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+    return SimpleNamespace(url=base, upstream=upstream, stop=stop)
 
 
 def question(text: str = "What does aspirin do?") -> list[dict]:

@@ -2,8 +2,6 @@
 against a real uvicorn server (a subprocess on the test database) whose
 provider is the fake upstream."""
 
-import subprocess
-import sys
 import time
 from decimal import Decimal
 
@@ -13,38 +11,15 @@ import pytest
 
 from apps.llm.models import UsageRecord
 from apps.llm.testing import flush_ledger_until
-from tests.conftest import BASE_DIR, child_env, free_port
 from tests.factories.llm import make_api_key
+from tests.llm.conftest import start_proxy_server
 
 
 @pytest.fixture
 def proxy_server(fake_upstream, django_db_blocker):
-    port = free_port()
-    env = child_env(LLM_OPENAI_BASE_URL=fake_upstream.url, LLM_OPENAI_API_KEY="upstream-key",
-                    LLM_OPENAI_MODEL="gpt-4o-mini", LOG_LEVEL="WARNING")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port", str(port),
-         "--lifespan", "off", "--log-level", "warning"],
-        cwd=BASE_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(proc.stdout.read().decode(errors="replace")[-3000:])
-        time.sleep(0.1)
-    yield type("Server", (), {"url": base, "upstream": fake_upstream})
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    server = start_proxy_server(fake_upstream)
+    yield server
+    server.stop()
 
 
 def client_for(server, raw_key: str) -> openai.OpenAI:

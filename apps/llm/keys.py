@@ -1,0 +1,221 @@
+"""Admitting a request on ``/v1/``: is the API key valid *now*, and is it within
+its requests-per-minute limit?
+
+Each web process remembers the keys it has looked up (``LLM_API_KEY_CACHE_SECONDS``),
+so the database is not read on every request. What makes revocation immediate
+is a **key version** in Redis: a random token replaced (after the transaction
+commits) whenever a key is saved or deleted, or a user is saved or deleted.
+A remembered key carries the version that was current *before* it was read
+from the database; every request runs one Lua script that compares it with
+Redis's version and, if the key has a limit, counts the request:
+
+- versions differ -> the script answers ``stale`` (counting nothing) and the
+  key is read again from the database, then admitted against the new version;
+- over the limit -> ``limited``, with the seconds until the next request fits;
+- otherwise ``ok``, with the requests left.
+
+One round trip for both checks, on every request, whatever the key. If Redis is
+unavailable, requests are admitted on the remembered key (the cache's TTL is then
+the bound on revocation) and without a rate limit, as budgets and breakers fail open.
+
+The limit is a GCRA (generic cell rate algorithm, the token bucket expressed as
+one timestamp): ``N`` requests per minute allow a burst of ``N`` and then one
+request every ``60/N`` seconds, with Redis's clock, one key per API key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from dataclasses import dataclass
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import transaction
+from django.db.models.signals import post_delete, post_save
+from prometheus_client import Counter
+from redis.exceptions import RedisError
+
+from apps.core.logging import get_logger
+from apps.llm import runtime
+
+logger = get_logger("quire.llm.keys")
+
+RATE_LIMITED = Counter("quire_llm_rate_limited_total", "Requests on /v1/ refused by an API key's requests-per-minute "
+                       "limit")
+KEY_RELOADS = Counter("quire_llm_api_key_reloads_total", "API key lookups repeated because the key version changed")
+ADMISSION_DEGRADED = Counter("quire_llm_api_key_admission_degraded_total", "Requests admitted without the Redis "
+                             "check (Redis unavailable)")
+
+PERIOD_US = 60_000_000  # the limit is per minute
+_UNKNOWN = "?"  # never equals a version: forces a reload
+_ANY = "*"  # skip the version check (after repeated reloads)
+
+# KEYS: version, rate state. ARGV: version seen (or '*'), limit per period (0 = none), period us.
+# Returns {status, version, remaining (-1 = no limit), retry after ms, reset after ms}.
+_ADMIT = """
+local version = redis.call('GET', KEYS[1]) or ''
+if ARGV[1] ~= '*' and version ~= ARGV[1] then return {'stale', version, -1, 0, 0} end
+local limit = tonumber(ARGV[2])
+if limit <= 0 then return {'ok', version, -1, 0, 0} end
+local period = tonumber(ARGV[3])
+local interval = period / limit
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tat = tonumber(redis.call('GET', KEYS[2]) or '0')
+if tat < now then tat = now end
+local new_tat = tat + interval
+if new_tat - period > now then
+  return {'limited', version, 0, math.ceil((new_tat - period - now) / 1000), math.ceil((tat - now) / 1000)}
+end
+redis.call('SET', KEYS[2], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
+return {'ok', version, math.floor((period - (new_tat - now) + 1) / interval), 0, math.ceil((new_tat - now) / 1000)}
+"""
+
+
+def version_key() -> str:
+    return runtime.key("api_keys", "version")
+
+
+def rate_key(key_id, limit: int | None) -> str:
+    # The limit is part of the name: a changed limit starts from a full allowance at once.
+    return runtime.key("ratelimit", "api_key", key_id, limit or 0)
+
+
+def hash_api_key(raw_key: str) -> str:
+    return hashlib.sha256(raw_key.encode()).hexdigest()
+
+
+# --- the version --------------------------------------------------------------------------
+def bump_version() -> None:
+    """Make every web process read its API keys from the database again."""
+    try:
+        runtime.sync_redis().set(version_key(), uuid.uuid4().hex)
+    except RedisError as exc:
+        # Processes then notice within LLM_API_KEY_CACHE_SECONDS (their cache's TTL).
+        logger.warning("llm.api_key.version_bump_failed", error=str(exc))
+
+
+def bump_version_on_commit() -> None:
+    # After the commit: a process that reloads on the new version must see the new row.
+    transaction.on_commit(bump_version)
+
+
+def _key_saved(sender, instance, created, **kwargs):
+    if not created:  # a new key was never remembered anywhere: nothing to invalidate
+        bump_version_on_commit()
+
+
+def _user_saved(sender, instance, created, update_fields=None, **kwargs):
+    # A key only works while its user is active; logins save last_login alone and change nothing here.
+    if not created and (update_fields is None or "is_active" in update_fields):
+        bump_version_on_commit()
+
+
+def _deleted(sender, instance, **kwargs):
+    bump_version_on_commit()
+
+
+post_save.connect(_key_saved, sender="llm.ApiKey", dispatch_uid="llm-api-key-saved")
+post_delete.connect(_deleted, sender="llm.ApiKey", dispatch_uid="llm-api-key-deleted")
+post_save.connect(_user_saved, sender=settings.AUTH_USER_MODEL, dispatch_uid="llm-api-key-user-saved")
+post_delete.connect(_deleted, sender=settings.AUTH_USER_MODEL, dispatch_uid="llm-api-key-user-deleted")
+
+
+# --- remembered keys ---------------------------------------------------------------------
+@dataclass
+class _Remembered:
+    key: object  # ApiKey or None (no such active key)
+    version: str
+    expires: float
+
+
+_remembered: dict[str, _Remembered] = {}
+
+
+def forget() -> None:
+    _remembered.clear()
+
+
+def lookup(digest: str):
+    """The active ``ApiKey`` (user loaded) whose hash is ``digest``, or None: the database's answer."""
+    from apps.llm.models import ApiKey
+
+    return (ApiKey.objects.select_related("user")
+            .filter(key_hash=digest, is_active=True, user__is_active=True).first())
+
+
+async def _reload(digest: str, version: str) -> _Remembered:
+    KEY_RELOADS.inc()
+    key = await sync_to_async(lookup)(digest)
+    if len(_remembered) > 10_000:
+        _remembered.clear()
+    entry = _remembered[digest] = _Remembered(key, version, time.monotonic() + settings.LLM_API_KEY_CACHE_SECONDS)
+    return entry
+
+
+def requests_per_minute(key) -> int | None:
+    """The key's limit: its own (0 = unlimited), else ``LLM_API_KEY_DEFAULT_RPM``; None = unlimited."""
+    limit = key.requests_per_minute
+    if limit is None:
+        limit = settings.LLM_API_KEY_DEFAULT_RPM
+    return limit or None
+
+
+@dataclass
+class Admission:
+    """The verdict on one request. ``key`` is None for an unknown or revoked key."""
+
+    key: object = None
+    limit: int | None = None  # requests per minute; None = unlimited
+    remaining: int | None = None
+    retry_after: float | None = None  # seconds; set when the request is refused by the limit
+    reset_after: float | None = None  # seconds until the full limit is available again
+
+    @property
+    def limited(self) -> bool:
+        return self.retry_after is not None
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def admit(raw_key: str, *, count: bool = True) -> Admission:
+    """Check ``raw_key`` against the current key version and, if ``count`` and the
+    key has a limit, count this request against it (see the module docstring)."""
+    digest = hash_api_key(raw_key)
+    entry = _remembered.get(digest)
+    if entry is not None and entry.expires <= time.monotonic():
+        entry = None
+    seen = entry.version if entry is not None else _UNKNOWN
+    for attempt in range(4):
+        key = entry.key if entry is not None else None
+        limit = requests_per_minute(key) if key is not None and count else None
+        try:
+            status, version, remaining, retry_ms, reset_ms = await runtime.run_script(
+                _ADMIT, [version_key(), rate_key(key.pk if key is not None else 0, limit)],
+                [seen if attempt < 3 else _ANY, limit or 0, PERIOD_US])
+        except RedisError as exc:
+            logger.warning("llm.api_key.redis_unavailable", error=str(exc))
+            ADMISSION_DEGRADED.inc()
+            if entry is None:
+                entry = await _reload(digest, _UNKNOWN)
+            return Admission(entry.key)
+        status, version = _text(status), _text(version)
+        if status == "stale":
+            # Read the key after reading the version: a change committed in between bumps
+            # the version again, and the next request reloads once more.
+            entry = await _reload(digest, version)
+            seen = version
+            continue
+        if key is None:
+            return Admission(None)
+        if limit is None:
+            return Admission(key)
+        if status == "limited":
+            RATE_LIMITED.inc()
+            return Admission(key, limit, 0, max(retry_ms, 1) / 1000, reset_ms / 1000)
+        return Admission(key, limit, int(remaining), None, reset_ms / 1000)
+    raise AssertionError("unreachable: the last attempt skips the version check")
