@@ -34,7 +34,7 @@ from apps.core.exceptions import envelope
 from apps.core.logging import get_logger
 from apps.llm.conf import route_names
 from apps.llm.exceptions import BudgetExceeded, LLMError
-from apps.llm.services import ChatRequest, KeyAdmission, aapi_key_admit, acomplete, stream_chat
+from apps.llm.services import CacheRead, ChatRequest, KeyAdmission, aapi_key_admit, acomplete, stream_chat
 
 logger = get_logger("quire.llm.api")
 PASSTHROUGH_PARAMS = {"temperature": float, "top_p": float, "presence_penalty": float, "frequency_penalty": float,
@@ -56,12 +56,12 @@ def _budget_error(request, error: BudgetExceeded) -> JsonResponse:
     return _error(request, 429, error.code, error.message, error.details(), headers)
 
 
-async def _admit(request: HttpRequest, *, count: bool) -> KeyAdmission:
+async def _admit(request: HttpRequest, *, count: bool, chat_request_for=None) -> KeyAdmission:
     header = request.headers.get("Authorization", "")
     scheme, _, raw = header.partition(" ")
     if scheme.lower() != "bearer" or not raw.strip():
         return KeyAdmission(None)
-    return await aapi_key_admit(raw.strip(), count=count)
+    return await aapi_key_admit(raw.strip(), count=count, chat_request_for=chat_request_for)
 
 
 def _duration(seconds: float) -> str:
@@ -152,26 +152,36 @@ def _usage_json(usage) -> dict:
 async def chat_completions(request: HttpRequest) -> HttpResponse:
     if request.method != "POST":
         return _error(request, 405, "method_not_allowed", f'Method "{request.method}" not allowed.')
-    admission = await _admit(request, count=True)
+    try:
+        fields, problem = _parse(request.body)  # the body is already in memory: no I/O before the key check
+    except RequestDataTooBig:
+        fields, problem = None, None
+    valid = fields is not None and fields["model"] in route_names()
+
+    def chat_request(key, cache_read=None) -> ChatRequest:
+        return ChatRequest(route=fields["model"], messages=fields["messages"], user=key.user, api_key=key,
+                           scope=f"api-user:{key.user_id}", cache=fields["cache"], params=fields["params"],
+                           cache_read=cache_read)
+
+    # One Redis round trip: key still valid, within its rate limit, and the cached answer.
+    admission = await _admit(request, count=True, chat_request_for=chat_request if valid else None)
     if admission.key is None:
         return _unauthenticated(request)
     if admission.limited:
         return _rate_limited(request, admission)
-    return _with_rate_headers(await _chat_completion(request, admission.key), admission)
+    if not valid:
+        if fields is None and problem is None:
+            response = _error(request, 413, "payload_too_large", "The request body is too large.")
+        elif problem:
+            response = _error(request, 400, "validation_error", problem)
+        else:
+            response = _error(request, 404, "model_not_found", f"No model {fields['model']!r}; see GET /v1/models.")
+        return _with_rate_headers(response, admission)
+    chat = chat_request(admission.key, CacheRead(*admission.got) if admission.got is not None else None)
+    return _with_rate_headers(await _chat_completion(request, fields, chat), admission)
 
 
-async def _chat_completion(request: HttpRequest, key) -> HttpResponse:
-    try:
-        body = request.body
-    except RequestDataTooBig:
-        return _error(request, 413, "payload_too_large", "The request body is too large.")
-    fields, problem = _parse(body)
-    if problem:
-        return _error(request, 400, "validation_error", problem)
-    if fields["model"] not in route_names():
-        return _error(request, 404, "model_not_found", f"No model {fields['model']!r}; see GET /v1/models.")
-    chat = ChatRequest(route=fields["model"], messages=fields["messages"], user=key.user, api_key=key,
-                       scope=f"api-user:{key.user_id}", cache=fields["cache"], params=fields["params"])
+async def _chat_completion(request: HttpRequest, fields: dict, chat: ChatRequest) -> HttpResponse:
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     if not fields["stream"]:

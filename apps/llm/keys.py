@@ -14,7 +14,10 @@ Redis's version and, if the key has a limit, counts the request:
 - over the limit -> ``limited``, with the seconds until the next request fits;
 - otherwise ``ok``, with the requests left.
 
-One round trip for both checks, on every request, whatever the key. If Redis is
+One round trip for both checks, on every request, whatever the key; the caller
+may fold one more read into it (``also_get``: the endpoint reads the response
+cache there, so a default, cacheable request makes no more round trips than
+before keys were checked). If Redis is
 unavailable, requests are admitted on the remembered key (the cache's TTL is then
 the bound on revocation) and without a rate limit, as budgets and breakers fail open.
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from asgiref.sync import sync_to_async
@@ -52,25 +56,32 @@ PERIOD_US = 60_000_000  # the limit is per minute
 _UNKNOWN = "?"  # never equals a version: forces a reload
 _ANY = "*"  # skip the version check (after repeated reloads)
 
-# KEYS: version, rate state. ARGV: version seen (or '*'), limit per period (0 = none), period us.
-# Returns {status, version, remaining (-1 = no limit), retry after ms, reset after ms}.
+# KEYS: version, rate state[, a key to GET when admitted]. ARGV: version seen (or '*'),
+# limit per period (0 = none), period us. Returns {status, version, remaining (-1 = no
+# limit), retry after ms, reset after ms, the GET's value (false if none)}.
 _ADMIT = """
 local version = redis.call('GET', KEYS[1]) or ''
-if ARGV[1] ~= '*' and version ~= ARGV[1] then return {'stale', version, -1, 0, 0} end
+if ARGV[1] ~= '*' and version ~= ARGV[1] then return {'stale', version, -1, 0, 0, false} end
 local limit = tonumber(ARGV[2])
-if limit <= 0 then return {'ok', version, -1, 0, 0} end
-local period = tonumber(ARGV[3])
-local interval = period / limit
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local tat = tonumber(redis.call('GET', KEYS[2]) or '0')
-if tat < now then tat = now end
-local new_tat = tat + interval
-if new_tat - period > now then
-  return {'limited', version, 0, math.ceil((new_tat - period - now) / 1000), math.ceil((tat - now) / 1000)}
+local remaining, reset = -1, 0
+if limit > 0 then
+  local period = tonumber(ARGV[3])
+  local interval = period / limit
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local tat = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if tat < now then tat = now end
+  local new_tat = tat + interval
+  if new_tat - period > now then
+    return {'limited', version, 0, math.ceil((new_tat - period - now) / 1000), math.ceil((tat - now) / 1000), false}
+  end
+  redis.call('SET', KEYS[2], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
+  remaining = math.floor((period - (new_tat - now) + 1) / interval)
+  reset = math.ceil((new_tat - now) / 1000)
 end
-redis.call('SET', KEYS[2], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
-return {'ok', version, math.floor((period - (new_tat - now) + 1) / interval), 0, math.ceil((new_tat - now) / 1000)}
+local value = false
+if KEYS[3] then value = redis.call('GET', KEYS[3]) end
+return {'ok', version, remaining, 0, reset, value}
 """
 
 
@@ -172,6 +183,7 @@ class Admission:
     remaining: int | None = None
     retry_after: float | None = None  # seconds; set when the request is refused by the limit
     reset_after: float | None = None  # seconds until the full limit is available again
+    got: tuple[str, bytes | None] | None = None  # (key, value) of the ``also_get`` read, if it was made
 
     @property
     def limited(self) -> bool:
@@ -182,9 +194,12 @@ def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-async def admit(raw_key: str, *, count: bool = True) -> Admission:
+async def admit(raw_key: str, *, count: bool = True,
+                also_get: Callable[[object], str | None] | None = None) -> Admission:
     """Check ``raw_key`` against the current key version and, if ``count`` and the
-    key has a limit, count this request against it (see the module docstring)."""
+    key has a limit, count this request against it (see the module docstring).
+    ``also_get(key)`` may name a Redis key to read in the same round trip when the
+    request is admitted; its value is returned in ``.got``."""
     digest = hash_api_key(raw_key)
     entry = _remembered.get(digest)
     if entry is not None and entry.expires <= time.monotonic():
@@ -193,10 +208,13 @@ async def admit(raw_key: str, *, count: bool = True) -> Admission:
     for attempt in range(4):
         key = entry.key if entry is not None else None
         limit = requests_per_minute(key) if key is not None and count else None
+        redis_keys = [version_key(), rate_key(key.pk if key is not None else 0, limit)]
+        extra = also_get(key) if also_get is not None and key is not None else None
+        if extra is not None:
+            redis_keys.append(extra)
         try:
-            status, version, remaining, retry_ms, reset_ms = await runtime.run_script(
-                _ADMIT, [version_key(), rate_key(key.pk if key is not None else 0, limit)],
-                [seen if attempt < 3 else _ANY, limit or 0, PERIOD_US])
+            status, version, remaining, retry_ms, reset_ms, value = await runtime.run_script(
+                _ADMIT, redis_keys, [seen if attempt < 3 else _ANY, limit or 0, PERIOD_US])
         except RedisError as exc:
             logger.warning("llm.api_key.redis_unavailable", error=str(exc))
             ADMISSION_DEGRADED.inc()
@@ -212,10 +230,11 @@ async def admit(raw_key: str, *, count: bool = True) -> Admission:
             continue
         if key is None:
             return Admission(None)
-        if limit is None:
-            return Admission(key)
         if status == "limited":
             RATE_LIMITED.inc()
             return Admission(key, limit, 0, max(retry_ms, 1) / 1000, reset_ms / 1000)
-        return Admission(key, limit, int(remaining), None, reset_ms / 1000)
+        got = (extra, value) if extra is not None else None
+        if limit is None:
+            return Admission(key, got=got)
+        return Admission(key, limit, int(remaining), None, reset_ms / 1000, got)
     raise AssertionError("unreachable: the last attempt skips the version check")

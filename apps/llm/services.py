@@ -14,6 +14,7 @@ Public API::
         cache: bool = True                # False: neither read nor write the cache
         passages: list[dict] | None = None  # {n, title, text, url|document_id} for the extractive backend
         params: dict | None = None        # model params over the route's (max_tokens is capped by the route)
+        cache_read: CacheRead | None = None  # the response-cache read, if already made in another Redis call
 
     async def stream_chat(request) -> AsyncIterator[LLMEvent]   # TokenEvent* then DoneEvent | ErrorEvent
     async def acomplete(request) -> ChatResult                  # raises LLMError on failure
@@ -21,6 +22,7 @@ Public API::
     def count_tokens(route, text) -> int
     def count_message_tokens(route, messages) -> int
     def route_config(route) -> RouteConfig   # .context_window, .max_tokens, .max_prompt_tokens
+    def response_cache_key(request) -> str | None   # the Redis key of its cached answer, None if not cacheable
     def api_key_create(*, name, user, monthly_budget_usd=None, requests_per_minute=None) -> tuple[ApiKey, str]
     def api_key_revoke(*, api_key) -> ApiKey                # refused by every process from the next request
     def api_key_authenticate(raw_key) -> ApiKey | None   (async: aapi_key_authenticate)
@@ -34,11 +36,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
 
@@ -52,7 +55,7 @@ from apps.llm import budgets, cache, keys, ledger, runtime, tokens
 from apps.llm.conf import RouteConfig, get_provider
 from apps.llm.conf import route_config as _route_config
 from apps.llm.exceptions import LLMError, LLMUnavailable
-from apps.llm.metrics import COST, LATENCY, REQUESTS, TOKENS, TTFT
+from apps.llm.metrics import CACHE, COST, LATENCY, REQUESTS, TOKENS, TTFT
 from apps.llm.router import Attempt, MidStreamFailure, walk
 
 logger = get_logger("quire.llm")
@@ -77,6 +80,16 @@ class ChatRequest:
     cache: bool = True
     passages: list[dict] | None = None
     params: dict | None = None
+    cache_read: CacheRead | None = None
+
+
+@dataclass
+class CacheRead:
+    """A read of the response cache made in another Redis call (the endpoint folds it
+    into the API key check), so ``stream_chat`` need not make its own round trip."""
+
+    key: str
+    raw: bytes | None
 
 
 @dataclass
@@ -162,6 +175,29 @@ def _effective_params(route: RouteConfig, requested: dict | None) -> dict:
     return params
 
 
+def _cache_key(request: ChatRequest, route: RouteConfig, params: dict) -> str | None:
+    first = route.chain[0]
+    provider = get_provider(first.provider)
+    if not request.cache or not provider.model_backed:
+        return None  # extractive answers are never cached
+    return cache.cache_key(route=route.name, model=first.model or provider.default_model, messages=request.messages,
+                           params=params, scope=request.scope, passages=request.passages)
+
+
+def response_cache_key(request: ChatRequest) -> str | None:
+    """The Redis key under which ``request``'s answer is cached, or None if it is not cacheable."""
+    route = _route_config(request.route)
+    return _cache_key(request, route, _effective_params(route, request.params))
+
+
+async def _cached_answer(request: ChatRequest, key: str, route: str) -> dict | None:
+    read = request.cache_read
+    if read is None or read.key != key:
+        return await cache.get(key, route=route)
+    CACHE.labels(route, "hit" if read.raw is not None else "miss").inc()
+    return json.loads(read.raw) if read.raw is not None else None
+
+
 def _estimate_cost(route: RouteConfig, messages: list[dict], params: dict) -> Decimal:
     link = route.chain[0]
     model = link.model or get_provider(link.provider).default_model
@@ -195,13 +231,9 @@ async def stream_chat(request: ChatRequest, *, _stream: bool = True) -> AsyncIte
     state = _CallState(request=request, route=route, call_id=call_id, started=started, streamed=_stream,
                        reservation=reservation)
     try:
-        key = None
-        first = route.chain[0]
-        if request.cache and get_provider(first.provider).model_backed:
-            model = first.model or get_provider(first.provider).default_model
-            key = cache.cache_key(route=route.name, model=model, messages=request.messages, params=params,
-                                  scope=request.scope, passages=request.passages)
-            hit = await cache.get(key, route=route.name)
+        key = _cache_key(request, route, params)
+        if key is not None:
+            hit = await _cached_answer(request, key, route.name)
             if hit is not None:
                 state.cached(hit)
                 yield TokenEvent(hit["text"])
@@ -439,12 +471,22 @@ def api_key_authenticate(raw_key: str):
     return keys.lookup(hash_api_key(raw_key))
 
 
-async def aapi_key_admit(raw_key: str, *, count: bool = True) -> KeyAdmission:
+async def aapi_key_admit(raw_key: str, *, count: bool = True,
+                         chat_request_for: Callable[[object], ChatRequest | None] | None = None) -> KeyAdmission:
     """Authenticate ``raw_key`` and, if ``count``, count the request against the key's
     requests-per-minute limit: one Redis round trip. A key revoked in any process is
     refused at once; ``.key`` is None for unknown or revoked keys, ``.limited`` is True
-    when the limit is reached (``.retry_after`` seconds)."""
-    return await keys.admit(raw_key, count=count)
+    when the limit is reached (``.retry_after`` seconds).
+
+    ``chat_request_for(key)`` may build the call the key is for: its response-cache
+    read is then made in the same round trip, and ``.got`` holds it (pass it on as
+    ``ChatRequest(cache_read=CacheRead(*admission.got))``)."""
+
+    def cache_key_for(key) -> str | None:
+        chat = chat_request_for(key)
+        return response_cache_key(chat) if chat is not None else None
+
+    return await keys.admit(raw_key, count=count, also_get=cache_key_for if chat_request_for else None)
 
 
 async def aapi_key_authenticate(raw_key: str):

@@ -187,3 +187,15 @@ def test_a_changed_limit_applies_at_once(limited_server, fake_upstream, client):
     assert key.requests_per_minute == 100
     response = chat(limited_server, raw)
     assert response.status_code == 200 and response.headers["x-ratelimit-limit-requests"] == "100"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_cache_read_in_the_key_check_serves_only_the_same_owner(limited_server, fake_upstream):
+    owner = LLMUserFactory()
+    first_raw, second_raw = (api_key_create(name=n, user=owner, requests_per_minute=0)[1] for n in ("a", "b"))
+    stranger_raw = api_key_create(name="c", user=LLMUserFactory(), requests_per_minute=0)[1]
+    answer = chat(limited_server, first_raw).json()["choices"][0]["message"]["content"]
+    again = chat(limited_server, second_raw)  # another key of the same owner: a cache hit
+    assert again.json()["choices"][0]["message"]["content"] == answer and fake_upstream.calls() == 1
+    assert chat(limited_server, stranger_raw).status_code == 200
+    assert fake_upstream.calls() == 2  # another owner's cached answer is never served
