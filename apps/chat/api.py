@@ -87,9 +87,9 @@ class ChatAPIMixin:
             response["Retry-After"] = str(details["retry_after"])
         return response
 
-    def get_conversation(self):
+    def get_conversation(self, *, count_questions: bool = False):
         return selectors.conversation_get(conversation_id=self.kwargs["pk"], user=self.request.user,
-                                          session_key=self.session_key())
+                                          session_key=self.session_key(), count_questions=count_questions)
 
 
 @extend_schema(tags=["chat"])
@@ -164,7 +164,7 @@ class ConversationMessagesAPI(ChatAPIMixin, generics.GenericAPIView):
     )
     def post(self, request, pk: int):
         started = time.perf_counter()
-        conversation = self.get_conversation()
+        conversation = self.get_conversation(count_questions=True)
         data = QuestionSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         prepared = services.answer_prepare(conversation=conversation, user=request.user,

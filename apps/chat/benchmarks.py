@@ -61,6 +61,8 @@ def _arguments(parser):
     parser.add_argument("--ramp", type=float, default=200.0, help="new streams per second while opening (run a)")
     parser.add_argument("--upstream-pool-limit", type=int, default=0,
                         help="override LLM_HTTP_POOL_LIMIT (upstream connections per worker) for this run")
+    parser.add_argument("--only", default="held,throughput,ttft",
+                        help="comma-separated runs to do (held, throughput, ttft); figures of skipped runs are null")
 
 
 def _raise_nofile() -> int:
@@ -189,6 +191,11 @@ def bench_sse(*, stdout, options):
     nofile = _raise_nofile()
     n, hold, interval = options["streams"], options["hold"], options["interval"]
     fast_n, samples = options["throughput_streams"], options["ttft_samples"]
+    runs = {part.strip() for part in options["only"].split(",") if part.strip()}
+    if not runs <= {"held", "throughput", "ttft"}:
+        raise ValueError(f"--only: unknown runs {sorted(runs - {'held', 'throughput', 'ttft'})}")
+    if "held" not in runs:
+        n = 0
     procs = _Processes()
     try:
         upstream_port, app_port = _free_port(), _free_port()
@@ -233,22 +240,26 @@ def bench_sse(*, stdout, options):
         time.sleep(1)
 
         # (c) time to first token, one request at a time.
-        _configure_upstream(upstream, tokens=3, token_delay=0.0)
-        first_tokens = _load({**spec, "mode": "ttft", "samples": samples, "question": spec["question"] + " (ttft)",
-                              "upstream_url": upstream + "/v1",
-                              "urls": urls[n + fast_n:n + fast_n + samples]}, base_env)
-        direct_p50 = percentile(first_tokens["direct_s"], 50) * 1000
-        chat_p50 = percentile(first_tokens["chat_s"], 50) * 1000
-        chat_p99 = percentile(first_tokens["chat_s"], 99) * 1000
+        first_tokens = {"direct_s": [], "chat_s": [], "prepare_ms": [], "proxy_ttft_ms": []}
+        if "ttft" in runs:
+            _configure_upstream(upstream, tokens=3, token_delay=0.0)
+            first_tokens = _load({**spec, "mode": "ttft", "samples": samples,
+                                  "question": spec["question"] + " (ttft)", "upstream_url": upstream + "/v1",
+                                  "urls": urls[n + fast_n:n + fast_n + samples]}, base_env)
 
         # (b) throughput.
-        stdout.write(f"(b) {fast_n} streams, a token every {options['fast_interval'] * 1000:.0f} ms ...")
-        _configure_upstream(upstream, tokens=options["fast_tokens"], token_delay=options["fast_interval"])
-        fast = _load({**spec, "mode": "throughput", "urls": urls[n:n + fast_n], "question": spec["question"] + " (b)"},
-                     base_env)
-        time.sleep(3)  # answers are being saved
+        fast = dict.fromkeys(("streams", "completed", "events_per_s", "events_per_s_all_live", "window_s",
+                              "gap_p50_ms", "gap_p99_ms", "gap_max_ms", "errors"))
+        if "throughput" in runs:
+            stdout.write(f"(b) {fast_n} streams, a token every {options['fast_interval'] * 1000:.0f} ms ...")
+            _configure_upstream(upstream, tokens=options["fast_tokens"], token_delay=options["fast_interval"])
+            fast = _load({**spec, "mode": "throughput", "urls": urls[n:n + fast_n],
+                          "question": spec["question"] + " (b)"}, base_env)
+            time.sleep(3)  # answers are being saved
 
         # (a) held connections.
+        if "held" not in runs:
+            return _figures(n, None, None, None, first_tokens, fast, options, nofile)
         stdout.write(f"(a) opening {n} streams, a token every {interval}s, holding {hold}s ...")
         _configure_upstream(upstream, tokens=int((hold + 300) / interval), token_delay=interval)
         rss_before, threads_before = _rss_kb(app.pid), _threads(app.pid)
@@ -268,31 +279,53 @@ def bench_sse(*, stdout, options):
                       "ramp_per_s": options["ramp"], "open_timeout_s": n / options["ramp"] + 60},
                      base_env, on_line=sample)
         rss_during = statistics.median(samples_rss) if samples_rss else _rss_kb(app.pid)
-        open_streams = held["streams_open"]
-        kb_per_stream = (rss_during - rss_before) / max(1, open_streams)
+        figures = _figures(n, held, rss_before, rss_during, first_tokens, fast, options, nofile,
+                           peak_threads=max(peak_threads))
     finally:
         procs.stop()
         _cleanup()
+    print_table(stdout, [
+        ("held streams", f"{held['streams_held']}/{n}",
+         f"opened in {held['open_s']} s, worst gap {held['worst_gap_s']} s"),
+        ("memory", f"{figures['kb_per_stream']} KB/stream", f"RSS {figures['worker_rss_mb_before']} -> "
+                                                           f"{figures['worker_rss_mb_holding']} MB"),
+        ("ttft added p50", f"{figures['ttft_added_p50_ms']} ms", f"chat {figures['ttft_chat_p50_ms']} ms vs upstream "
+                                                               f"{figures['ttft_direct_p50_ms']} ms"),
+        ("throughput", f"{figures['events_per_s']} events/s", f"gap p99 {figures['gap_p99_ms']} ms, "
+                                                            f"{fast['completed']}/{fast['streams']} completed"),
+    ], ("figure", "value", "detail"))
+    return figures
 
-    figures = {
+
+def _p50(values: list[float], pct: float = 50, scale: float = 1.0) -> float | None:
+    return round(percentile(values, pct) * scale, 2) if values else None
+
+
+def _figures(n: int, held: dict | None, rss_before: int | None, rss_during: float | None, first_tokens: dict,
+             fast: dict, options: dict, nofile: int, *, peak_threads: int | None = None) -> dict:
+    """The JSON figures; those of a run left out with ``--only`` are null."""
+    held = held or {}
+    open_streams = held.get("streams_open")
+    direct_p50, chat_p50 = _p50(first_tokens["direct_s"], scale=1000), _p50(first_tokens["chat_s"], scale=1000)
+    return {
         "streams_requested": n,
-        "streams_held": held["streams_held"],
-        "hold_s": held["hold_s"],
-        "open_s": held["open_s"],
-        "worst_gap_s": held["worst_gap_s"],
-        "held_errors": held["errors"],
-        "not_held": held["not_held"],
+        "streams_held": held.get("streams_held"),
+        "hold_s": held.get("hold_s"),
+        "open_s": held.get("open_s"),
+        "worst_gap_s": held.get("worst_gap_s"),
+        "held_errors": held.get("errors"),
+        "not_held": held.get("not_held"),
         "streams_open_at_sampling": open_streams,
-        "kb_per_stream": round(kb_per_stream, 1),
-        "worker_rss_mb_before": round(rss_before / 1024, 1),
-        "worker_rss_mb_holding": round(rss_during / 1024, 1),
-        "worker_threads_peak": max(peak_threads),
-        "ttft_direct_p50_ms": round(direct_p50, 2),
-        "ttft_chat_p50_ms": round(chat_p50, 2),
-        "ttft_chat_p99_ms": round(chat_p99, 2),
-        "ttft_added_p50_ms": round(chat_p50 - direct_p50, 2),
-        "server_prepare_p50_ms": round(percentile(first_tokens["prepare_ms"], 50), 2),
-        "server_proxy_ttft_p50_ms": round(percentile(first_tokens["proxy_ttft_ms"], 50), 2),
+        "kb_per_stream": round((rss_during - rss_before) / max(1, open_streams), 1) if held else None,
+        "worker_rss_mb_before": round(rss_before / 1024, 1) if held else None,
+        "worker_rss_mb_holding": round(rss_during / 1024, 1) if held else None,
+        "worker_threads_peak": peak_threads,
+        "ttft_direct_p50_ms": direct_p50,
+        "ttft_chat_p50_ms": chat_p50,
+        "ttft_chat_p99_ms": _p50(first_tokens["chat_s"], 99, scale=1000),
+        "ttft_added_p50_ms": round(chat_p50 - direct_p50, 2) if chat_p50 is not None else None,
+        "server_prepare_p50_ms": _p50(first_tokens["prepare_ms"]),
+        "server_proxy_ttft_p50_ms": _p50(first_tokens["proxy_ttft_ms"]),
         "throughput_streams": fast["streams"],
         "throughput_completed": fast["completed"],
         "events_per_s": fast["events_per_s"],
@@ -306,14 +339,3 @@ def bench_sse(*, stdout, options):
         "nofile_limit": nofile,
         "load_average_1m": round(os.getloadavg()[0], 2),
     }
-    print_table(stdout, [
-        ("held streams", f"{held['streams_held']}/{n}",
-         f"opened in {held['open_s']} s, worst gap {held['worst_gap_s']} s"),
-        ("memory", f"{figures['kb_per_stream']} KB/stream", f"RSS {figures['worker_rss_mb_before']} -> "
-                                                           f"{figures['worker_rss_mb_holding']} MB"),
-        ("ttft added p50", f"{figures['ttft_added_p50_ms']} ms", f"chat {figures['ttft_chat_p50_ms']} ms vs upstream "
-                                                               f"{figures['ttft_direct_p50_ms']} ms"),
-        ("throughput", f"{figures['events_per_s']} events/s", f"gap p99 {figures['gap_p99_ms']} ms, "
-                                                            f"{fast['completed']}/{fast['streams']} completed"),
-    ], ("figure", "value", "detail"))
-    return figures

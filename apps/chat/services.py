@@ -1,19 +1,21 @@
-"""Writes of the chat app and the synchronous half of answering a question.
+"""Writes of the chat app and the synchronous parts of answering a question.
 
-Answering happens in two halves. :func:`answer_prepare` (synchronous, one
-transaction) checks the limits, retrieves passages under the asking user's
-visibility, builds the prompt and saves the question plus an assistant message
-in state ``partial``; :mod:`apps.chat.streaming` then streams the answer and
-:func:`answer_finish` records how it ended.
+Answering happens in three steps. :func:`answer_prepare` (synchronous, reads
+only) checks the limits, retrieves passages under the asking user's visibility
+and builds the prompt; :mod:`apps.chat.streaming` then starts the model call
+and, while the model thinks, :func:`answer_start` saves the question plus an
+assistant message in state ``partial`` (one transaction); :func:`answer_finish`
+records how the answer ended.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from apps.chat import limits, selectors
@@ -27,21 +29,25 @@ logger = get_logger("quire.chat")
 TITLE_CHARS = 80
 
 
-@dataclass
+@dataclass(eq=False)
 class PreparedAnswer:
+    """A question ready to be answered: its prompt and who asks, before anything is saved."""
+
     conversation_id: int
-    question_id: int
-    message_id: int
     question: str
     prompt: Prompt
     route: str
     user: object  # the asking user (AnonymousUser for anonymous readers)
     scope: str  # the cache permission scope of ``user``
-    prepare_ms: float | None = None  # request received -> ready to call the model (limits, retrieval, rows)
+    title: str = ""  # the conversation's title, set by answer_start if it has none yet
+    question_id: int | None = None  # set by answer_start
+    message_id: int | None = None  # set by answer_start
+    prepare_ms: float | None = None  # request received -> ready to call the model (limits, retrieval, prompt)
+    sources: list[dict] = field(default_factory=list)  # what the reader may see of each passage (no text)
 
-    @property
-    def sources(self) -> list[dict]:
-        return [p.source() for p in self.prompt.passages]
+    def __post_init__(self):
+        if not self.sources:
+            self.sources = [p.source() for p in self.prompt.passages]
 
 
 def conversation_create(*, user, session_key: str | None, title: str = "") -> Conversation:
@@ -87,35 +93,80 @@ def _passages(*, question: str, user) -> list[PromptPassage]:
     ]
 
 
+# Retrieval (query embedding over HTTP or the local model, then one SQL statement)
+# runs on a thread of its own with its own pooled connection, while the asking
+# thread reads the conversation: the two waits overlap instead of adding up.
+_retrieval_threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="chat-retrieval")
+
+
+def _passages_released(*, question: str, user) -> list[PromptPassage]:
+    try:
+        return _passages(question=question, user=user)
+    finally:
+        if not connection.in_atomic_block:
+            connection.close()  # back to the pool: this thread may not run again for a while
+
+
+def _start_retrieval(*, question: str, user) -> Future:
+    future: Future = Future()
+    if connection.in_atomic_block:
+        # Inside a transaction (e.g. ATOMIC_REQUESTS, tests) another connection
+        # would not see its rows: retrieve on this one, in order.
+        try:
+            future.set_result(_passages(question=question, user=user))
+        except Exception as exc:
+            future.set_exception(exc)
+        return future
+    return _retrieval_threads.submit(_passages_released, question=question, user=user)
+
+
 def answer_prepare(*, conversation: Conversation, user, session_key: str | None, question: str) -> PreparedAnswer:
-    """Check limits, retrieve, build the prompt and save the question.
+    """Check limits, retrieve and build the prompt; nothing is written.
 
     Raises the :mod:`apps.chat.limits` errors (shown in the envelope) before
-    anything is saved or any model is called.
+    any passage is retrieved or any model is called. ``conversation`` may carry
+    ``questions_asked`` (see :func:`apps.chat.selectors.conversation_get`) to save
+    a count query.
     """
     question = limits.check_question(question)
-    limits.check_conversation_size(selectors.questions_asked(conversation=conversation))
+    asked = getattr(conversation, "questions_asked", None)
+    limits.check_conversation_size(asked if asked is not None else selectors.questions_asked(conversation=conversation))
     limits.take_rate_slot(user=user, session_key=session_key or "")
-    history = selectors.recent_history(conversation=conversation, limit=settings.CHAT_HISTORY_MESSAGES)
     # Retrieval runs as the asking user: visibility is decided inside the search SQL.
-    passages = _passages(question=question, user=user)
+    retrieval = _start_retrieval(question=question, user=user)
+    history = selectors.recent_history(conversation=conversation, limit=settings.CHAT_HISTORY_MESSAGES)
+    passages = retrieval.result()
     route = settings.CHAT_ROUTE
     prompt = build_prompt(question=question, passages=passages, history=history, route=route)
-    with transaction.atomic():
-        asked = Message.objects.create(conversation=conversation, role=Message.Role.USER, content=question)
-        answer = Message.objects.create(
-            conversation=conversation, role=Message.Role.ASSISTANT, status=Message.Status.PARTIAL, route=route,
-            sources=[p.source() for p in prompt.passages],
-        )
-        updates = {"updated_at": timezone.now()}
-        if not conversation.title:
-            updates["title"] = question if len(question) <= TITLE_CHARS else question[: TITLE_CHARS - 1] + "…"
-        Conversation.objects.filter(pk=conversation.pk).update(**updates)
-    logger.info("chat.question", conversation_id=conversation.pk, message_id=answer.pk,
-                passages=len(prompt.passages), dropped_passages=prompt.dropped_passages,
-                dropped_turns=prompt.dropped_turns, prompt_tokens=prompt.prompt_tokens)
-    return PreparedAnswer(conversation_id=conversation.pk, question_id=asked.pk, message_id=answer.pk,
-                          question=question, prompt=prompt, route=route, user=user, scope=visibility_scope(user))
+    title = ""
+    if not conversation.title:
+        title = question if len(question) <= TITLE_CHARS else question[: TITLE_CHARS - 1] + "…"
+    logger.info("chat.question", conversation_id=conversation.pk, passages=len(prompt.passages),
+                dropped_passages=prompt.dropped_passages, dropped_turns=prompt.dropped_turns,
+                prompt_tokens=prompt.prompt_tokens)
+    return PreparedAnswer(conversation_id=conversation.pk, question=question, prompt=prompt, route=route, user=user,
+                          scope=visibility_scope(user), title=title)
+
+
+@transaction.atomic
+def answer_start(*, prepared: PreparedAnswer) -> PreparedAnswer:
+    """Save the question and its assistant message (``partial`` until :func:`answer_finish`).
+
+    Called while the model is already being asked (see apps.chat.streaming), so
+    these writes overlap the model's time to first token. Sets ``question_id``
+    and ``message_id`` on ``prepared``.
+    """
+    asked, answer = Message.objects.bulk_create([
+        Message(conversation_id=prepared.conversation_id, role=Message.Role.USER, content=prepared.question),
+        Message(conversation_id=prepared.conversation_id, role=Message.Role.ASSISTANT,
+                status=Message.Status.PARTIAL, route=prepared.route, sources=prepared.sources),
+    ])
+    updates = {"updated_at": timezone.now()}
+    if prepared.title:
+        updates["title"] = prepared.title
+    Conversation.objects.filter(pk=prepared.conversation_id).update(**updates)
+    prepared.question_id, prepared.message_id = asked.pk, answer.pk
+    return prepared
 
 
 def answer_finish(*, message_id: int, content: str, status: str, citations: list[dict], error: str = "",

@@ -37,7 +37,7 @@ from prometheus_client import Counter, Histogram
 
 from apps.chat.citations import resolve_citations
 from apps.chat.models import Message
-from apps.chat.services import PreparedAnswer, answer_finish
+from apps.chat.services import PreparedAnswer, answer_finish, answer_start
 from apps.core.logging import get_logger
 from apps.llm.conf import get_provider
 from apps.llm.exceptions import LLMError
@@ -80,6 +80,13 @@ def _finish(**fields) -> None:
         release_db_connection()
 
 
+def _start(prepared: PreparedAnswer) -> None:
+    try:
+        answer_start(prepared=prepared)
+    finally:
+        release_db_connection()
+
+
 def sse(event: str, data: dict) -> bytes:
     """One server-sent event; JSON never contains a raw newline, so one data line suffices."""
     EVENTS.labels(event).inc()
@@ -105,11 +112,11 @@ async def answer_events(prepared: PreparedAnswer, *, started: float | None = Non
     loop = asyncio.get_running_loop()
     deadline = loop.time() + settings.CHAT_MAX_STREAM_SECONDS
     heartbeat = settings.CHAT_HEARTBEAT_SECONDS
-    message_id = prepared.message_id
     sources = prepared.sources
     pieces: list[str] = []
     outcome = {"status": Message.Status.PARTIAL, "error": "", "citations": []}
     done_event = None
+    failed_event = None  # an ErrorEvent: what a failed or cut answer cost, per the ledger
     first_token_at = None
 
     request = ChatRequest(
@@ -117,10 +124,23 @@ async def answer_events(prepared: PreparedAnswer, *, started: float | None = Non
         user=prepared.user if getattr(prepared.user, "is_authenticated", False) else None,
         scope=prepared.scope, passages=[p.for_backend() for p in prepared.prompt.passages],
     )
+    prepared.prompt = None  # what the call needs is in ``request``; the rest need not live as long as the stream
     queue: asyncio.Queue = asyncio.Queue()
     events = stream_chat(request)
+    del request
+    # The model is asked first; the question and answer rows are written while it thinks
+    # (the ``meta`` event, which carries the answer's id, waits for them).
     pump = asyncio.ensure_future(_pump(events, queue))
+    rows = asyncio.ensure_future(sync_to_async(_start)(prepared))
     try:
+        try:
+            await asyncio.shield(rows)
+        except Exception:
+            logger.exception("chat.start_failed", conversation_id=prepared.conversation_id)
+            yield sse("error", {"code": "chat_error", "message": "The question could not be saved.",
+                                "message_id": None})
+            return
+        message_id = prepared.message_id
         yield sse("meta", {"message_id": message_id, "conversation_id": prepared.conversation_id,
                            "sources": sources})
         while True:
@@ -160,6 +180,7 @@ async def answer_events(prepared: PreparedAnswer, *, started: float | None = Non
                 yield sse("citations", {"citations": outcome["citations"]})
                 yield sse("done", _done_payload(prepared, event, first_token_at, started))
             elif kind == "error":
+                failed_event = event
                 code = getattr(event, "code", "llm_error")
                 message = getattr(event, "message", "") or "The answer failed."
                 outcome["error"] = f"{code}: {message}"
@@ -174,17 +195,22 @@ async def answer_events(prepared: PreparedAnswer, *, started: float | None = Non
                 await asyncio.wait_for(asyncio.shield(pump), timeout=1.0)
         with contextlib.suppress(Exception):
             await events.aclose()
-        text = "".join(pieces)
-        status = outcome["status"]
-        if status != Message.Status.COMPLETE:
-            status = Message.Status.PARTIAL if text else Message.Status.ERROR
-            if not outcome["error"]:
-                outcome["error"] = "The reader disconnected before the answer was complete."
-            outcome["citations"] = resolve_citations(text, sources)
-        STREAMS.labels(status).inc()
-        await _save(prepared, done_event, text=text, status=status, error=outcome["error"],
-                    citations=outcome["citations"], first_token_at=first_token_at, started=started)
-
+        if not rows.done():  # the reader left before the rows were written: they are, then updated
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.shield(rows)
+        if prepared.message_id is None:  # nothing was saved, so there is nothing to finish
+            STREAMS.labels(Message.Status.ERROR).inc()
+        else:
+            text = "".join(pieces)
+            status = outcome["status"]
+            if status != Message.Status.COMPLETE:
+                status = Message.Status.PARTIAL if text else Message.Status.ERROR
+                if not outcome["error"]:
+                    outcome["error"] = "The reader disconnected before the answer was complete."
+                outcome["citations"] = resolve_citations(text, sources)
+            STREAMS.labels(status).inc()
+            await _save(prepared, done_event or failed_event, text=text, status=status, error=outcome["error"],
+                        citations=outcome["citations"], first_token_at=first_token_at, started=started)
 
 def _usage(event) -> tuple[int, int]:
     usage = getattr(event, "usage", None)
@@ -214,16 +240,18 @@ def _done_payload(prepared: PreparedAnswer, event, first_token_at: float | None,
     }
 
 
-async def _save(prepared: PreparedAnswer, done_event, *, text: str, status: str, error: str,
+async def _save(prepared: PreparedAnswer, final_event, *, text: str, status: str, error: str,
                 citations: list[dict], first_token_at: float | None, started: float) -> None:
-    prompt_tokens, completion_tokens = _usage(done_event) if done_event is not None else (0, 0)
+    """``final_event``: the DoneEvent, or the ErrorEvent of a failed / interrupted call (its usage and
+    cost are what the ledger charged), or None (the reader left first)."""
+    prompt_tokens, completion_tokens = _usage(final_event) if final_event is not None else (0, 0)
     fields = {
         "message_id": prepared.message_id, "content": text, "status": status, "citations": citations,
         "error": error if status != Message.Status.COMPLETE else "",
-        "provider": getattr(done_event, "provider", "") or "", "model": getattr(done_event, "model", "") or "",
+        "provider": getattr(final_event, "provider", "") or "", "model": getattr(final_event, "model", "") or "",
         "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-        "cost": getattr(done_event, "cost", None), "cached": bool(getattr(done_event, "cached", False)),
-        "usage_record_id": getattr(done_event, "usage_record_id", None),
+        "cost": getattr(final_event, "cost", None), "cached": bool(getattr(final_event, "cached", False)),
+        "usage_record_id": getattr(final_event, "usage_record_id", None),
         "ttft_ms": round((first_token_at - started) * 1000, 2) if first_token_at else None,
         "latency_ms": round((time.perf_counter() - started) * 1000, 2),
     }

@@ -112,7 +112,8 @@ def _prepare(request, pk: int):
             return refused
         user = request.user
         session_key = session_key_for(request, create=False)
-        conversation = selectors.conversation_get(conversation_id=pk, user=user, session_key=session_key)
+        conversation = selectors.conversation_get(conversation_id=pk, user=user, session_key=session_key,
+                                                  count_questions=True)
         return services.answer_prepare(conversation=conversation, user=user, session_key=session_key,
                                        question=_question_from(request))
     finally:

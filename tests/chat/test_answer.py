@@ -67,6 +67,23 @@ def test_mid_stream_drop_ends_with_error_event_and_partial_message(llm, reader, 
     assert answer.status == Message.Status.PARTIAL
     assert answer.content == said
     assert "interrupted" in answer.error
+    # What was said is paid for, and the message points at the ledger row that says so.
+    assert answer.usage_record_id and answer.cost > 0 and answer.completion_tokens > 0
+
+
+def test_a_request_the_model_refuses_still_saves_the_question_and_a_failed_answer(llm, reader, tides):
+    # The rows are written while the model is being asked: a refusal arriving first must not lose them.
+    llm.configure(fail="400")
+    conversation = ConversationFactory(owner=reader)
+    _, events = ask(f"/chat/{conversation.pk}/messages", "What causes tides?", user=reader)
+
+    assert [kind for kind, _ in events] == ["meta", "error"]
+    answer = Message.objects.get(pk=first(events, "meta")["message_id"])
+    assert answer.status == Message.Status.ERROR and answer.content == ""
+    assert answer.error and answer.usage_record_id
+    assert answer.sources == first(events, "meta")["sources"] and answer.sources[0]["document_id"] == tides.pk
+    assert list(conversation.messages.values_list("role", "content")) == [
+        (Message.Role.USER, "What causes tides?"), (Message.Role.ASSISTANT, "")]
 
 
 def test_citations_to_passages_not_retrieved_are_dropped(llm, reader, tides):
