@@ -35,7 +35,7 @@ INDEX_KINDS = {
     "vector": {"expression": "embedding", "opclass": "vector_cosine_ops", "order_by": "embedding <=> %s::vector"},
 }
 PRODUCTION_INDEX = "halfvec"  # matches documents_chunk's chunk_embedding_halfvec_hnsw
-EF_CANDIDATES = (10, 20, 40, 64, 100, 128, 160, 200, 300)
+EF_CANDIDATES = (10, 20, 40, 64, 100, 128, 160, 200, 300, 400, 600, 800, 1000)
 RECALL_GOAL = 0.99
 NOISE_NORM = 1.0
 K = 10
