@@ -71,12 +71,28 @@ def _pg_pid() -> int | None:
         return None
 
 
-# initdb's defaults (128 MB shared_buffers) are sized for a laptop from 2005: a
-# 100k-chunk HNSW index alone is ~195 MB, and a graph walk that misses shared
-# buffers pays a copy from the OS cache per page (bench search).
+def _shared_buffers_mb() -> int:
+    """A quarter of RAM, in powers of two from 512 MB to 4 GB (PostgreSQL prints them back unchanged)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            total_kb = int(next(line for line in meminfo if line.startswith("MemTotal:")).split()[1])
+    except (OSError, StopIteration, ValueError, IndexError):
+        return 512
+    quarter_mb = total_kb // 1024 // 4
+    return next((mb for mb in (4096, 2048, 1024) if quarter_mb >= mb), 512)
+
+
+def _size(mb: int) -> str:
+    return f"{mb // 1024}GB" if mb >= 1024 else f"{mb}MB"
+
+
+# initdb's defaults (128 MB shared_buffers) are sized for a laptop from 2005. The
+# HNSW index should sit in shared buffers: a graph walk that misses them copies each
+# page from the OS cache, and at 1M chunks (1.1-1.3 GB of halfvec index) that was
+# 2/3 of a query's time with 512MB (bench search, docs/benchmarks.md).
 PG_TUNING = {
-    "shared_buffers": "512MB",
-    "effective_cache_size": "4GB",
+    "shared_buffers": _size(_shared_buffers_mb()),
+    "effective_cache_size": _size(2 * _shared_buffers_mb()),
     "maintenance_work_mem": "512MB",  # HNSW builds in memory
     "max_connections": "200",
 }
