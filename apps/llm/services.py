@@ -86,7 +86,8 @@ class ChatRequest:
 @dataclass
 class CacheRead:
     """A read of the response cache made in another Redis call (the endpoint folds it
-    into the API key check), so ``stream_chat`` need not make its own round trip."""
+    into the API key check), so ``stream_chat`` need not make its own round trip.
+    ``key`` must be ``response_cache_key(request)`` of the request it is passed with."""
 
     key: str
     raw: bytes | None
@@ -192,7 +193,7 @@ def response_cache_key(request: ChatRequest) -> str | None:
 
 async def _cached_answer(request: ChatRequest, key: str, route: str) -> dict | None:
     read = request.cache_read
-    if read is None or read.key != key:
+    if read is None:
         return await cache.get(key, route=route)
     CACHE.labels(route, "hit" if read.raw is not None else "miss").inc()
     return json.loads(read.raw) if read.raw is not None else None
@@ -231,7 +232,8 @@ async def stream_chat(request: ChatRequest, *, _stream: bool = True) -> AsyncIte
     state = _CallState(request=request, route=route, call_id=call_id, started=started, streamed=_stream,
                        reservation=reservation)
     try:
-        key = _cache_key(request, route, params)
+        # A read already made (see CacheRead) was of this very request's key: don't hash it again.
+        key = request.cache_read.key if request.cache_read is not None else _cache_key(request, route, params)
         if key is not None:
             hit = await _cached_answer(request, key, route.name)
             if hit is not None:

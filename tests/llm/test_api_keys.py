@@ -199,3 +199,31 @@ def test_the_cache_read_in_the_key_check_serves_only_the_same_owner(limited_serv
     assert again.json()["choices"][0]["message"]["content"] == answer and fake_upstream.calls() == 1
     assert chat(limited_server, stranger_raw).status_code == 200
     assert fake_upstream.calls() == 2  # another owner's cached answer is never served
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_limit_allows_a_burst_of_its_size_then_refuses():
+    _, raw = api_key_create(name="seven", user=LLMUserFactory(), requests_per_minute=7)
+
+    async def admit_many():
+        return [await aapi_key_admit(raw) for _ in range(9)]
+
+    admissions = run(admit_many)
+    assert [a.remaining for a in admissions[:7]] == [6, 5, 4, 3, 2, 1, 0]
+    assert [a.limited for a in admissions] == [False] * 7 + [True, True]
+    assert 8 <= admissions[7].retry_after <= 60 / 7 + 0.01  # the next slot frees up after 60/7 s
+
+
+@pytest.mark.django_db(transaction=True)
+def test_without_redis_keys_are_still_checked_against_the_database(redis_server, settings):
+    settings.REDIS_URL = redis_server.url
+    redis_server.stop()
+    key, raw = api_key_create(name="limited", user=LLMUserFactory(), requests_per_minute=1)
+
+    async def admit_many(raw_key):
+        return [await aapi_key_admit(raw_key) for _ in range(3)]
+
+    # Fail open on the limit (as budgets and breakers do), never on the key itself.
+    assert all(a.key == key and not a.limited for a in run(admit_many, raw))
+    api_key_revoke(api_key=key)
+    assert all(a.key is None for a in run(admit_many, raw))  # no remembered key here (cache TTL 0 in tests)
