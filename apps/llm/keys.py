@@ -17,13 +17,16 @@ Redis's version and, if the key has a limit, counts the request:
 One round trip for both checks, on every request, whatever the key; the caller
 may fold one more read into it (``also_get``: the endpoint reads the response
 cache there, so a default, cacheable request makes no more round trips than
-before keys were checked). If Redis is
-unavailable, requests are admitted on the remembered key (the cache's TTL is then
-the bound on revocation) and without a rate limit, as budgets and breakers fail open.
+before keys were checked). If Redis is unavailable, requests are admitted on the
+remembered key (the cache's TTL is then the bound on revocation; an expired entry
+is read from the database) and without a rate limit, as budgets and breakers fail open.
 
 The limit is a GCRA (generic cell rate algorithm, the token bucket expressed as
 one timestamp): ``N`` requests per minute allow a burst of ``N`` and then one
-request every ``60/N`` seconds, with Redis's clock, one key per API key.
+request every ``60/N`` seconds, on Redis's clock, one Redis key per API key and limit.
+
+Changes that bypass model signals (``QuerySet.update()``) do not bump the version;
+use ``services.api_key_revoke`` or save the instance.
 """
 
 from __future__ import annotations
