@@ -36,4 +36,4 @@ def test_the_index_is_hnsw_with_cosine_ops_and_stated_parameters():
     assert [name for name, _ in indexes] == ["chunk_embedding_halfvec_hnsw"]  # the old full-precision one is gone
     definition = indexes[0][1]
     assert "USING hnsw (((embedding)::halfvec(384)) halfvec_cosine_ops)" in definition
-    assert "m='16'" in definition and "ef_construction='64'" in definition
+    assert "m='32'" in definition and "ef_construction='128'" in definition

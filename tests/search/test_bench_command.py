@@ -32,7 +32,7 @@ def test_bench_search_reports_recall_latency_and_filtered_rows(capsys, tmp_path)
     assert result["chunks"] == 3000 and result["queries"] == 5
     assert 0 < result["recall_at_10"] <= 1 and result["ef_search"] in EF_CANDIDATES
     assert {"hnsw_p50_ms", "hnsw_p99_ms", "exact_p50_ms", "speedup_p50"} <= set(result)
-    assert result["index_options"] == "m=16,ef_construction=64"  # the index measured, read back from PostgreSQL
+    assert result["index_options"] == "m=32,ef_construction=128"  # the index measured, read back from PostgreSQL
     for selectivity in ("1pct", "10pct"):
         entry = result["filtered"][selectivity]
         assert entry["iterative_relaxed_order"]["rows_mean"] >= entry["iterative_off"]["rows_mean"]
