@@ -46,8 +46,30 @@ async def get(key: str, *, route: str) -> dict | None:
     except RedisError as exc:
         logger.warning("llm.cache.redis_unavailable", error=str(exc))
         raw = None
-    CACHE.labels(route, "hit" if raw is not None else "miss").inc()
-    return json.loads(raw) if raw is not None else None
+    return decode(raw, key=key, route=route)
+
+
+def decode(raw: bytes | str | None, *, key: str, route: str) -> dict | None:
+    """A stored answer from its raw Redis value, counted as hit or miss.
+
+    An entry that is not what :func:`put` stores (another writer, a format from an
+    older release, a corrupted value) is a miss, logged, never an error: the caller
+    then asks the model and overwrites it.
+    """
+    value = None
+    if raw is not None:
+        try:
+            value = json.loads(raw)
+            prompt, completion, estimated = value["usage"]
+            if not (isinstance(value["text"], str) and isinstance(value["provider"], str)
+                    and isinstance(value["model"], str) and isinstance(prompt, int)
+                    and isinstance(completion, int) and isinstance(estimated, bool)):
+                raise TypeError("unexpected field types")
+        except (ValueError, TypeError, KeyError) as exc:
+            logger.warning("llm.cache.malformed_entry", key=key, error=f"{type(exc).__name__}: {exc}")
+            value = None
+    CACHE.labels(route, "hit" if value is not None else "miss").inc()
+    return value
 
 
 async def put(key: str, value: dict, *, ttl: int) -> None:

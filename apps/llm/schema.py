@@ -66,6 +66,19 @@ MODELS = {"type": "object", "properties": {
 }}
 
 
+def _header(description: str, kind: str = "integer") -> dict:
+    return {"description": description, "schema": {"type": kind}}
+
+
+# Sent with every response for a key that has a requests-per-minute limit (as OpenAI does).
+RATE_LIMIT_HEADERS = {
+    "Retry-After": _header("Seconds to wait before the next request (429 only)."),
+    "x-ratelimit-limit-requests": _header("The key's requests per minute."),
+    "x-ratelimit-remaining-requests": _header("Requests left in the current window."),
+    "x-ratelimit-reset-requests": _header("When the full allowance is back, e.g. 1.5s.", "string"),
+}
+
+
 def _error(description: str) -> dict:
     return {"description": description,
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/OpenAIErrorEnvelope"}}}}
@@ -93,11 +106,14 @@ def add_openai_compatible_paths(result, generator, request, public):
         "responses": {
             "200": {"description": "The completion, or a text/event-stream of chat.completion.chunk objects.",
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/OpenAIChatCompletion"}},
-                                "text/event-stream": {"schema": {"type": "string"}}}},
+                                "text/event-stream": {"schema": {"type": "string"}}},
+                    "headers": {k: v for k, v in RATE_LIMIT_HEADERS.items() if k != "Retry-After"}},
             "400": _error("Invalid request body."),
             "401": _error("Missing or invalid API key."),
             "404": _error("Unknown model (route)."),
-            "429": _error("Monthly budget exhausted (code budget_exceeded)."),
+            "429": {**_error("Monthly budget exhausted (code budget_exceeded), or the API key's requests per "
+                             "minute used up (code rate_limit_exceeded; retry after Retry-After seconds)."),
+                    "headers": RATE_LIMIT_HEADERS},
             "502": _error("No provider could answer."),
             "503": _error("No provider could answer."),
             "504": _error("No provider answered in time."),

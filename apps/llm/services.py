@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import secrets
 import time
@@ -55,7 +54,7 @@ from apps.llm import budgets, cache, keys, ledger, runtime, tokens
 from apps.llm.conf import RouteConfig, get_provider
 from apps.llm.conf import route_config as _route_config
 from apps.llm.exceptions import LLMError, LLMUnavailable
-from apps.llm.metrics import CACHE, COST, LATENCY, REQUESTS, TOKENS, TTFT
+from apps.llm.metrics import COST, LATENCY, REQUESTS, TOKENS, TTFT
 from apps.llm.router import Attempt, MidStreamFailure, walk
 
 logger = get_logger("quire.llm")
@@ -195,8 +194,7 @@ async def _cached_answer(request: ChatRequest, key: str, route: str) -> dict | N
     read = request.cache_read
     if read is None:
         return await cache.get(key, route=route)
-    CACHE.labels(route, "hit" if read.raw is not None else "miss").inc()
-    return json.loads(read.raw) if read.raw is not None else None
+    return cache.decode(read.raw, key=key, route=route)
 
 
 def _estimate_cost(route: RouteConfig, messages: list[dict], params: dict) -> Decimal:

@@ -66,3 +66,22 @@ def test_partial_answers_are_never_cached(proxy):
     assert run(collect, ChatRequest(route="chat", messages=question()))[-1].type == "error"
     done = run(collect, ChatRequest(route="chat", messages=question()))[-1]
     assert done.type == "done" and done.cached is False and proxy.primary.calls() == 2
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("stored", [b"not json", b'{"text": "hi"}', b'{"text": 1, "provider": "p", "model": "m", '
+                                    b'"usage": [1, 2, false]}', b"[1, 2, 3]"])
+def test_a_malformed_cache_entry_is_a_miss_and_gets_overwritten(proxy, stored):
+    import redis
+    from django.conf import settings
+
+    from apps.llm.services import response_cache_key
+
+    request = ChatRequest(route="chat", messages=question(), scope="user:1")
+    redis.Redis.from_url(settings.REDIS_URL).set(response_cache_key(request), stored, ex=60)
+    misses = cache_count("miss")
+    answered = run(collect, request)
+    assert answered[-1].type == "done" and answered[-1].cached is False and proxy.primary.calls() == 1
+    assert cache_count("miss") - misses == 1
+    again = run(collect, ChatRequest(route="chat", messages=question(), scope="user:1"))
+    assert again[-1].cached is True and text_of(again) == text_of(answered)  # the bad entry was replaced
