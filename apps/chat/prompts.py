@@ -96,16 +96,16 @@ def history_turn(role: str, content: str) -> dict:
     return {"role": role, "content": content}
 
 
-# Token counts of formatted passages, by (route, chunk id, length, hash of the text): the same
-# chunks answer many questions, and counting a 1.5 KB passage costs ~0.3 ms of tokenizer.
-# Keys hold no text, so the cache stays small (a few hundred KB when full).
-_PASSAGE_COSTS: dict[tuple[str, int, int, int], int] = {}
+# Token counts of formatted passages, by a hash of (route, chunk id, text): the same chunks
+# answer many questions, and counting a 1.5 KB passage costs ~0.3 ms of tokenizer. Keys are
+# single ints (no text, no tuple), so the cache stays small (well under 1 MB when full).
+_PASSAGE_COSTS: dict[int, int] = {}
 PASSAGE_COSTS_KEPT = 8192
 
 
 def _passage_cost(route: str, passage: PromptPassage) -> int:
     formatted = format_passage(passage)
-    key = (route, passage.chunk_id, len(formatted), hash(formatted))
+    key = hash((route, passage.chunk_id, len(formatted), hash(formatted)))
     cost = _PASSAGE_COSTS.get(key)
     if cost is None:
         cost = count_tokens(route, formatted) + 1  # +1: the newline joining it to the next one

@@ -1,11 +1,11 @@
-"""Writes of the chat app and the synchronous parts of answering a question.
+"""Writes of the chat app and the synchronous half of answering a question.
 
-Answering happens in three steps. :func:`answer_prepare` (synchronous, reads
-only) checks the limits, retrieves passages under the asking user's visibility
-and builds the prompt; :mod:`apps.chat.streaming` then starts the model call
-and, while the model thinks, :func:`answer_start` saves the question plus an
-assistant message in state ``partial`` (one transaction); :func:`answer_finish`
-records how the answer ended.
+Answering happens in two halves. :func:`answer_prepare` (synchronous) checks
+the limits, saves the question plus an assistant message in state ``partial``
+and builds the prompt from passages retrieved under the asking user's
+visibility — the retrieval on a thread of its own, so the rows are written
+while it runs; :mod:`apps.chat.streaming` then streams the answer and
+:func:`answer_finish` records how it ended (with the passages shown).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.http import Http404
 from django.utils import timezone
 
 from apps.chat import limits, selectors
@@ -31,23 +32,16 @@ TITLE_CHARS = 80
 
 @dataclass(eq=False)
 class PreparedAnswer:
-    """A question ready to be answered: its prompt and who asks, before anything is saved."""
-
     conversation_id: int
+    question_id: int
+    message_id: int
     question: str
-    prompt: Prompt
+    prompt: Prompt | None  # dropped by the stream once the model call holds what it needs
     route: str
     user: object  # the asking user (AnonymousUser for anonymous readers)
     scope: str  # the cache permission scope of ``user``
-    title: str = ""  # the conversation's title, set by answer_start if it has none yet
-    question_id: int | None = None  # set by answer_start
-    message_id: int | None = None  # set by answer_start
-    prepare_ms: float | None = None  # request received -> ready to call the model (limits, retrieval, prompt)
     sources: list[dict] = field(default_factory=list)  # what the reader may see of each passage (no text)
-
-    def __post_init__(self):
-        if not self.sources:
-            self.sources = [p.source() for p in self.prompt.passages]
+    prepare_ms: float | None = None  # request received -> ready to call the model (limits, retrieval, rows)
 
 
 def conversation_create(*, user, session_key: str | None, title: str = "") -> Conversation:
@@ -120,62 +114,74 @@ def _start_retrieval(*, question: str, user) -> Future:
     return _retrieval_threads.submit(_passages_released, question=question, user=user)
 
 
-def answer_prepare(*, conversation: Conversation, user, session_key: str | None, question: str) -> PreparedAnswer:
-    """Check limits, retrieve and build the prompt; nothing is written.
-
-    Raises the :mod:`apps.chat.limits` errors (shown in the envelope) before
-    any passage is retrieved or any model is called. ``conversation`` may carry
-    ``questions_asked`` (see :func:`apps.chat.selectors.conversation_get`) to save
-    a count query.
-    """
-    question = limits.check_question(question)
+def _check_size(conversation: Conversation) -> None:
     asked = getattr(conversation, "questions_asked", None)
     limits.check_conversation_size(asked if asked is not None else selectors.questions_asked(conversation=conversation))
+
+
+def answer_prepare(*, conversation: Conversation | int, user, session_key: str | None,
+                   question: str) -> PreparedAnswer:
+    """Check limits, save the question, retrieve and build the prompt.
+
+    Raises the :mod:`apps.chat.limits` errors (shown in the envelope) before
+    anything is saved or any model is called. ``conversation`` is the caller's
+    conversation, or its id: then it is looked up (``Http404`` if it is not the
+    caller's) while the passages are already being retrieved, after the
+    per-minute limit counted the question. If retrieval fails after the rows
+    were saved, the answer is recorded as an error and the exception propagates.
+    """
+    question = limits.check_question(question)
+    if isinstance(conversation, Conversation):
+        _check_size(conversation)
+    elif not (session_key or getattr(user, "is_authenticated", False)):
+        raise Http404("No such conversation.")  # nobody to own it: not worth a retrieval
     limits.take_rate_slot(user=user, session_key=session_key or "")
     # Retrieval runs as the asking user: visibility is decided inside the search SQL.
     retrieval = _start_retrieval(question=question, user=user)
+    if not isinstance(conversation, Conversation):
+        conversation = selectors.conversation_get(conversation_id=conversation, user=user, session_key=session_key,
+                                                  count_questions=True)
+        _check_size(conversation)
     history = selectors.recent_history(conversation=conversation, limit=settings.CHAT_HISTORY_MESSAGES)
-    passages = retrieval.result()
     route = settings.CHAT_ROUTE
-    prompt = build_prompt(question=question, passages=passages, history=history, route=route)
-    title = ""
-    if not conversation.title:
-        title = question if len(question) <= TITLE_CHARS else question[: TITLE_CHARS - 1] + "…"
-    logger.info("chat.question", conversation_id=conversation.pk, passages=len(prompt.passages),
-                dropped_passages=prompt.dropped_passages, dropped_turns=prompt.dropped_turns,
-                prompt_tokens=prompt.prompt_tokens)
-    return PreparedAnswer(conversation_id=conversation.pk, question=question, prompt=prompt, route=route, user=user,
-                          scope=visibility_scope(user), title=title)
+    question_id, message_id = _save_question(conversation=conversation, question=question, route=route)
+    try:
+        passages = retrieval.result()
+        prompt = build_prompt(question=question, passages=passages, history=history, route=route)
+    except Exception as exc:
+        answer_finish(message_id=message_id, content="", status=Message.Status.ERROR, citations=[],
+                      error=f"retrieval failed: {type(exc).__name__}")
+        raise
+    logger.info("chat.question", conversation_id=conversation.pk, message_id=message_id,
+                passages=len(prompt.passages), dropped_passages=prompt.dropped_passages,
+                dropped_turns=prompt.dropped_turns, prompt_tokens=prompt.prompt_tokens)
+    return PreparedAnswer(conversation_id=conversation.pk, question_id=question_id, message_id=message_id,
+                          question=question, prompt=prompt, route=route, user=user, scope=visibility_scope(user),
+                          sources=[p.source() for p in prompt.passages])
 
 
 @transaction.atomic
-def answer_start(*, prepared: PreparedAnswer) -> PreparedAnswer:
-    """Save the question and its assistant message (``partial`` until :func:`answer_finish`).
-
-    Called while the model is already being asked (see apps.chat.streaming), so
-    these writes overlap the model's time to first token. Sets ``question_id``
-    and ``message_id`` on ``prepared``.
-    """
+def _save_question(*, conversation: Conversation, question: str, route: str) -> tuple[int, int]:
+    """The question and its assistant message (``partial`` until :func:`answer_finish`), one INSERT."""
     asked, answer = Message.objects.bulk_create([
-        Message(conversation_id=prepared.conversation_id, role=Message.Role.USER, content=prepared.question),
-        Message(conversation_id=prepared.conversation_id, role=Message.Role.ASSISTANT,
-                status=Message.Status.PARTIAL, route=prepared.route, sources=prepared.sources),
+        Message(conversation=conversation, role=Message.Role.USER, content=question),
+        Message(conversation=conversation, role=Message.Role.ASSISTANT, status=Message.Status.PARTIAL, route=route),
     ])
     updates = {"updated_at": timezone.now()}
-    if prepared.title:
-        updates["title"] = prepared.title
-    Conversation.objects.filter(pk=prepared.conversation_id).update(**updates)
-    prepared.question_id, prepared.message_id = asked.pk, answer.pk
-    return prepared
+    if not conversation.title:
+        updates["title"] = question if len(question) <= TITLE_CHARS else question[: TITLE_CHARS - 1] + "…"
+    Conversation.objects.filter(pk=conversation.pk).update(**updates)
+    return asked.pk, answer.pk
 
 
 def answer_finish(*, message_id: int, content: str, status: str, citations: list[dict], error: str = "",
                   provider: str = "", model: str = "", prompt_tokens: int = 0, completion_tokens: int = 0,
                   cost: Decimal | None = None, ttft_ms: float | None = None, latency_ms: float | None = None,
-                  cached: bool = False, usage_record_id: str = "") -> None:
-    """Record the end of a streamed answer (complete, partial or error)."""
+                  cached: bool = False, usage_record_id: str = "", sources: list[dict] | None = None) -> None:
+    """Record the end of a streamed answer (complete, partial or error) and the passages it was shown."""
+    extra = {"sources": sources} if sources is not None else {}
     Message.objects.filter(pk=message_id).update(
-        content=content, status=status, citations=citations, error=error[:2000], provider=provider[:64],
+        **extra, content=content, status=status, citations=citations, error=error[:2000], provider=provider[:64],
         model=model[:200], prompt_tokens=max(0, int(prompt_tokens or 0)),
         completion_tokens=max(0, int(completion_tokens or 0)), cost=cost if cost is not None else Decimal("0"),
         ttft_ms=ttft_ms, latency_ms=latency_ms, cached=cached, usage_record_id=str(usage_record_id or "")[:64],

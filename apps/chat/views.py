@@ -112,12 +112,19 @@ def _prepare(request, pk: int):
             return refused
         user = request.user
         session_key = session_key_for(request, create=False)
-        conversation = selectors.conversation_get(conversation_id=pk, user=user, session_key=session_key,
-                                                  count_questions=True)
-        return services.answer_prepare(conversation=conversation, user=user, session_key=session_key,
+        # The conversation is looked up while its passages are retrieved (Http404 if it is not the caller's).
+        return services.answer_prepare(conversation=pk, user=user, session_key=session_key,
                                        question=_question_from(request))
     finally:
         release_db_connection()
+
+
+def _forget_request_state(request) -> None:
+    """Let go of what the stream no longer needs from the request (the handler keeps the
+    request itself until the stream ends): the session and its decoded data, the user
+    (``prepared`` has it), the resolved URL."""
+    for name in ("session", "user", "_cached_user", "resolver_match"):
+        request.__dict__.pop(name, None)
 
 
 @require_POST
@@ -132,6 +139,7 @@ async def message_stream(request, pk: int):
         prepared = await sync_to_async(_prepare)(request, pk)
         if isinstance(prepared, HttpResponseBase):  # CSRF refusal
             return prepared
+        _forget_request_state(request)
     except Http404:
         return JsonResponse(envelope("not_found", "No such conversation.", request=request), status=404)
     except APIException as exc:

@@ -15,6 +15,9 @@ Public API::
         passages: list[dict] | None = None  # {n, title, text, url|document_id} for the extractive backend
         params: dict | None = None        # model params over the route's (max_tokens is capped by the route)
         cache_read: CacheRead | None = None  # the response-cache read, if already made in another Redis call
+        prompt_tokens: int | None = None  # the caller's count of ``messages`` (an upper bound will do):
+                                          # used instead of recounting them, so a caller may let go of
+                                          # their text once the first token arrived
 
     async def stream_chat(request) -> AsyncIterator[LLMEvent]   # TokenEvent* then DoneEvent | ErrorEvent
     async def acomplete(request) -> ChatResult                  # raises LLMError on failure
@@ -80,6 +83,13 @@ class ChatRequest:
     passages: list[dict] | None = None
     params: dict | None = None
     cache_read: CacheRead | None = None
+    prompt_tokens: int | None = None
+
+
+def _prompt_tokens(request: ChatRequest) -> int:
+    if request.prompt_tokens is not None:
+        return request.prompt_tokens
+    return tokens.count_message_tokens(request.messages)
 
 
 @dataclass
@@ -197,10 +207,10 @@ async def _cached_answer(request: ChatRequest, key: str, route: str) -> dict | N
     return cache.decode(read.raw, key=key, route=route)
 
 
-def _estimate_cost(route: RouteConfig, messages: list[dict], params: dict) -> Decimal:
+def _estimate_cost(route: RouteConfig, request: ChatRequest, params: dict) -> Decimal:
     link = route.chain[0]
     model = link.model or get_provider(link.provider).default_model
-    return ledger.call_cost(model, tokens.count_message_tokens(messages), params["max_tokens"])
+    return ledger.call_cost(model, _prompt_tokens(request), params["max_tokens"])
 
 
 async def stream_chat(request: ChatRequest, *, _stream: bool = True) -> AsyncIterator[LLMEvent]:
@@ -224,7 +234,7 @@ async def stream_chat(request: ChatRequest, *, _stream: bool = True) -> AsyncIte
         holders = await budgets.holders_for(user=request.user, api_key=request.api_key)
         if holders:  # only then is the prompt tokenised for the worst-case estimate
             reservation = await budgets.reserve(
-                holders=holders, call_id=call_id, estimate=_estimate_cost(route, request.messages, params),
+                holders=holders, call_id=call_id, estimate=_estimate_cost(route, request, params),
                 ttl_s=route.timeouts.total + 60,
             )
     state = _CallState(request=request, route=route, call_id=call_id, started=started, streamed=_stream,
@@ -335,7 +345,7 @@ class _CallState:
         reported = self.attempt.usage
         if reported is not None and (reported.prompt_tokens or reported.completion_tokens):
             return UsageInfo(reported.prompt_tokens, reported.completion_tokens, False)
-        return UsageInfo(tokens.count_message_tokens(self.request.messages),
+        return UsageInfo(_prompt_tokens(self.request),
                          tokens.count_text_tokens("".join(self.parts)), True)
 
     def _entry(self, outcome: str, error: str = "") -> tuple[dict, UsageInfo, Decimal, float, float | None]:

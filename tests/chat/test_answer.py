@@ -86,6 +86,20 @@ def test_a_request_the_model_refuses_still_saves_the_question_and_a_failed_answe
         (Message.Role.USER, "What causes tides?"), (Message.Role.ASSISTANT, "")]
 
 
+def test_a_provider_that_reports_no_usage_is_charged_for_the_prompt_it_was_sent(llm, reader, tides):
+    # The stream lets go of the prompt's text after the first token; the count it was built with remains.
+    llm.configure(text="The Moon pulls the oceans [1].", usage=False)
+    conversation = ConversationFactory(owner=reader)
+    _, events = ask(f"/chat/{conversation.pk}/messages", "What causes tides?", user=reader)
+
+    done = first(events, "done")
+    sent = llm.requests[-1]["body"]["messages"]
+    assert "Tides are caused by the gravity" in sent[0]["content"]  # the whole prompt reached the model
+    answer = Message.objects.get(pk=done["message_id"])
+    assert answer.prompt_tokens == done["usage"]["prompt_tokens"] > 100  # system rules + one passage + question
+    assert answer.completion_tokens > 0 and answer.cost > 0
+
+
 def test_citations_to_passages_not_retrieved_are_dropped(llm, reader, tides):
     llm.configure(text="Gravity [1] and also [7], see [1, 9][2].")
     conversation = ConversationFactory(owner=reader)
