@@ -50,10 +50,6 @@ def message_list(*, conversation: Conversation) -> QuerySet[Message]:
     return conversation.messages.order_by("created_at", "id")
 
 
-def questions_asked(*, conversation: Conversation) -> int:
-    return conversation.messages.filter(role=Message.Role.USER).count()
-
-
 def recent_history(*, conversation: Conversation, limit: int) -> list[dict]:
     """The last ``limit`` turns with content, oldest first, as prompt messages.
 

@@ -114,9 +114,6 @@ def _start_retrieval(*, question: str, user) -> Future:
     return _retrieval_threads.submit(_passages_released, question=question, user=user)
 
 
-def _check_size(conversation: Conversation) -> None:
-    asked = getattr(conversation, "questions_asked", None)
-    limits.check_conversation_size(asked if asked is not None else selectors.questions_asked(conversation=conversation))
 
 
 def answer_prepare(*, conversation: Conversation | int, user, session_key: str | None,
@@ -125,14 +122,15 @@ def answer_prepare(*, conversation: Conversation | int, user, session_key: str |
 
     Raises the :mod:`apps.chat.limits` errors (shown in the envelope) before
     anything is saved or any model is called. ``conversation`` is the caller's
-    conversation, or its id: then it is looked up (``Http404`` if it is not the
+    conversation as read by ``selectors.conversation_get(..., count_questions=True)``,
+    or its id: then it is looked up (``Http404`` if it is not the
     caller's) while the passages are already being retrieved, after the
     per-minute limit counted the question. If retrieval fails after the rows
     were saved, the answer is recorded as an error and the exception propagates.
     """
     question = limits.check_question(question)
     if isinstance(conversation, Conversation):
-        _check_size(conversation)
+        limits.check_conversation_size(conversation.questions_asked)
     elif not (session_key or getattr(user, "is_authenticated", False)):
         raise Http404("No such conversation.")  # nobody to own it: not worth a retrieval
     limits.take_rate_slot(user=user, session_key=session_key or "")
@@ -141,7 +139,7 @@ def answer_prepare(*, conversation: Conversation | int, user, session_key: str |
     if not isinstance(conversation, Conversation):
         conversation = selectors.conversation_get(conversation_id=conversation, user=user, session_key=session_key,
                                                   count_questions=True)
-        _check_size(conversation)
+        limits.check_conversation_size(conversation.questions_asked)
     history = selectors.recent_history(conversation=conversation, limit=settings.CHAT_HISTORY_MESSAGES)
     route = settings.CHAT_ROUTE
     question_id, message_id = _save_question(conversation=conversation, question=question, route=route)
