@@ -28,7 +28,6 @@ Public API::
     def response_cache_key(request) -> str | None   # the Redis key of its cached answer, None if not cacheable
     def api_key_create(*, name, user, monthly_budget_usd=None, requests_per_minute=None) -> tuple[ApiKey, str]
     def api_key_revoke(*, api_key) -> ApiKey                # refused by every process from the next request
-    def api_key_authenticate(raw_key) -> ApiKey | None   (async: aapi_key_authenticate)
     async def aapi_key_admit(raw_key, *, count=True) -> KeyAdmission   # + requests-per-minute limit
 
 ``BudgetExceeded`` is raised before any provider is called (by ``stream_chat``
@@ -476,11 +475,6 @@ def api_key_revoke(*, api_key):
     return api_key
 
 
-def api_key_authenticate(raw_key: str):
-    """The active ``ApiKey`` (with its user loaded) for ``raw_key``, or None (reads the database)."""
-    return keys.lookup(hash_api_key(raw_key))
-
-
 async def aapi_key_admit(raw_key: str, *, count: bool = True,
                          chat_request_for: Callable[[object], ChatRequest | None] | None = None) -> KeyAdmission:
     """Authenticate ``raw_key`` and, if ``count``, count the request against the key's
@@ -497,11 +491,6 @@ async def aapi_key_admit(raw_key: str, *, count: bool = True,
         return response_cache_key(chat) if chat is not None else None
 
     return await keys.admit(raw_key, count=count, also_get=cache_key_for if chat_request_for else None)
-
-
-async def aapi_key_authenticate(raw_key: str):
-    """Async lookup that sees revocations at once; None for unknown or revoked keys. Counts nothing."""
-    return (await keys.admit(raw_key, count=False)).key
 
 
 def forget_cached_keys() -> None:
