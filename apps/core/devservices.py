@@ -90,9 +90,10 @@ def _size(mb: int) -> str:
 # HNSW index should sit in shared buffers: a graph walk that misses them copies each
 # page from the OS cache, and at 1M chunks (1.1-1.3 GB of halfvec index) that was
 # 2/3 of a query's time with 512MB (bench search, docs/benchmarks.md).
+_SHARED_BUFFERS_MB = _shared_buffers_mb()
 PG_TUNING = {
-    "shared_buffers": _size(_shared_buffers_mb()),
-    "effective_cache_size": _size(2 * _shared_buffers_mb()),
+    "shared_buffers": _size(_SHARED_BUFFERS_MB),
+    "effective_cache_size": _size(2 * _SHARED_BUFFERS_MB),
     "maintenance_work_mem": "512MB",  # HNSW builds in memory
     "max_connections": "200",
 }

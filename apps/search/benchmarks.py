@@ -240,8 +240,6 @@ def bench_search(*, stdout, options):
         stdout.write(f"building {TABLE} with {chunks} vectors ...")
         build = _build(chunks, options["generator"], stdout)
         rebuild = True
-    with connection.cursor() as cursor:  # an index of an earlier version of this bench
-        cursor.execute(f"DROP INDEX IF EXISTS {TABLE}_hnsw")
     for each in dict.fromkeys(filter(None, (kind, compare))):
         seconds = _ensure_index(each, m=options["m"], ef_construction=options["ef_construction"],
                                 rebuild=rebuild, stdout=stdout)
