@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from apps.llm.services import count_message_tokens, count_tokens, route_config
+from apps.llm.services import count_message_tokens, count_tokens_batch, route_config
 
 SYSTEM_INSTRUCTION = (
     "You are Quire's reading assistant. Answer the user's question using only the numbered passages "
@@ -103,16 +103,19 @@ _PASSAGE_COSTS: dict[int, int] = {}
 PASSAGE_COSTS_KEPT = 8192
 
 
-def _passage_cost(route: str, passage: PromptPassage) -> int:
-    formatted = format_passage(passage)
-    key = hash((route, passage.chunk_id, len(formatted), hash(formatted)))
-    cost = _PASSAGE_COSTS.get(key)
-    if cost is None:
-        cost = count_tokens(route, formatted) + 1  # +1: the newline joining it to the next one
-        if len(_PASSAGE_COSTS) >= PASSAGE_COSTS_KEPT:
+def _passage_costs(route: str, passages: list[PromptPassage]) -> list[int]:
+    """Each passage's tokens as formatted, +1 for the newline joining it to the next one;
+    the ones not seen before are counted in one tokenizer call."""
+    formatted = [format_passage(p) for p in passages]
+    keys = [hash((route, p.chunk_id, len(text), hash(text))) for p, text in zip(passages, formatted, strict=True)]
+    missing = [i for i, key in enumerate(keys) if key not in _PASSAGE_COSTS]
+    if missing:
+        counts = count_tokens_batch(route, [formatted[i] for i in missing])
+        if len(_PASSAGE_COSTS) + len(missing) > PASSAGE_COSTS_KEPT:
             _PASSAGE_COSTS.clear()  # rare; simpler than LRU bookkeeping on every question
-        _PASSAGE_COSTS[key] = cost
-    return cost
+        for i, count in zip(missing, counts, strict=True):
+            _PASSAGE_COSTS[keys[i]] = count + 1
+    return [_PASSAGE_COSTS[key] for key in keys]
 
 
 @lru_cache(maxsize=16)
@@ -141,7 +144,7 @@ def build_prompt(*, question: str, passages: list[PromptPassage], history: list[
         return count_message_tokens(route, [message]) - empty
 
     fixed = system_cost + message_cost({"role": "user", "content": question})
-    passage_costs = [_passage_cost(route, p) for p in passages]
+    passage_costs = _passage_costs(route, passages)
     turn_costs = [message_cost(t) for t in history]
 
     kept_passages = len(passages)

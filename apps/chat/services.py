@@ -18,13 +18,14 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.http import Http404
 from django.utils import timezone
+from rest_framework.exceptions import APIException
 
 from apps.chat import limits, selectors
 from apps.chat.models import Conversation, Message
 from apps.chat.prompts import Prompt, PromptPassage, build_prompt
 from apps.core.logging import get_logger
 from apps.documents.selectors import visibility_scope
-from apps.search.services import retrieve_passages
+from apps.search.services import embed_query_soon, retrieve_passages
 
 logger = get_logger("quire.chat")
 TITLE_CHARS = 80
@@ -77,9 +78,9 @@ def conversation_delete(*, conversation: Conversation) -> None:
     conversation.delete()
 
 
-def _passages(*, question: str, user) -> list[PromptPassage]:
+def _passages(*, question: str, user, query_vector: Future | None = None) -> list[PromptPassage]:
     found = retrieve_passages(query=question, user=user, limit=settings.CHAT_RETRIEVAL_LIMIT,
-                              mode=settings.CHAT_RETRIEVAL_MODE)
+                              mode=settings.CHAT_RETRIEVAL_MODE, query_vector=query_vector)
     return [
         PromptPassage(n=n, document_id=p.document_id, chunk_id=p.chunk_id, title=p.title, url=p.url,
                       text=p.text, heading_path=p.heading_path)
@@ -93,31 +94,41 @@ def _passages(*, question: str, user) -> list[PromptPassage]:
 _retrieval_threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="chat-retrieval")
 
 
-def _passages_released(*, question: str, user) -> list[PromptPassage]:
+def _passages_released(*, question: str, user, query_vector: Future | None) -> list[PromptPassage]:
     try:
-        return _passages(question=question, user=user)
+        return _passages(question=question, user=user, query_vector=query_vector)
     finally:
         if not connection.in_atomic_block:
             connection.close()  # back to the pool: this thread may not run again for a while
 
 
-def _start_retrieval(*, question: str, user) -> Future:
+def _start_retrieval(*, question: str, user, query_vector: Future | None) -> Future:
     future: Future = Future()
     if connection.in_atomic_block:
         # Inside a transaction (e.g. ATOMIC_REQUESTS, tests) another connection
         # would not see its rows: retrieve on this one, in order.
         try:
-            future.set_result(_passages(question=question, user=user))
+            future.set_result(_passages(question=question, user=user, query_vector=query_vector))
         except Exception as exc:
             future.set_exception(exc)
         return future
-    return _retrieval_threads.submit(_passages_released, question=question, user=user)
+    return _retrieval_threads.submit(_passages_released, question=question, user=user, query_vector=query_vector)
+
+
+def embed_question_soon(question: str) -> Future | None:
+    """Start the question's query embedding now (see :func:`answer_prepare`'s ``query_vector``),
+    or None if the question would be refused anyway."""
+    try:
+        question = limits.check_question(question)
+    except APIException:
+        return None
+    return embed_query_soon(question, mode=settings.CHAT_RETRIEVAL_MODE)
 
 
 
 
 def answer_prepare(*, conversation: Conversation | int, user, session_key: str | None,
-                   question: str) -> PreparedAnswer:
+                   question: str, query_vector: Future | None = None) -> PreparedAnswer:
     """Check limits, save the question, retrieve and build the prompt.
 
     Raises the :mod:`apps.chat.limits` errors (shown in the envelope) before
@@ -127,6 +138,8 @@ def answer_prepare(*, conversation: Conversation | int, user, session_key: str |
     caller's) while the passages are already being retrieved, after the
     per-minute limit counted the question. If retrieval fails after the rows
     were saved, the answer is recorded as an error and the exception propagates.
+    ``query_vector``: :func:`embed_question_soon` of this ``question``, started by a
+    caller that had other work to do first (the embedding then runs meanwhile).
     """
     question = limits.check_question(question)
     if isinstance(conversation, Conversation):
@@ -135,12 +148,14 @@ def answer_prepare(*, conversation: Conversation | int, user, session_key: str |
         raise Http404("No such conversation.")  # nobody to own it: not worth a retrieval
     limits.take_rate_slot(user=user, session_key=session_key or "")
     # Retrieval runs as the asking user: visibility is decided inside the search SQL.
-    retrieval = _start_retrieval(question=question, user=user)
+    retrieval = _start_retrieval(question=question, user=user, query_vector=query_vector)
     if not isinstance(conversation, Conversation):
         conversation = selectors.conversation_get(conversation_id=conversation, user=user, session_key=session_key,
                                                   count_questions=True)
         limits.check_conversation_size(conversation.questions_asked)
-    history = selectors.recent_history(conversation=conversation, limit=settings.CHAT_HISTORY_MESSAGES)
+    # Messages come in (question, answer) pairs: a conversation with no question has no history.
+    history = (selectors.recent_history(conversation=conversation, limit=settings.CHAT_HISTORY_MESSAGES)
+               if conversation.questions_asked else [])
     route = settings.CHAT_ROUTE
     question_id, message_id = _save_question(conversation=conversation, question=question, route=route)
     try:

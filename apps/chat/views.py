@@ -104,7 +104,7 @@ def _apply_request_middleware(request):
     return _csrf.process_view(request, message_stream, (), {})
 
 
-def _prepare(request, pk: int):
+def _prepare(request, pk: int, question: str, query_vector):
     """The synchronous half (session, auth, CSRF, ORM, Redis, retrieval), in one thread hop."""
     try:
         refused = _apply_request_middleware(request)
@@ -114,7 +114,7 @@ def _prepare(request, pk: int):
         session_key = session_key_for(request, create=False)
         # The conversation is looked up while its passages are retrieved (Http404 if it is not the caller's).
         return services.answer_prepare(conversation=pk, user=user, session_key=session_key,
-                                       question=_question_from(request))
+                                       question=question, query_vector=query_vector)
     finally:
         release_db_connection()
 
@@ -135,8 +135,14 @@ async def message_stream(request, pk: int):
     the JSON error envelope with their HTTP status, for the script to show.
     """
     started = time.perf_counter()
+    question = _question_from(request)
+    # The query embedding needs nothing but the question: it runs while the thread below
+    # loads the session and user and checks the limits. Without a session cookie the
+    # request is refused there (nobody to own the conversation), so none is started.
+    has_session = settings.SESSION_COOKIE_NAME in request.COOKIES
+    query_vector = services.embed_question_soon(question) if has_session else None
     try:
-        prepared = await sync_to_async(_prepare)(request, pk)
+        prepared = await sync_to_async(_prepare)(request, pk, question, query_vector)
         if isinstance(prepared, HttpResponseBase):  # CSRF refusal
             return prepared
         _forget_request_state(request)

@@ -23,6 +23,7 @@ Public API::
     async def acomplete(request) -> ChatResult                  # raises LLMError on failure
     def complete(request) -> ChatResult                         # sync (Celery), same
     def count_tokens(route, text) -> int
+    def count_tokens_batch(route, texts) -> list[int]
     def count_message_tokens(route, messages) -> int
     def route_config(route) -> RouteConfig   # .context_window, .max_tokens, .max_prompt_tokens
     def response_cache_key(request) -> str | None   # the Redis key of its cached answer, None if not cacheable
@@ -169,6 +170,12 @@ def count_tokens(route: str, text: str) -> int:
     """Tokens of ``text`` for ``route``'s models, with a safety margin (see ``apps.llm.tokens``)."""
     _route_config(route)  # unknown routes fail loudly
     return tokens.count_text_tokens(text)
+
+
+def count_tokens_batch(route: str, texts: list[str]) -> list[int]:
+    """``count_tokens`` of each text, in one tokenizer call."""
+    _route_config(route)
+    return tokens.count_text_tokens_batch(texts)
 
 
 def count_message_tokens(route: str, messages: list[dict]) -> int:

@@ -44,6 +44,15 @@ def count_text_tokens(text: str) -> int:
     return math.ceil(raw_token_count(text) * SAFETY_MARGIN)
 
 
+def count_text_tokens_batch(texts: list[str]) -> list[int]:
+    """``[count_text_tokens(t) for t in texts]`` in one call into the tokenizer (about half
+    the time for a prompt's passages: no offsets are computed, the texts are split in parallel)."""
+    if not texts:
+        return []
+    encodings = _tokenizer().encode_batch_fast(list(texts), add_special_tokens=False)
+    return [math.ceil(len(e.ids) * SAFETY_MARGIN) if text else 0 for text, e in zip(texts, encodings, strict=True)]
+
+
 def count_message_tokens(messages: list[dict]) -> int:
     """Prompt tokens of a chat message list, margin and per-message overhead included."""
     total = REPLY_PRIMING

@@ -5,6 +5,7 @@ Public face (used by the pages, the API, evaluation and chat):
 
 * :func:`hybrid_search` — documents (best chunk per document) with snippet, facets, total;
 * :func:`retrieve_passages` — the best chunks for RAG (at most a few per document);
+  :func:`embed_query_soon` starts its query embedding early (chat does, while it loads the session);
 * :func:`similar_documents` — "more like this" from a document's vectors.
 
 How the keyword side works: ``search_posting`` (kept current by triggers on
@@ -22,6 +23,7 @@ import html
 import math
 import re
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
 
@@ -265,12 +267,15 @@ def _semantic_chunks_cte(scope: _Scope, depth: int, *, exclude_document: int | N
     return sql, params
 
 
+def _hnsw_settings(*, depth: int, filtered: bool, ef_search: int | None = None) -> tuple[str, list]:
+    """The statement setting ``hnsw.*`` for the rest of the transaction (SET LOCAL)."""
+    ef_search = min(1000, max(settings.SEARCH_HNSW_EF_SEARCH if ef_search is None else ef_search, depth))
+    return ("SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', %s, true)",
+            [str(ef_search), "relaxed_order" if filtered else "off"])
+
+
 def _configure_hnsw(cursor, *, depth: int, filtered: bool) -> None:
-    ef_search = min(1000, max(settings.SEARCH_HNSW_EF_SEARCH, depth))
-    cursor.execute(
-        "SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', %s, true)",
-        [str(ef_search), "relaxed_order" if filtered else "off"],
-    )
+    cursor.execute(*_hnsw_settings(depth=depth, filtered=filtered))
 
 
 def _embed_query(text: str) -> list[float] | None:
@@ -489,17 +494,46 @@ def hybrid_search(
 
 
 # --- retrieve_passages -----------------------------------------------------------------
-def retrieve_passages(*, query: str, user, limit: int = 8, mode: str = "hybrid") -> list[Passage]:
+# Query embeddings started ahead of the retrieval (see embed_query_soon): an HTTP round
+# trip or a model run that needs nothing of the caller but the text.
+_embedding_threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="query-embedding")
+
+
+def embed_query_soon(query: str, *, mode: str = "hybrid") -> Future:
+    """Start embedding ``query`` as :func:`retrieve_passages` would, on a worker thread.
+
+    For a caller that still has work to do before it can retrieve (chat loads the
+    session and user meanwhile): pass the future as ``retrieve_passages(query_vector=...)``.
+    Its result is the vector, or None when ``mode`` has no semantic side, the query is
+    empty, or the embedding backend is unavailable (retrieval then degrades as usual).
+    """
+    _check_mode(mode)
+    parsed = parse_query(query)
+    if parsed.is_empty or mode == "keyword":
+        done: Future = Future()
+        done.set_result(None)
+        return done
+    return _embedding_threads.submit(_embed_query, parsed.text)
+
+
+def retrieve_passages(*, query: str, user, limit: int = 8, mode: str = "hybrid",
+                      query_vector: Future | None = None) -> list[Passage]:
     """The best chunks for ``query`` visible to ``user`` (for RAG), best first.
 
     Not grouped per document, but at most two chunks of any one document.
     Scores: hybrid = RRF of chunk ranks, keyword = BM25, semantic = cosine similarity.
+    ``query_vector``: the :func:`embed_query_soon` future of this very ``query`` and ``mode``.
     """
     _check_mode(mode)
     parsed = parse_query(query)
     if parsed.is_empty or limit <= 0:
         return []
-    vector = _embed_query(parsed.text) if mode in ("semantic", "hybrid") else None
+    if mode == "keyword":
+        vector = None
+    elif query_vector is not None:
+        vector = query_vector.result()
+    else:
+        vector = _embed_query(parsed.text)
     if mode == "semantic" and vector is None:
         return []
     scope = _scope(user, None, parsed)
@@ -547,10 +581,17 @@ def retrieve_passages(*, query: str, user, limit: int = 8, mode: str = "hybrid")
     WHERE s.per_doc <= {PASSAGES_PER_DOCUMENT}
     ORDER BY s.score DESC, s.chunk_id
     LIMIT %s"""
-    with transaction.atomic(), connection.cursor() as cursor:
-        if vector is not None:
-            _configure_hnsw(cursor, depth=depth, filtered=scope.filtered)
-        cursor.execute("WITH " + ",".join(ctes) + final, [*params, int(limit)])
+    sql, params = "WITH " + ",".join(ctes) + final, [*params, int(limit)]
+    with connection.cursor() as cursor:
+        if vector is None:
+            cursor.execute(sql, params)
+        else:
+            # One round trip, no BEGIN / COMMIT: statements sent together in one simple query
+            # run as one transaction, so the SET LOCAL of the first holds for the second.
+            setup, setup_params = _hnsw_settings(depth=depth, filtered=scope.filtered,
+                                                 ef_search=settings.SEARCH_PASSAGE_EF_SEARCH)
+            cursor.execute(f"{setup}; {sql}", [*setup_params, *params])
+            cursor.nextset()  # the rows are the second statement's
         rows = cursor.fetchall()
     return [
         Passage(document_id=doc_id, chunk_id=chunk_id, title=title, slug=slug,

@@ -6,7 +6,14 @@ from django.core.exceptions import ImproperlyConfigured
 from apps.llm import ledger
 from apps.llm.conf import get_provider
 from apps.llm.models import UsageRecord
-from apps.llm.services import ChatRequest, complete, count_message_tokens, count_tokens, route_config
+from apps.llm.services import (
+    ChatRequest,
+    complete,
+    count_message_tokens,
+    count_tokens,
+    count_tokens_batch,
+    route_config,
+)
 from apps.llm.testing import EXTRACTIVE, collect, run
 from tests.llm.conftest import question
 
@@ -111,3 +118,10 @@ def test_tokens_are_counted_by_a_real_tokenizer_with_a_margin():
     assert count_message_tokens("chat", question()) > count_tokens("chat", "What does aspirin do?")
     config = route_config("chat")
     assert config.max_prompt_tokens == config.context_window - config.max_tokens
+
+
+def test_a_batch_count_equals_the_counts_one_by_one():
+    texts = ["hello world", "", "electroencephalography of the <passage> block", "word " * 300,
+             "Ünïcödé, punctuation!? and numbers 3.14159"]
+    assert count_tokens_batch("chat", texts) == [count_tokens("chat", text) for text in texts]
+    assert count_tokens_batch("chat", []) == []

@@ -5,7 +5,14 @@ import datetime as dt
 import pytest
 from django.db import connection
 
-from apps.search.services import SearchFilters, hybrid_search, retrieve_passages, similar_documents
+from apps.search.services import (
+    PASSAGE_CANDIDATES,
+    SearchFilters,
+    embed_query_soon,
+    hybrid_search,
+    retrieve_passages,
+    similar_documents,
+)
 from tests.factories.search import indexed_document
 
 pytestmark = pytest.mark.django_db
@@ -87,6 +94,34 @@ def test_retrieve_passages_returns_chunks_at_most_two_per_document():
     assert per_doc.count(big.pk) == 2 and other.pk in per_doc
     assert all(p.text and p.url.startswith("/d/") for p in passages)
     assert passages == sorted(passages, key=lambda p: -p.score)
+
+
+def test_retrieve_passages_takes_an_embedding_started_ahead():
+    indexed_document(title="Glaciers", body="Glaciers carve U-shaped valleys over millennia.")
+    indexed_document(title="Tides", body="Tides follow the moon.")
+    question = "How do glaciers shape valleys?"
+    ahead = embed_query_soon(question)
+    assert [p.chunk_id for p in retrieve_passages(query=question, user=None, query_vector=ahead)] == \
+        [p.chunk_id for p in retrieve_passages(query=question, user=None)]
+    assert embed_query_soon(question, mode="keyword").result() is None  # nothing to embed for keyword mode
+
+
+@pytest.mark.django_db(transaction=True)
+def test_passage_retrieval_sets_hnsw_for_its_own_statement_only(settings):
+    """ef_search and the filtered scan ride in the same round trip as the query, and end with it."""
+    from django.test.utils import CaptureQueriesContext
+
+    settings.SEARCH_PASSAGE_EF_SEARCH = 77
+    indexed_document(title="Glaciers", body="Glaciers carve U-shaped valleys over millennia.")
+    with CaptureQueriesContext(connection) as queries:
+        passages = retrieve_passages(query="glacier valleys", user=None, limit=4)
+    assert passages and passages[0].title == "Glaciers"
+    main = [q["sql"] for q in queries.captured_queries if "set_config('hnsw.ef_search'" in q["sql"]]
+    assert len(main) == 1 and f"'{max(77, PASSAGE_CANDIDATES)}'" in main[0] and "sem_chunks" in main[0]
+    assert not any(q["sql"] in ("BEGIN", "COMMIT") for q in queries.captured_queries)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('hnsw.ef_search'), current_setting('hnsw.iterative_scan')")
+        assert cursor.fetchone() == ("40", "off")  # pgvector's defaults: nothing leaked to the session
 
 
 def test_similar_documents_are_nearest_by_vectors():
