@@ -3,8 +3,8 @@
 Answering happens in two halves. :func:`answer_prepare` (synchronous) checks
 the limits, saves the question plus an assistant message in state ``partial``
 and builds the prompt from passages retrieved under the asking user's
-visibility — the retrieval on a thread of its own, so the rows are written
-while it runs; :mod:`apps.chat.streaming` then streams the answer and
+visibility — the conversation's reads and writes on a thread of their own, so they
+run while it retrieves; :mod:`apps.chat.streaming` then streams the answer and
 :func:`answer_finish` records how it ended (with the passages shown).
 """
 
@@ -88,31 +88,53 @@ def _passages(*, question: str, user, query_vector: Future | None = None) -> lis
     ]
 
 
-# Retrieval (query embedding over HTTP or the local model, then one SQL statement)
-# runs on a thread of its own with its own pooled connection, while the asking
-# thread reads the conversation: the two waits overlap instead of adding up.
-_retrieval_threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="chat-retrieval")
+# The conversation's bookkeeping (is it the caller's, how many questions, the recent
+# turns, the question and answer rows) runs on a thread of its own with its own pooled
+# connection while the asking thread retrieves: retrieval is what the first token
+# waits for, so it goes on at once instead of waiting for another thread to wake up.
+_bookkeeping_threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="chat-bookkeeping")
 
 
-def _passages_released(*, question: str, user, query_vector: Future | None) -> list[PromptPassage]:
+@dataclass
+class _Bookkeeping:
+    conversation: Conversation
+    history: list[dict]
+    question_id: int
+    message_id: int
+
+
+def _bookkeeping(*, conversation: Conversation | int, user, session_key: str | None, question: str,
+                 route: str) -> _Bookkeeping:
+    if not isinstance(conversation, Conversation):
+        conversation = selectors.conversation_get(conversation_id=conversation, user=user, session_key=session_key,
+                                                  count_questions=True)
+        limits.check_conversation_size(conversation.questions_asked)
+    # Messages come in (question, answer) pairs: a conversation with no question has no history.
+    history = (selectors.recent_history(conversation=conversation, limit=settings.CHAT_HISTORY_MESSAGES)
+               if conversation.questions_asked else [])
+    question_id, message_id = _save_question(conversation=conversation, question=question, route=route)
+    return _Bookkeeping(conversation, history, question_id, message_id)
+
+
+def _bookkeeping_released(**kwargs) -> _Bookkeeping:
     try:
-        return _passages(question=question, user=user, query_vector=query_vector)
+        return _bookkeeping(**kwargs)
     finally:
         if not connection.in_atomic_block:
             connection.close()  # back to the pool: this thread may not run again for a while
 
 
-def _start_retrieval(*, question: str, user, query_vector: Future | None) -> Future:
+def _start_bookkeeping(**kwargs) -> Future:
     future: Future = Future()
     if connection.in_atomic_block:
         # Inside a transaction (e.g. ATOMIC_REQUESTS, tests) another connection
-        # would not see its rows: retrieve on this one, in order.
+        # would not see its rows: do it on this one, first.
         try:
-            future.set_result(_passages(question=question, user=user, query_vector=query_vector))
+            future.set_result(_bookkeeping(**kwargs))
         except Exception as exc:
             future.set_exception(exc)
         return future
-    return _retrieval_threads.submit(_passages_released, question=question, user=user, query_vector=query_vector)
+    return _bookkeeping_threads.submit(_bookkeeping_released, **kwargs)
 
 
 def embed_question_soon(question: str) -> Future | None:
@@ -123,8 +145,6 @@ def embed_question_soon(question: str) -> Future | None:
     except APIException:
         return None
     return embed_query_soon(question, mode=settings.CHAT_RETRIEVAL_MODE)
-
-
 
 
 def answer_prepare(*, conversation: Conversation | int, user, session_key: str | None,
@@ -147,28 +167,25 @@ def answer_prepare(*, conversation: Conversation | int, user, session_key: str |
     elif not (session_key or getattr(user, "is_authenticated", False)):
         raise Http404("No such conversation.")  # nobody to own it: not worth a retrieval
     limits.take_rate_slot(user=user, session_key=session_key or "")
-    # Retrieval runs as the asking user: visibility is decided inside the search SQL.
-    retrieval = _start_retrieval(question=question, user=user, query_vector=query_vector)
-    if not isinstance(conversation, Conversation):
-        conversation = selectors.conversation_get(conversation_id=conversation, user=user, session_key=session_key,
-                                                  count_questions=True)
-        limits.check_conversation_size(conversation.questions_asked)
-    # Messages come in (question, answer) pairs: a conversation with no question has no history.
-    history = (selectors.recent_history(conversation=conversation, limit=settings.CHAT_HISTORY_MESSAGES)
-               if conversation.questions_asked else [])
     route = settings.CHAT_ROUTE
-    question_id, message_id = _save_question(conversation=conversation, question=question, route=route)
+    # The conversation is looked up (Http404 if it is not the caller's) and the rows written
+    # while this thread retrieves, as the asking user: visibility is decided inside the search SQL.
+    bookkeeping = _start_bookkeeping(conversation=conversation, user=user, session_key=session_key,
+                                     question=question, route=route)
     try:
-        passages = retrieval.result()
-        prompt = build_prompt(question=question, passages=passages, history=history, route=route)
+        passages = _passages(question=question, user=user, query_vector=query_vector)
+        saved = bookkeeping.result()
+        prompt = build_prompt(question=question, passages=passages, history=saved.history, route=route)
     except Exception as exc:
-        answer_finish(message_id=message_id, content="", status=Message.Status.ERROR, citations=[],
+        saved = bookkeeping.result()  # re-raises its own error (404, limits): nothing was saved then
+        answer_finish(message_id=saved.message_id, content="", status=Message.Status.ERROR, citations=[],
                       error=f"retrieval failed: {type(exc).__name__}")
         raise
+    conversation, message_id = saved.conversation, saved.message_id
     logger.info("chat.question", conversation_id=conversation.pk, message_id=message_id,
                 passages=len(prompt.passages), dropped_passages=prompt.dropped_passages,
                 dropped_turns=prompt.dropped_turns, prompt_tokens=prompt.prompt_tokens)
-    return PreparedAnswer(conversation_id=conversation.pk, question_id=question_id, message_id=message_id,
+    return PreparedAnswer(conversation_id=conversation.pk, question_id=saved.question_id, message_id=message_id,
                           question=question, prompt=prompt, route=route, user=user, scope=visibility_scope(user),
                           sources=[p.source() for p in prompt.passages])
 

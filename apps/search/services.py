@@ -528,6 +528,11 @@ def retrieve_passages(*, query: str, user, limit: int = 8, mode: str = "hybrid",
     parsed = parse_query(query)
     if parsed.is_empty or limit <= 0:
         return []
+    # The keyword terms first: an embedding started ahead finishes meanwhile.
+    lexemes = None
+    if mode in ("keyword", "hybrid"):
+        with connection.cursor() as cursor:
+            lexemes = _keyword_terms(cursor, parsed)
     if mode == "keyword":
         vector = None
     elif query_vector is not None:
@@ -539,8 +544,6 @@ def retrieve_passages(*, query: str, user, limit: int = 8, mode: str = "hybrid",
     scope = _scope(user, None, parsed)
     depth = max(PASSAGE_CANDIDATES, limit * 4)
     ctes, params, lists = [], [], []
-    with connection.cursor() as cursor:
-        lexemes = _keyword_terms(cursor, parsed) if mode in ("keyword", "hybrid") else None
     if lexemes:
         sql, p = _keyword_chunks_cte(lexemes, scope)
         ctes.append(sql)

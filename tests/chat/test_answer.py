@@ -161,3 +161,30 @@ def test_without_any_llm_the_extractive_backend_answers_and_says_so(no_llm, read
     page = client.get(f"/chat/{conversation.pk}/")
     assert b"No language model is configured on this site" in page.content
     assert b"Extractive answer" in page.content
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_retrieval_keeps_the_question_and_an_error_answer(reader, settings):
+    """Committed rows: the conversation's bookkeeping runs on its own thread and connection."""
+    from apps.chat import services
+
+    settings.CHAT_RETRIEVAL_MODE = "nonsense"  # refused inside retrieve_passages: a real failure of the retrieval
+    conversation = ConversationFactory(owner=reader)
+    with pytest.raises(ValueError):
+        services.answer_prepare(conversation=conversation.pk, user=reader, session_key=None,
+                                question="What causes tides?")
+    answer = conversation.messages.get(role=Message.Role.ASSISTANT)
+    assert answer.status == Message.Status.ERROR and answer.error == "retrieval failed: ValueError"
+    assert conversation.messages.get(role=Message.Role.USER).content == "What causes tides?"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_someone_elses_conversation_is_refused_before_anything_is_saved(reader, tides):
+    from django.http import Http404
+
+    from apps.chat import services
+
+    theirs = ConversationFactory(owner=UserFactory())
+    with pytest.raises(Http404):
+        services.answer_prepare(conversation=theirs.pk, user=reader, session_key=None, question="What causes tides?")
+    assert not Message.objects.exists()
