@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from apps.llm.services import count_message_tokens, count_tokens_batch, route_config
+from apps.llm.services import count_message_tokens, count_tokens_batch, route_config, tokens_with_margin
 
 SYSTEM_INSTRUCTION = (
     "You are Quire's reading assistant. Answer the user's question using only the numbered passages "
@@ -48,6 +48,7 @@ class PromptPassage:
     url: str
     text: str
     heading_path: str = ""
+    text_tokens: int | None = None  # the text's tokens (no margin) if counted when the chunk was written
 
     def source(self) -> dict:
         """What a reader may be shown about it (no text)."""
@@ -75,11 +76,18 @@ def _neutralise(text: str) -> str:
     return _DELIMITER.sub(lambda m: f"&lt;{m.group(1)}{m.group(2)}", text)
 
 
-def format_passage(passage: PromptPassage) -> str:
+PASSAGE_END = "</passage>"
+
+
+def _passage_header(passage: PromptPassage) -> str:
     # Attributes are fully escaped; the body only has our delimiters neutralised (it stays readable).
     title = html.escape(passage.title, quote=True)
     heading = f' section="{html.escape(passage.heading_path, quote=True)}"' if passage.heading_path else ""
-    return f'<passage n="{passage.n}" title="{title}"{heading}>\n{_neutralise(passage.text).strip()}\n</passage>'
+    return f'<passage n="{passage.n}" title="{title}"{heading}>'
+
+
+def format_passage(passage: PromptPassage) -> str:
+    return f"{_passage_header(passage)}\n{_neutralise(passage.text).strip()}\n{PASSAGE_END}"
 
 
 def _system_message(passages: list[PromptPassage]) -> str:
@@ -96,26 +104,43 @@ def history_turn(role: str, content: str) -> dict:
     return {"role": role, "content": content}
 
 
-# Token counts of formatted passages, by a hash of (route, chunk id, text): the same chunks
-# answer many questions, and counting a 1.5 KB passage costs ~0.3 ms of tokenizer. Keys are
-# single ints (no text, no tuple), so the cache stays small (well under 1 MB when full).
+# Token counts of formatted passages whose chunk has no stored count (or whose text had
+# delimiters to neutralise), by a hash of (route, chunk id, text): the same chunks answer
+# many questions. Keys are single ints (no text, no tuple), so the cache stays small.
 _PASSAGE_COSTS: dict[int, int] = {}
 PASSAGE_COSTS_KEPT = 8192
 
 
 def _passage_costs(route: str, passages: list[PromptPassage]) -> list[int]:
-    """Each passage's tokens as formatted, +1 for the newline joining it to the next one;
-    the ones not seen before are counted in one tokenizer call."""
-    formatted = [format_passage(p) for p in passages]
-    keys = [hash((route, p.chunk_id, len(text), hash(text))) for p, text in zip(passages, formatted, strict=True)]
-    missing = [i for i, key in enumerate(keys) if key not in _PASSAGE_COSTS]
+    """Each passage's tokens as formatted, +1 for the newline joining it to the next one.
+
+    A chunk's text was counted when it was written (``text_tokens``): then only the short
+    header is tokenised. The WordPiece pre-tokenizer splits at the newlines, so header,
+    text and end tag add up to the whole, and the margin rounded up per part keeps the
+    sum an upper bound. Others are counted whole, the ones not seen before in one call.
+    """
+    costs: list[int | None] = [None] * len(passages)
+    stored = [i for i, p in enumerate(passages) if p.text_tokens is not None and not _DELIMITER.search(p.text)]
+    if stored:
+        headers = count_tokens_batch(route, [_passage_header(passages[i]) for i in stored])
+        end = _end_cost(route)
+        for i, header in zip(stored, headers, strict=True):
+            costs[i] = header + tokens_with_margin(route, passages[i].text_tokens) + end + 1
+    formatted = {i: format_passage(p) for i, p in enumerate(passages) if costs[i] is None}
+    keys = {i: hash((route, passages[i].chunk_id, len(text), hash(text))) for i, text in formatted.items()}
+    missing = [i for i, key in keys.items() if key not in _PASSAGE_COSTS]
     if missing:
         counts = count_tokens_batch(route, [formatted[i] for i in missing])
         if len(_PASSAGE_COSTS) + len(missing) > PASSAGE_COSTS_KEPT:
             _PASSAGE_COSTS.clear()  # rare; simpler than LRU bookkeeping on every question
         for i, count in zip(missing, counts, strict=True):
             _PASSAGE_COSTS[keys[i]] = count + 1
-    return [_PASSAGE_COSTS[key] for key in keys]
+    return [cost if cost is not None else _PASSAGE_COSTS[keys[i]] for i, cost in enumerate(costs)]
+
+
+@lru_cache(maxsize=16)
+def _end_cost(route: str) -> int:
+    return count_tokens_batch(route, [PASSAGE_END])[0]
 
 
 @lru_cache(maxsize=16)

@@ -83,7 +83,7 @@ def _passages(*, question: str, user, query_vector: Future | None = None) -> lis
                               mode=settings.CHAT_RETRIEVAL_MODE, query_vector=query_vector)
     return [
         PromptPassage(n=n, document_id=p.document_id, chunk_id=p.chunk_id, title=p.title, url=p.url,
-                      text=p.text, heading_path=p.heading_path)
+                      text=p.text, heading_path=p.heading_path, text_tokens=p.text_tokens)
         for n, p in enumerate(found, start=1)
     ]
 

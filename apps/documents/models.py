@@ -100,6 +100,10 @@ class Chunk(models.Model):
     text = models.TextField()
     heading_path = models.CharField(max_length=500, blank=True)
     token_count = models.PositiveIntegerField()
+    # Tokens of ``text`` as the LLM prompt counts them (apps.llm.tokens, no margin), counted
+    # once when the chunk is written so a chat prompt need not tokenise its passages; null
+    # for rows written before the column existed and not counted yet (then counted live).
+    llm_tokens = models.PositiveIntegerField(null=True, blank=True)
     content_hash = models.CharField(max_length=64, db_index=True)
     embedding = VectorField(dimensions=EMBEDDING_DIMENSIONS, null=True)
     embedding_model = models.CharField(max_length=200)

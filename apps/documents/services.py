@@ -21,7 +21,7 @@ The pipeline for one document:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -35,6 +35,7 @@ from apps.documents.chunking import ChunkDraft, chunk_document, document_content
 from apps.documents.models import Chunk, Document
 from apps.documents.validators import validate_body_size  # noqa: F401 - re-exported for callers
 from apps.llm.embeddings import EmbeddingBackend, get_embedding_backend
+from apps.llm.tokens import raw_token_counts
 
 logger = get_logger("quire.documents")
 
@@ -245,11 +246,12 @@ def _fill_vectors(plans: list[_Plan], backend: EmbeddingBackend) -> None:
 
 _INSERT_CHUNKS = """
 INSERT INTO documents_chunk
-    (document_id, ordinal, text, heading_path, token_count, content_hash, embedding, embedding_model, search_vector)
-SELECT %s, u.ordinal, u.text, u.heading_path, u.token_count, u.content_hash, u.embedding::vector, %s,
+    (document_id, ordinal, text, heading_path, token_count, llm_tokens, content_hash, embedding, embedding_model,
+     search_vector)
+SELECT %s, u.ordinal, u.text, u.heading_path, u.token_count, u.llm_tokens, u.content_hash, u.embedding::vector, %s,
        setweight(to_tsvector('english', %s), 'A') || setweight(to_tsvector('english', u.text), 'B')
-FROM unnest(%s::int[], %s::text[], %s::text[], %s::int[], %s::text[], %s::text[])
-     AS u(ordinal, text, heading_path, token_count, content_hash, embedding)
+FROM unnest(%s::int[], %s::text[], %s::text[], %s::int[], %s::int[], %s::text[], %s::text[])
+     AS u(ordinal, text, heading_path, token_count, llm_tokens, content_hash, embedding)
 """
 
 
@@ -279,6 +281,7 @@ def _store(plan: _Plan, backend: EmbeddingBackend) -> EmbedResult:
                         [d.text for d in plan.drafts],
                         [d.heading_path for d in plan.drafts],
                         [d.token_count for d in plan.drafts],
+                        raw_token_counts([d.text for d in plan.drafts]),
                         [d.content_hash for d in plan.drafts],
                         [_vector_literal(plan.vectors[d.content_hash]) for d in plan.drafts],
                     ])
@@ -287,6 +290,28 @@ def _store(plan: _Plan, backend: EmbeddingBackend) -> EmbedResult:
             embedded_at=timezone.now(), embedding_error="",
         )
     return result
+
+
+def count_chunk_tokens(*, batch_size: int = 2000) -> Iterator[int]:
+    """Fill ``Chunk.llm_tokens`` where it is null (rows written before the column existed).
+
+    Idempotent and resumable: each batch is its own statement, so an interrupted run keeps
+    what it counted. Yields the number of chunks counted per batch (for progress).
+    """
+    last_id = 0
+    while True:
+        rows = list(Chunk.objects.filter(id__gt=last_id, llm_tokens__isnull=True)
+                    .order_by("id").values_list("id", "text")[:batch_size])
+        if not rows:
+            return
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "UPDATE documents_chunk c SET llm_tokens = u.n FROM unnest(%s::bigint[], %s::int[]) AS u(id, n) "
+                "WHERE c.id = u.id AND c.llm_tokens IS NULL",
+                [[chunk_id for chunk_id, _ in rows], raw_token_counts([text for _, text in rows])],
+            )
+        last_id = rows[-1][0]
+        yield len(rows)
 
 
 def _vector_literal(vector: list[float]) -> str:

@@ -24,6 +24,7 @@ Public API::
     def complete(request) -> ChatResult                         # sync (Celery), same
     def count_tokens(route, text) -> int
     def count_tokens_batch(route, texts) -> list[int]
+    def tokens_with_margin(route, raw) -> int  # a raw tokenizer count (Chunk.llm_tokens) with the margin
     def count_message_tokens(route, messages) -> int
     def route_config(route) -> RouteConfig   # .context_window, .max_tokens, .max_prompt_tokens
     def response_cache_key(request) -> str | None   # the Redis key of its cached answer, None if not cacheable
@@ -176,6 +177,12 @@ def count_tokens_batch(route: str, texts: list[str]) -> list[int]:
     """``count_tokens`` of each text, in one tokenizer call."""
     _route_config(route)
     return tokens.count_text_tokens_batch(texts)
+
+
+def tokens_with_margin(route: str, raw: int) -> int:
+    """A raw tokenizer count (e.g. ``Chunk.llm_tokens``) as ``count_tokens`` would report it."""
+    _route_config(route)
+    return tokens.with_margin(raw)
 
 
 def count_message_tokens(route: str, messages: list[dict]) -> int:

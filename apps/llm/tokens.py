@@ -41,16 +41,26 @@ def raw_token_count(text: str) -> int:
 
 def count_text_tokens(text: str) -> int:
     """Tokens of ``text`` with the safety margin applied."""
-    return math.ceil(raw_token_count(text) * SAFETY_MARGIN)
+    return with_margin(raw_token_count(text))
 
 
-def count_text_tokens_batch(texts: list[str]) -> list[int]:
-    """``[count_text_tokens(t) for t in texts]`` in one call into the tokenizer (about half
+def raw_token_counts(texts: list[str]) -> list[int]:
+    """``[raw_token_count(t) for t in texts]`` in one call into the tokenizer (about half
     the time for a prompt's passages: no offsets are computed, the texts are split in parallel)."""
     if not texts:
         return []
     encodings = _tokenizer().encode_batch_fast(list(texts), add_special_tokens=False)
-    return [math.ceil(len(e.ids) * SAFETY_MARGIN) if text else 0 for text, e in zip(texts, encodings, strict=True)]
+    return [len(e.ids) if text else 0 for text, e in zip(texts, encodings, strict=True)]
+
+
+def with_margin(raw: int) -> int:
+    """A raw count with the safety margin applied (what :func:`count_text_tokens` returns)."""
+    return math.ceil(raw * SAFETY_MARGIN)
+
+
+def count_text_tokens_batch(texts: list[str]) -> list[int]:
+    """``[count_text_tokens(t) for t in texts]`` in one tokenizer call."""
+    return [with_margin(raw) for raw in raw_token_counts(texts)]
 
 
 def count_message_tokens(messages: list[dict]) -> int:

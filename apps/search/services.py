@@ -119,6 +119,7 @@ class Passage:
     heading_path: str
     text: str
     score: float
+    text_tokens: int | None = None  # Chunk.llm_tokens: the text's prompt tokens (no margin), if counted
 
 
 # --- SQL building blocks ---------------------------------------------------------------
@@ -576,7 +577,7 @@ def retrieve_passages(*, query: str, user, limit: int = 8, mode: str = "hybrid",
     else:
         ctes.append(f"scored AS (SELECT chunk_id, document_id, score FROM {lists[0]})")
     final = f"""
-    SELECT s.document_id, s.chunk_id, d.title, d.slug, c.heading_path, c.text, s.score
+    SELECT s.document_id, s.chunk_id, d.title, d.slug, c.heading_path, c.text, s.score, c.llm_tokens
     FROM (SELECT *, row_number() OVER (PARTITION BY document_id ORDER BY score DESC, chunk_id) AS per_doc
           FROM scored) s
     JOIN documents_chunk c ON c.id = s.chunk_id
@@ -599,8 +600,8 @@ def retrieve_passages(*, query: str, user, limit: int = 8, mode: str = "hybrid",
     return [
         Passage(document_id=doc_id, chunk_id=chunk_id, title=title, slug=slug,
                 url=reverse("search:document", args=[slug]), heading_path=heading_path, text=text,
-                score=float(score))
-        for doc_id, chunk_id, title, slug, heading_path, text, score in rows
+                score=float(score), text_tokens=text_tokens)
+        for doc_id, chunk_id, title, slug, heading_path, text, score, text_tokens in rows
     ]
 
 

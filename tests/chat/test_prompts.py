@@ -54,6 +54,24 @@ def test_history_goes_first_oldest_first_then_passages_lowest_ranked_first(windo
     assert full.prompt_tokens > some.prompt_tokens > tight.prompt_tokens
 
 
+def test_a_passage_counted_when_its_chunk_was_written_costs_what_counting_it_whole_does(window):
+    """The stored count (Chunk.llm_tokens) plus the header's is an upper bound within a few tokens."""
+    from apps.llm.tokens import raw_token_count
+
+    window(100_000)
+    texts = ["Tides are caused by the gravity of the Moon and the Sun. " * 12,
+             "Café crème, naïve résumé — ‘quotes’, 3.14159 and [brackets] (parens) e-mail@example.org",
+             "Ignore <passage n=9> and </passages> tricks: the text is neutralised, so counted whole."]
+    live = [PromptPassage(n=n, document_id=n, chunk_id=n, title="Tides & <Moon>", url="/d/t/", text=text,
+                          heading_path="Intro > Part") for n, text in enumerate(texts, start=1)]
+    stored = [PromptPassage(**{**vars(p), "text_tokens": raw_token_count(p.text)}) for p in live]
+    counted = build_prompt(question="Why tides?", passages=live, history=[])
+    from_stored = build_prompt(question="Why tides?", passages=stored, history=[])
+    assert from_stored.messages == counted.messages
+    assert count_message_tokens("chat", counted.messages) <= counted.prompt_tokens <= from_stored.prompt_tokens
+    assert from_stored.prompt_tokens - counted.prompt_tokens <= 2 * len(texts)  # one margin rounding per part
+
+
 def test_citation_forms_and_unknown_numbers():
     assert cited_numbers("a [1], b [1, 3] c [2][4] d [12]") == [1, 3, 2, 4, 12]
     sources = [{"n": 1, "document_id": 7}, {"n": 2, "document_id": 8}]

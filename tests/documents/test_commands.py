@@ -53,3 +53,18 @@ def test_reindex_prints_an_estimate_then_re_embeds_only_what_was_asked():
     assert "reindex --stale: 1 documents" in out and "1 embedded" in out
     assert Chunk.objects.get(document=stale).text == "New body, never embedded."
     assert counter.texts == 3  # two failed documents and the stale one; the healthy one untouched
+
+
+def test_chunks_keep_their_prompt_token_count_and_older_rows_get_one_from_the_command():
+    from apps.llm.tokens import raw_token_count
+
+    document = DocumentFactory(body="## Tides\n\nTides are caused by the Moon. " * 40)
+    embed_document(document.pk)
+    chunks = list(Chunk.objects.filter(document=document))
+    assert chunks and all(c.llm_tokens == raw_token_count(c.text) for c in chunks)  # counted when written
+
+    Chunk.objects.filter(document=document).update(llm_tokens=None)  # as rows from before the column
+    out = io.StringIO()
+    call_command("count_chunk_tokens", "--no-progress", "--batch-size", "2", stdout=out)
+    assert f"counted {len(chunks)} chunks; 0 left" in out.getvalue()
+    assert all(c.llm_tokens == raw_token_count(c.text) for c in Chunk.objects.filter(document=document))
