@@ -549,9 +549,10 @@ def retrieve_passages(*, query: str, user, limit: int = 8, mode: str = "hybrid",
         sql, p = _keyword_chunks_cte(lexemes, scope)
         ctes.append(sql)
         params += p
+        # LIMIT before the window function: a top-N heapsort of the matches instead of a full sort.
         ctes.append(f"""
     kw_top AS (SELECT chunk_id, document_id, score, row_number() OVER (ORDER BY score DESC, chunk_id) AS rnk
-               FROM kw_chunks ORDER BY score DESC, chunk_id LIMIT {int(depth)})""")
+               FROM (SELECT * FROM kw_chunks ORDER BY score DESC, chunk_id LIMIT {int(depth)}) best)""")
         lists.append("kw_top")
     if vector is not None:
         sql, p = _semantic_chunks_cte(scope, depth)
