@@ -139,7 +139,8 @@ def _start_bookkeeping(**kwargs) -> Future:
 
 def embed_question_soon(question: str) -> Future | None:
     """Start the question's query embedding now (see :func:`answer_prepare`'s ``query_vector``),
-    or None if the question would be refused anyway."""
+    or None if none was started (the question would be refused anyway, or see
+    :func:`apps.search.services.embed_query_soon`)."""
     try:
         question = limits.check_question(question)
     except APIException:

@@ -22,7 +22,10 @@ import contextlib
 import html
 import math
 import re
+import threading
 import time
+import weakref
+from array import array
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
@@ -498,23 +501,38 @@ def hybrid_search(
 # Query embeddings started ahead of the retrieval (see embed_query_soon): an HTTP round
 # trip or a model run that needs nothing of the caller but the text.
 _embedding_threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="query-embedding")
+# At most this many of them held at once (started, and not yet dropped by their request).
+# Under a backlog, requests wait for the thread that loads their session, each holding its
+# vector, which was ready long before it is read: past the bound they embed inline instead.
+QUERY_EMBEDDINGS_AHEAD = 32
+_ahead_slots = threading.BoundedSemaphore(QUERY_EMBEDDINGS_AHEAD)
 
 
-def embed_query_soon(query: str, *, mode: str = "hybrid") -> Future:
+def _embed_query_compact(text: str) -> array | None:
+    vector = _embed_query(text)
+    return None if vector is None else array("d", vector)  # 3 KB instead of 384 float objects (12 KB)
+
+
+def embed_query_soon(query: str, *, mode: str = "hybrid") -> Future | None:
     """Start embedding ``query`` as :func:`retrieve_passages` would, on a worker thread.
 
     For a caller that still has work to do before it can retrieve (chat loads the
     session and user meanwhile): pass the future as ``retrieve_passages(query_vector=...)``.
-    Its result is the vector, or None when ``mode`` has no semantic side, the query is
-    empty, or the embedding backend is unavailable (retrieval then degrades as usual).
+    Its result is the vector, or None if the embedding backend is unavailable (retrieval
+    then degrades as usual). Returns None when nothing was started: ``mode`` has no
+    semantic side, the query is empty, or QUERY_EMBEDDINGS_AHEAD are held already.
     """
     _check_mode(mode)
     parsed = parse_query(query)
-    if parsed.is_empty or mode == "keyword":
-        done: Future = Future()
-        done.set_result(None)
-        return done
-    return _embedding_threads.submit(_embed_query, parsed.text)
+    if parsed.is_empty or mode == "keyword" or not _ahead_slots.acquire(blocking=False):
+        return None
+    try:
+        future = _embedding_threads.submit(_embed_query_compact, parsed.text)
+    except BaseException:
+        _ahead_slots.release()
+        raise
+    weakref.finalize(future, _ahead_slots.release)  # when the request lets go of it
+    return future
 
 
 def retrieve_passages(*, query: str, user, limit: int = 8, mode: str = "hybrid",

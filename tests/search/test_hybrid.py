@@ -1,6 +1,7 @@
 """Semantic side, fusion, filters, facets, passages and the HNSW plan."""
 
 import datetime as dt
+import time
 
 import pytest
 from django.db import connection
@@ -103,7 +104,23 @@ def test_retrieve_passages_takes_an_embedding_started_ahead():
     ahead = embed_query_soon(question)
     assert [p.chunk_id for p in retrieve_passages(query=question, user=None, query_vector=ahead)] == \
         [p.chunk_id for p in retrieve_passages(query=question, user=None)]
-    assert embed_query_soon(question, mode="keyword").result() is None  # nothing to embed for keyword mode
+    assert embed_query_soon(question, mode="keyword") is None  # nothing to embed for keyword mode
+
+
+def test_embeddings_started_ahead_are_bounded_and_released_with_their_request():
+    import gc
+
+    from apps.search import services
+
+    gc.collect()  # futures of earlier requests caught in reference cycles let go of their slots
+    held = [embed_query_soon(f"glaciers {i}") for i in range(services.QUERY_EMBEDDINGS_AHEAD)]
+    assert all(held) and embed_query_soon("one too many") is None  # the caller embeds inline then
+    assert len(held[0].result()) == 384
+    del held[0]  # a request letting go of its future frees its slot (once the worker thread has too)
+    deadline = time.monotonic() + 2
+    while (room := embed_query_soon("now there is room")) is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert room is not None
 
 
 @pytest.mark.django_db(transaction=True)
