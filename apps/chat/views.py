@@ -90,6 +90,19 @@ def _question_from(request) -> str:
 _csrf = CsrfViewMiddleware(lambda request: None)
 
 
+def _content_length(request) -> float:
+    """The declared body size; unknown counts as too big to read early."""
+    try:
+        return int(request.META["CONTENT_LENGTH"])
+    except (KeyError, ValueError):
+        return float("inf")
+
+
+def _early_body_limit() -> int:
+    """The largest body that can hold a question of CHAT_MAX_QUESTION_CHARS (JSON-escaped)."""
+    return settings.CHAT_MAX_QUESTION_CHARS * 6 + 1024
+
+
 def _apply_request_middleware(request):
     """Sessions, auth and CSRF for a request that came through the lean handler
     (:mod:`apps.chat.asgi`); a no-op for what the regular middleware already did.
@@ -104,7 +117,7 @@ def _apply_request_middleware(request):
     return _csrf.process_view(request, message_stream, (), {})
 
 
-def _prepare(request, pk: int, question: str, query_vector):
+def _prepare(request, pk: int, question: str | None, query_vector):
     """The synchronous half (session, auth, CSRF, ORM, Redis, retrieval), in one thread hop."""
     try:
         refused = _apply_request_middleware(request)
@@ -114,7 +127,8 @@ def _prepare(request, pk: int, question: str, query_vector):
         session_key = session_key_for(request, create=False)
         # The conversation is looked up while its passages are retrieved (Http404 if it is not the caller's).
         return services.answer_prepare(conversation=pk, user=user, session_key=session_key,
-                                       question=question, query_vector=query_vector)
+                                       question=_question_from(request) if question is None else question,
+                                       query_vector=query_vector)
     finally:
         release_db_connection()
 
@@ -135,12 +149,15 @@ async def message_stream(request, pk: int):
     the JSON error envelope with their HTTP status, for the script to show.
     """
     started = time.perf_counter()
-    question = _question_from(request)
     # The query embedding needs nothing but the question: it runs while the thread below
     # loads the session and user and checks the limits. Without a session cookie the
-    # request is refused there (nobody to own the conversation), so none is started.
-    has_session = settings.SESSION_COOKIE_NAME in request.COOKIES
-    query_vector = services.embed_question_soon(question) if has_session else None
+    # request is refused there (nobody to own the conversation), so none is started; a
+    # body too big to hold a valid question is parsed (and refused) by that thread, not here
+    # on the event loop.
+    question = query_vector = None
+    if settings.SESSION_COOKIE_NAME in request.COOKIES and _content_length(request) <= _early_body_limit():
+        question = _question_from(request)
+        query_vector = services.embed_question_soon(question)
     try:
         prepared = await sync_to_async(_prepare)(request, pk, question, query_vector)
         if isinstance(prepared, HttpResponseBase):  # CSRF refusal

@@ -118,6 +118,10 @@ def test_the_page_stream_path_still_enforces_csrf_and_ownership(app_server, fake
         other = httpx.post(f"{app_server.url}/chat/{pk}/messages", json={"question": "hi"},
                            headers={"X-CSRFToken": token}, cookies={"csrftoken": client.cookies["csrftoken"]})
         assert other.status_code == 404  # a valid token, but not this session's conversation
+        # A body too big for a valid question is not parsed early on the event loop: the
+        # request thread parses it and refuses it in the envelope, before any model call.
+        huge = client.post(f"/chat/{pk}/messages", json={"question": "tides " * 5000}, headers={"X-CSRFToken": token})
+        assert huge.status_code == 400 and huge.json()["error"]["code"] == "question_too_long"
         with client.stream("POST", f"/chat/{pk}/messages", json={"question": "hi"},
                            headers={"X-CSRFToken": token}) as response:
             assert response.status_code == 200
