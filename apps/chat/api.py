@@ -164,10 +164,15 @@ class ConversationMessagesAPI(ChatAPIMixin, generics.GenericAPIView):
     )
     def post(self, request, pk: int):
         started = time.perf_counter()
+        # The caller is authenticated: embed the question while its conversation is read
+        # (None if the question is not valid; the serializer below says why).
+        question = request.data.get("question") if isinstance(request.data, dict) else None
+        query_vector = services.embed_question_soon(question) if isinstance(question, str) else None
         conversation = self.get_conversation(count_questions=True)
         data = QuestionSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         prepared = services.answer_prepare(conversation=conversation, user=request.user,
-                                           session_key=self.session_key(), question=data.validated_data["question"])
+                                           session_key=self.session_key(), question=data.validated_data["question"],
+                                           query_vector=query_vector)
         release_db_connection()  # the stream may last minutes; the pool is small
         return answer_response(prepared, started=started)
