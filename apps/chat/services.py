@@ -20,9 +20,9 @@ from django.http import Http404
 from django.utils import timezone
 from rest_framework.exceptions import APIException
 
-from apps.chat import limits, selectors
+from apps.chat import limits
 from apps.chat.models import Conversation, Message
-from apps.chat.prompts import Prompt, PromptPassage, build_prompt
+from apps.chat.prompts import Prompt, PromptPassage, build_prompt, history_turn
 from apps.core.logging import get_logger
 from apps.documents.selectors import visibility_scope
 from apps.search.services import embed_query_soon, retrieve_passages
@@ -97,23 +97,86 @@ _bookkeeping_threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="cha
 
 @dataclass
 class _Bookkeeping:
-    conversation: Conversation
+    conversation_id: int
     history: list[dict]
     question_id: int
     message_id: int
 
 
+def _owner_sql(*, user, session_key: str | None) -> tuple[str, list] | None:
+    if user is not None and user.is_authenticated:
+        return "c.owner_id = %s", [user.pk]
+    if session_key:
+        return "c.owner_id IS NULL AND c.session_key = %s", [session_key]
+    return None
+
+
+# One statement, one round trip, one transaction: is the conversation the caller's, how many
+# questions it holds, its recent turns (read before the new rows: same snapshot), and, if the
+# limit allows, the question and its assistant message (``partial`` until answer_finish) plus
+# the conversation's title and updated_at. The ORM would make six round trips of it (a read, the
+# history, BEGIN, INSERT, UPDATE, COMMIT), on the path to the first token.
+_RECORD_QUESTION = """
+WITH conv AS (
+    SELECT c.id, (SELECT count(*) FROM {message} m WHERE m.conversation_id = c.id AND m.role = %s) AS asked
+    FROM {conversation} c WHERE c.id = %s AND {owner}
+),
+allowed AS (SELECT id FROM conv WHERE asked < %s),
+added AS (
+    INSERT INTO {message} (conversation_id, role, content, status, route, citations, sources, provider, model,
+                           prompt_tokens, completion_tokens, cost, cached, usage_record_id, error, created_at)
+    SELECT a.id, v.role, v.content, v.status, v.route, '[]'::jsonb, '[]'::jsonb, '', '', 0, 0, 0, false, '', '', %s
+    FROM allowed a CROSS JOIN (VALUES (1, %s, %s, %s, ''), (2, %s, '', %s, %s)) AS v(n, role, content, status, route)
+    ORDER BY v.n
+    RETURNING id
+),
+touched AS (
+    UPDATE {conversation} c SET updated_at = %s, title = CASE WHEN c.title = '' THEN %s ELSE c.title END
+    FROM allowed a WHERE c.id = a.id
+),
+recent AS (
+    SELECT m.role, m.content, m.created_at, m.id FROM {message} m JOIN conv ON m.conversation_id = conv.id
+    WHERE m.status <> %s AND m.content <> '' ORDER BY m.created_at DESC, m.id DESC LIMIT %s
+)
+SELECT conv.asked, (SELECT array_agg(id ORDER BY id) FROM added),
+       (SELECT json_agg(json_build_array(r.role, r.content) ORDER BY r.created_at, r.id) FROM recent r)
+FROM conv"""
+
+
+def _record_question(*, conversation_id: int, user, session_key: str | None, question: str,
+                     route: str) -> _Bookkeeping:
+    """Check the conversation is the caller's (``Http404``) and not full (``ConversationFull``),
+    read its recent turns and save the question with its ``partial`` answer: one statement."""
+    owner = _owner_sql(user=user, session_key=session_key)
+    if owner is None or not isinstance(conversation_id, int) or not 0 < conversation_id < 2**63:
+        raise Http404("No such conversation.")
+    owner_sql, owner_params = owner
+    title = question if len(question) <= TITLE_CHARS else question[: TITLE_CHARS - 1] + "…"
+    now = timezone.now()
+    sql = _RECORD_QUESTION.format(message=Message._meta.db_table, conversation=Conversation._meta.db_table,
+                                  owner=owner_sql)
+    params = [Message.Role.USER, conversation_id, *owner_params, settings.CHAT_MAX_QUESTIONS_PER_CONVERSATION,
+              now, Message.Role.USER, question, Message.Status.COMPLETE,
+              Message.Role.ASSISTANT, Message.Status.PARTIAL, route, now, title,
+              Message.Status.ERROR, max(0, settings.CHAT_HISTORY_MESSAGES)]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:
+        raise Http404("No such conversation.")
+    asked, ids, recent = row
+    if not ids:
+        limits.check_conversation_size(asked)  # raises: the limit is why nothing was added
+        raise RuntimeError("the question was not saved")  # pragma: no cover - unreachable
+    history = [history_turn(role, content) for role, content in (recent or [])]
+    return _Bookkeeping(conversation_id, history, ids[0], ids[1])
+
+
 def _bookkeeping(*, conversation: Conversation | int, user, session_key: str | None, question: str,
                  route: str) -> _Bookkeeping:
-    if not isinstance(conversation, Conversation):
-        conversation = selectors.conversation_get(conversation_id=conversation, user=user, session_key=session_key,
-                                                  count_questions=True)
-        limits.check_conversation_size(conversation.questions_asked)
-    # Messages come in (question, answer) pairs: a conversation with no question has no history.
-    history = (selectors.recent_history(conversation=conversation, limit=settings.CHAT_HISTORY_MESSAGES)
-               if conversation.questions_asked else [])
-    question_id, message_id = _save_question(conversation=conversation, question=question, route=route)
-    return _Bookkeeping(conversation, history, question_id, message_id)
+    conversation_id = conversation.pk if isinstance(conversation, Conversation) else conversation
+    return _record_question(conversation_id=conversation_id, user=user, session_key=session_key,
+                            question=question, route=route)
 
 
 def _bookkeeping_released(**kwargs) -> _Bookkeeping:
@@ -182,27 +245,13 @@ def answer_prepare(*, conversation: Conversation | int, user, session_key: str |
         answer_finish(message_id=saved.message_id, content="", status=Message.Status.ERROR, citations=[],
                       error=f"retrieval failed: {type(exc).__name__}")
         raise
-    conversation, message_id = saved.conversation, saved.message_id
-    logger.info("chat.question", conversation_id=conversation.pk, message_id=message_id,
+    conversation_id, message_id = saved.conversation_id, saved.message_id
+    logger.info("chat.question", conversation_id=conversation_id, message_id=message_id,
                 passages=len(prompt.passages), dropped_passages=prompt.dropped_passages,
                 dropped_turns=prompt.dropped_turns, prompt_tokens=prompt.prompt_tokens)
-    return PreparedAnswer(conversation_id=conversation.pk, question_id=saved.question_id, message_id=message_id,
+    return PreparedAnswer(conversation_id=conversation_id, question_id=saved.question_id, message_id=message_id,
                           question=question, prompt=prompt, route=route, user=user, scope=visibility_scope(user),
                           sources=[p.source() for p in prompt.passages])
-
-
-@transaction.atomic
-def _save_question(*, conversation: Conversation, question: str, route: str) -> tuple[int, int]:
-    """The question and its assistant message (``partial`` until :func:`answer_finish`), one INSERT."""
-    asked, answer = Message.objects.bulk_create([
-        Message(conversation=conversation, role=Message.Role.USER, content=question),
-        Message(conversation=conversation, role=Message.Role.ASSISTANT, status=Message.Status.PARTIAL, route=route),
-    ])
-    updates = {"updated_at": timezone.now()}
-    if not conversation.title:
-        updates["title"] = question if len(question) <= TITLE_CHARS else question[: TITLE_CHARS - 1] + "…"
-    Conversation.objects.filter(pk=conversation.pk).update(**updates)
-    return asked.pk, answer.pk
 
 
 def answer_finish(*, message_id: int, content: str, status: str, citations: list[dict], error: str = "",

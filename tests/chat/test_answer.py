@@ -188,3 +188,49 @@ def test_someone_elses_conversation_is_refused_before_anything_is_saved(reader, 
     with pytest.raises(Http404):
         services.answer_prepare(conversation=theirs.pk, user=reader, session_key=None, question="What causes tides?")
     assert not Message.objects.exists()
+
+
+def test_the_conversation_is_checked_read_and_written_in_one_statement(reader, tides, settings):
+    """Ownership, the question count, the recent turns and the two new rows: one round trip
+    (plus the two of retrieval), and the turns are the ones the model should see."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from apps.chat import services
+    from tests.factories.chat import MessageFactory
+
+    settings.CHAT_HISTORY_MESSAGES = 3
+    conversation = ConversationFactory(owner=reader, title="Kept title")
+    for role, content, status in [("user", "oldest question", "complete"), ("assistant", "oldest answer", "complete"),
+                                  ("user", "failed question", "complete"), ("assistant", "", "error"),
+                                  ("user", "why?", "complete"), ("assistant", "It broke.", "error"),
+                                  ("user", "last question", "complete"), ("assistant", "Last answer [1].", "partial")]:
+        MessageFactory(conversation=conversation, role=role, content=content, status=status)
+
+    with CaptureQueriesContext(connection) as queries:
+        prepared = services.answer_prepare(conversation=conversation.pk, user=reader, session_key=None,
+                                           question="What causes tides?")
+    assert len(queries) == 3, [q["sql"][:60] for q in queries]  # keyword terms, hybrid, the conversation
+    assert [(t["role"], t["content"]) for t in prepared.prompt.history] == [
+        ("user", "why?"), ("user", "last question"), ("assistant", "Last answer.")]  # no error, no empty turn
+    question, answer = conversation.messages.order_by("-id")[:2][::-1]
+    assert (question.pk, answer.pk) == (prepared.question_id, prepared.message_id)
+    assert (question.role, question.content, question.status) == ("user", "What causes tides?", "complete")
+    assert (answer.role, answer.content, answer.status, answer.route) == ("assistant", "", "partial", "chat")
+    conversation.refresh_from_db()
+    assert conversation.title == "Kept title" and conversation.updated_at >= question.created_at
+
+
+def test_a_full_conversation_refuses_the_question_and_writes_nothing(reader, tides, settings):
+    from apps.chat import services
+    from apps.chat.limits import ConversationFull
+    from tests.factories.chat import MessageFactory
+
+    settings.CHAT_MAX_QUESTIONS_PER_CONVERSATION = 1
+    conversation = ConversationFactory(owner=reader)
+    MessageFactory(conversation=conversation, role="user", content="first")
+    with pytest.raises(ConversationFull):
+        services.answer_prepare(conversation=conversation.pk, user=reader, session_key=None, question="second")
+    assert conversation.messages.count() == 1
+    conversation.refresh_from_db()
+    assert conversation.title == ""
