@@ -225,19 +225,41 @@ def _keyword_terms(cursor, parsed: ParsedQuery) -> _KeywordTerms:
     )
 
 
-def _keyword_chunks_cte(terms: _KeywordTerms, scope: _Scope) -> tuple[str, list]:
+def _keyword_chunks_cte(terms: _KeywordTerms | ParsedQuery, scope: _Scope) -> tuple[str, list]:
     """CTEs ending in ``kw_chunks(chunk_id, document_id, score, tags)``: BM25 per visible chunk.
 
-    Lexemes and their idf are bound as literal arrays: one index-only scan of the
-    postings per lexeme, one GROUP BY per query.
+    ``terms`` read by :func:`_keyword_terms` are bound as literal arrays: one index-only
+    scan of the postings per lexeme, one GROUP BY per query. Given the parsed query
+    instead, the same terms and idf are computed by CTEs of this statement (what
+    :func:`_keyword_terms` reads, without its round trip).
     """
     k1, b = float(settings.SEARCH_BM25_K1), float(settings.SEARCH_BM25_B)
     chunk_join = "JOIN documents_chunk c ON c.id = s.chunk_id" if scope.needs_chunk_join else ""
-    sql = f"""
+    if isinstance(terms, ParsedQuery):
+        terms_sql = """
+    kw_corpus AS MATERIALIZED (
+        SELECT greatest(coalesce(sum(chunks), 0), 1)::float8 AS n,
+               greatest(coalesce(sum(total_length), 0), 1)::float8 / greatest(coalesce(sum(chunks), 0), 1) AS avgdl
+        FROM search_corpus_stats
+    ),
+    kw_terms AS MATERIALIZED (
+        SELECT t.lexeme, ln(1 + (k.n - t.df + 0.5) / (t.df + 0.5)) AS idf
+        FROM (SELECT x.lexeme,
+                     (SELECT count(*) FROM search_posting p WHERE p.lexeme = (x.lexeme COLLATE "C"))::float8 AS df
+              FROM (SELECT DISTINCT lexeme FROM unnest(to_tsvector('english', %s)) LIMIT %s) x) t, kw_corpus k
+        WHERE t.df > 0
+    ),"""
+        terms_params = [terms.text, settings.SEARCH_MAX_QUERY_TERMS]
+        source, avgdl, avgdl_params = "kw_terms q", "(SELECT avgdl FROM kw_corpus)", []
+    else:
+        terms_sql, terms_params = "", []
+        source, avgdl, avgdl_params = "unnest(%s::text[], %s::float8[]) AS q(lexeme, idf)", "%s::float8", [
+            terms.avgdl]
+    sql = f"""{terms_sql}
     kw_scored AS (
         SELECT p.chunk_id, p.document_id,
-               sum(q.idf * p.tf * {k1 + 1} / (p.tf + {k1} * (1 - {b} + {b} * p.dl / %s::float8))) AS score
-        FROM unnest(%s::text[], %s::float8[]) AS q(lexeme, idf)
+               sum(q.idf * p.tf * {k1 + 1} / (p.tf + {k1} * (1 - {b} + {b} * p.dl / {avgdl}))) AS score
+        FROM {source}
         JOIN search_posting p ON p.lexeme = (q.lexeme COLLATE "C")
         GROUP BY p.chunk_id, p.document_id
     ),
@@ -246,7 +268,9 @@ def _keyword_chunks_cte(terms: _KeywordTerms, scope: _Scope) -> tuple[str, list]
         JOIN search_document d ON d.id = s.document_id {chunk_join}
         WHERE {scope.where}
     )"""
-    return sql, [terms.avgdl, terms.lexemes, terms.idf, *scope.params]
+    if isinstance(terms, ParsedQuery):
+        return sql, [*terms_params, *scope.params]
+    return sql, [*avgdl_params, terms.lexemes, terms.idf, *scope.params]
 
 
 def _semantic_chunks_cte(scope: _Scope, depth: int, *, exclude_document: int | None = None) -> tuple[str, list]:
@@ -547,11 +571,6 @@ def retrieve_passages(*, query: str, user, limit: int = 8, mode: str = "hybrid",
     parsed = parse_query(query)
     if parsed.is_empty or limit <= 0:
         return []
-    # The keyword terms first: an embedding started ahead finishes meanwhile.
-    lexemes = None
-    if mode in ("keyword", "hybrid"):
-        with connection.cursor() as cursor:
-            lexemes = _keyword_terms(cursor, parsed)
     if mode == "keyword":
         vector = None
     elif query_vector is not None:
@@ -563,8 +582,9 @@ def retrieve_passages(*, query: str, user, limit: int = 8, mode: str = "hybrid",
     scope = _scope(user, None, parsed)
     depth = max(PASSAGE_CANDIDATES, limit * 4)
     ctes, params, lists = [], [], []
-    if lexemes:
-        sql, p = _keyword_chunks_cte(lexemes, scope)
+    if mode in ("keyword", "hybrid"):
+        # The query's terms and their idf are read by this same statement: no round trip of their own.
+        sql, p = _keyword_chunks_cte(parsed, scope)
         ctes.append(sql)
         params += p
         # LIMIT before the window function: a top-N heapsort of the matches instead of a full sort.

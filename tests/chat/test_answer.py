@@ -192,7 +192,7 @@ def test_someone_elses_conversation_is_refused_before_anything_is_saved(reader, 
 
 def test_the_conversation_is_checked_read_and_written_in_one_statement(reader, tides, settings):
     """Ownership, the question count, the recent turns and the two new rows: one round trip
-    (plus the two of retrieval), and the turns are the ones the model should see."""
+    (plus the one of retrieval), and the turns are the ones the model should see."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
@@ -210,7 +210,7 @@ def test_the_conversation_is_checked_read_and_written_in_one_statement(reader, t
     with CaptureQueriesContext(connection) as queries:
         prepared = services.answer_prepare(conversation=conversation.pk, user=reader, session_key=None,
                                            question="What causes tides?")
-    assert len(queries) == 3, [q["sql"][:60] for q in queries]  # keyword terms, hybrid, the conversation
+    assert len(queries) == 2, [q["sql"][:60] for q in queries]  # retrieval (terms included), the conversation
     assert [(t["role"], t["content"]) for t in prepared.prompt.history] == [
         ("user", "why?"), ("user", "last question"), ("assistant", "Last answer.")]  # no error, no empty turn
     question, answer = conversation.messages.order_by("-id")[:2][::-1]

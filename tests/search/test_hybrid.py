@@ -123,6 +123,30 @@ def test_embeddings_started_ahead_are_bounded_and_released_with_their_request():
     assert room is not None
 
 
+def test_keyword_terms_computed_inside_the_statement_score_as_those_read_first():
+    """Passages compute the query's idf in their own statement; the search page reads the terms
+    first and binds them. Both must give every chunk the same BM25 score."""
+    from apps.search.query import parse_query
+    from apps.search.services import _keyword_chunks_cte, _keyword_terms, _scope
+
+    indexed_document(title="Glaciers", body="Glaciers carve valleys. Glaciers move slowly downhill.")
+    indexed_document(title="Fjords", body="Fjords are valleys carved by glaciers and flooded by the sea.")
+    indexed_document(title="Deserts", body="Deserts are dry; valleys there are carved by wind and rare floods.")
+    parsed = parse_query("the glaciers carving valleys zzyzxunknown")  # a stop word and a term no chunk has
+    scope = _scope(None, None, parsed)
+    scores = []
+    with connection.cursor() as cursor:
+        terms = _keyword_terms(cursor, parsed)
+        for source in (parsed, terms):
+            sql, params = _keyword_chunks_cte(source, scope)
+            cursor.execute(f"WITH {sql} SELECT chunk_id, score FROM kw_chunks ORDER BY chunk_id", params)
+            scores.append(cursor.fetchall())
+    inside, read_first = scores
+    assert len(terms.lexemes) == 3 and len(inside) == 3  # glacier, carv, valley; every document matches
+    assert [c for c, _ in inside] == [c for c, _ in read_first]
+    assert [s for _, s in inside] == pytest.approx([s for _, s in read_first], rel=1e-12)
+
+
 @pytest.mark.django_db(transaction=True)
 def test_passage_retrieval_sets_hnsw_for_its_own_statement_only(settings):
     """ef_search and the filtered scan ride in the same round trip as the query, and end with it."""
