@@ -23,6 +23,7 @@ from rest_framework.exceptions import APIException
 from apps.chat import limits
 from apps.chat.models import Conversation, Message
 from apps.chat.prompts import Prompt, PromptPassage, build_prompt, history_turn
+from apps.core.db import fetch_prepared
 from apps.core.logging import get_logger
 from apps.documents.selectors import visibility_scope
 from apps.search.services import embed_query_soon, retrieve_passages
@@ -155,16 +156,15 @@ def _record_question(*, conversation_id: int, user, session_key: str | None, que
     now = timezone.now()
     sql = _RECORD_QUESTION.format(message=Message._meta.db_table, conversation=Conversation._meta.db_table,
                                   owner=owner_sql)
-    params = [Message.Role.USER, conversation_id, *owner_params, settings.CHAT_MAX_QUESTIONS_PER_CONVERSATION,
-              now, Message.Role.USER, question, Message.Status.COMPLETE,
-              Message.Role.ASSISTANT, Message.Status.PARTIAL, route, now, title,
-              Message.Status.ERROR, max(0, settings.CHAT_HISTORY_MESSAGES)]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        row = cursor.fetchone()
-    if row is None:
+    user_role, answer_role = Message.Role.USER.value, Message.Role.ASSISTANT.value
+    params = [user_role, conversation_id, *owner_params, int(settings.CHAT_MAX_QUESTIONS_PER_CONVERSATION),
+              now, user_role, question, Message.Status.COMPLETE.value,
+              answer_role, Message.Status.PARTIAL.value, route, now, title,
+              Message.Status.ERROR.value, max(0, int(settings.CHAT_HISTORY_MESSAGES))]
+    rows = fetch_prepared(sql, params)  # prepared: the same text every time (apps.core.db)
+    if not rows:
         raise Http404("No such conversation.")
-    asked, ids, recent = row
+    asked, ids, recent = rows[0]
     if not ids:
         limits.check_conversation_size(asked)  # raises: the limit is why nothing was added
         raise RuntimeError("the question was not saved")  # pragma: no cover - unreachable

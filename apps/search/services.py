@@ -36,6 +36,7 @@ from django.urls import reverse
 from django.utils import timezone
 from prometheus_client import Counter, Histogram
 
+from apps.core.db import fetch_prepared
 from apps.core.logging import get_logger
 from apps.documents.models import EMBEDDING_DIMENSIONS, HNSW_INDEX_EXPRESSION
 from apps.documents.selectors import visibility_sql
@@ -236,7 +237,7 @@ def _keyword_chunks_cte(terms: _KeywordTerms | ParsedQuery, scope: _Scope) -> tu
     k1, b = float(settings.SEARCH_BM25_K1), float(settings.SEARCH_BM25_B)
     chunk_join = "JOIN documents_chunk c ON c.id = s.chunk_id" if scope.needs_chunk_join else ""
     if isinstance(terms, ParsedQuery):
-        terms_sql = """
+        terms_sql = f"""
     kw_corpus AS MATERIALIZED (
         SELECT greatest(coalesce(sum(chunks), 0), 1)::float8 AS n,
                greatest(coalesce(sum(total_length), 0), 1)::float8 / greatest(coalesce(sum(chunks), 0), 1) AS avgdl
@@ -246,10 +247,11 @@ def _keyword_chunks_cte(terms: _KeywordTerms | ParsedQuery, scope: _Scope) -> tu
         SELECT t.lexeme, ln(1 + (k.n - t.df + 0.5) / (t.df + 0.5)) AS idf
         FROM (SELECT x.lexeme,
                      (SELECT count(*) FROM search_posting p WHERE p.lexeme = (x.lexeme COLLATE "C"))::float8 AS df
-              FROM (SELECT DISTINCT lexeme FROM unnest(to_tsvector('english', %s)) LIMIT %s) x) t, kw_corpus k
+              FROM (SELECT DISTINCT lexeme FROM unnest(to_tsvector('english', %s))
+                    LIMIT {int(settings.SEARCH_MAX_QUERY_TERMS)}) x) t, kw_corpus k
         WHERE t.df > 0
     ),"""
-        terms_params = [terms.text, settings.SEARCH_MAX_QUERY_TERMS]
+        terms_params = [terms.text]
         source, avgdl, avgdl_params = "kw_terms q", "(SELECT avgdl FROM kw_corpus)", []
     else:
         terms_sql, terms_params = "", []
@@ -276,7 +278,7 @@ def _keyword_chunks_cte(terms: _KeywordTerms | ParsedQuery, scope: _Scope) -> tu
 def _semantic_chunks_cte(scope: _Scope, depth: int, *, exclude_document: int | None = None) -> tuple[str, list]:
     """CTE ``sem_chunks(chunk_id, document_id, distance)``: nearest visible chunks via HNSW.
 
-    Callers bind: vector, *returned params, vector, depth. ORDER BY the index's own
+    Callers bind: vector, *returned params, vector. ORDER BY the index's own
     expression (``HNSW_INDEX_EXPRESSION``, half precision) + LIMIT is what lets PostgreSQL
     walk the HNSW index; with a filter, hnsw.iterative_scan keeps walking until ``depth``
     rows passed it. ``distance`` is then computed at full precision for the candidates
@@ -289,7 +291,7 @@ def _semantic_chunks_cte(scope: _Scope, depth: int, *, exclude_document: int | N
         FROM documents_chunk c JOIN search_document d ON d.id = c.document_id
         WHERE c.embedding IS NOT NULL AND {scope.where} {extra}
         ORDER BY c.{HNSW_INDEX_EXPRESSION} <=> %s::halfvec({EMBEDDING_DIMENSIONS})
-        LIMIT %s
+        LIMIT {int(depth)}
     )"""
     params = [*scope.params, *([exclude_document] if exclude_document is not None else [])]
     return sql, params
@@ -382,7 +384,7 @@ def _ranked_documents(cursor, *, lexemes, scope, mode, vector, depth, limit, off
         sql, p = _semantic_chunks_cte(scope, depth)
         ctes.append(sql)
         literal = _vector_literal(vector)
-        params += [literal, *p, literal, depth]
+        params += [literal, *p, literal]
     if use_keyword and use_semantic:
         ranked = _fused_ranking(ctes)
     elif use_keyword:
@@ -596,7 +598,7 @@ def retrieve_passages(*, query: str, user, limit: int = 8, mode: str = "hybrid",
         sql, p = _semantic_chunks_cte(scope, depth)
         ctes.append(sql)
         literal = _vector_literal(vector)
-        params += [literal, *p, literal, depth]
+        params += [literal, *p, literal]
         ctes.append("""
     sem_top AS (SELECT chunk_id, document_id, 1 - distance AS score,
                        row_number() OVER (ORDER BY distance, chunk_id) AS rnk
@@ -623,19 +625,12 @@ def retrieve_passages(*, query: str, user, limit: int = 8, mode: str = "hybrid",
     JOIN documents_document d ON d.id = s.document_id
     WHERE s.per_doc <= {PASSAGES_PER_DOCUMENT}
     ORDER BY s.score DESC, s.chunk_id
-    LIMIT %s"""
-    sql, params = "WITH " + ",".join(ctes) + final, [*params, int(limit)]
-    with connection.cursor() as cursor:
-        if vector is None:
-            cursor.execute(sql, params)
-        else:
-            # One round trip, no BEGIN / COMMIT: statements sent together in one simple query
-            # run as one transaction, so the SET LOCAL of the first holds for the second.
-            setup, setup_params = _hnsw_settings(depth=depth, filtered=scope.filtered,
-                                                 ef_search=settings.SEARCH_PASSAGE_EF_SEARCH)
-            cursor.execute(f"{setup}; {sql}", [*setup_params, *params])
-            cursor.nextset()  # the rows are the second statement's
-        rows = cursor.fetchall()
+    LIMIT {int(limit)}"""
+    # A prepared statement (the limits are part of its text, so a generic plan knows them), sent
+    # with its hnsw.* settings in one round trip: see apps.core.db.
+    setup = None if vector is None else _hnsw_settings(depth=depth, filtered=scope.filtered,
+                                                       ef_search=settings.SEARCH_PASSAGE_EF_SEARCH)
+    rows = fetch_prepared("WITH " + ",".join(ctes) + final, params, setup=setup)
     return [
         Passage(document_id=doc_id, chunk_id=chunk_id, title=title, slug=slug,
                 url=reverse("search:document", args=[slug]), heading_path=heading_path, text=text,
@@ -672,7 +667,7 @@ def similar_documents(*, document, user, limit: int = 5) -> list[SearchResult]:
                   WHERE distance < 1 ORDER BY document_id, distance) best
             JOIN documents_document d ON d.id = best.document_id
             ORDER BY best.distance, best.document_id LIMIT %s""",
-            [centroid, *params, centroid, depth, int(limit)],
+            [centroid, *params, centroid, int(limit)],
         )
         rows = cursor.fetchall()
     return [

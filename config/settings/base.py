@@ -93,8 +93,24 @@ else:
             "HOST": str(devservices.postgres_socket_dir()),
         }
     }
-DATABASES["default"].setdefault("OPTIONS", {})["pool"] = DB_POOL
-DATABASES["default"]["CONN_MAX_AGE"] = 0
+
+
+def database(config: dict) -> dict:
+    """``config`` with the pool and, unless DB_PREPARED_STATEMENTS is False, prepared statements.
+
+    The chat path's retrieval and bookkeeping statements are prepared on the connection
+    (apps/core/db.py; the ORM's client-side binding never prepares). Django turns psycopg's
+    prepared statements off unless OPTIONS say otherwise: False behind a pooler that cannot keep them.
+    """
+    options = config.setdefault("OPTIONS", {})
+    options["pool"] = DB_POOL
+    if env.bool("DB_PREPARED_STATEMENTS", default=True):
+        options.setdefault("prepare_threshold", 5)
+    config["CONN_MAX_AGE"] = 0
+    return config
+
+
+DATABASES["default"] = database(DATABASES["default"])
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- redis, cache, celery -----------------------------------------------------------

@@ -7,9 +7,7 @@ from .base import env
 SECRET_KEY = env.str("SECRET_KEY")
 DEBUG = False
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS")
-DATABASES = {"default": env.db_url("DATABASE_URL")}
-DATABASES["default"].setdefault("OPTIONS", {})["pool"] = DB_POOL  # noqa: F405
-DATABASES["default"]["CONN_MAX_AGE"] = 0
+DATABASES = {"default": database(env.db_url("DATABASE_URL"))}  # noqa: F405
 REDIS_URL = env.url_checked("REDIS_URL")
 CACHES["default"]["LOCATION"] = REDIS_URL  # noqa: F405
 CELERY_BROKER_URL = env.url_checked("CELERY_BROKER_URL", default=REDIS_URL)

@@ -1,0 +1,61 @@
+"""A prepared statement in one round trip, for the few statements on a latency-critical path.
+
+Django's PostgreSQL backend binds parameters on the client: every statement
+travels as one string (a chat question's retrieval carries its 384-dimension
+query vector twice as text) that the server parses, analyses and plans anew.
+For a small corpus that costs more than running the statement. Here the
+statement is sent with server-side binding and prepared on the connection
+(psycopg keeps up to ``prepared_max`` per connection; pooled connections keep
+theirs), and, when it needs ``SET LOCAL`` settings first, BEGIN, the settings,
+the statement and COMMIT go out together in pipeline mode: one round trip.
+
+It runs on Django's own connection (same pool, same transaction when inside
+``atomic``) with Django's error wrapping. Not through its cursor wrapper: it is
+logged to ``connection.queries`` (``DEBUG``, ``CaptureQueriesContext``) as
+Django's debug cursor would log it, one entry per round trip, but
+``execute_wrapper`` hooks do not see it.
+
+Behind PgBouncer in transaction mode prepared statements need PgBouncer 1.21+
+(``max_prepared_statements``); set ``DB_PREPARED_STATEMENTS=False`` otherwise
+(the connection's ``prepare_threshold`` is then None and nothing is prepared).
+"""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+from django.db import connection
+
+
+def fetch_prepared(sql: str, params: list, *, setup: tuple[str, list] | None = None) -> list[tuple]:
+    """The rows of ``sql`` run as a prepared statement, after ``setup`` (a statement and its
+    params, e.g. ``set_config(..., true)``) in the same transaction."""
+    connection.ensure_connection()
+    connection.validate_no_broken_transaction()
+    raw = connection.connection
+    started = time.monotonic()
+    try:
+        with connection.wrap_database_errors, psycopg.Cursor(raw) as cursor:
+            if setup is None:
+                cursor.execute(sql, params, prepare=True)
+                return cursor.fetchall()
+            with raw.pipeline():
+                if connection.in_atomic_block:  # Django's transaction: the settings last until it ends
+                    cursor.execute(*setup)
+                    cursor.execute(sql, params, prepare=True)
+                else:
+                    with raw.transaction():
+                        cursor.execute(*setup)
+                        cursor.execute(sql, params, prepare=True)
+            return cursor.fetchall()
+    finally:
+        if connection.queries_logged:
+            _log(raw, [*([setup] if setup is not None else []), (sql, params)], time.monotonic() - started)
+
+
+def _log(raw, statements: list[tuple[str, list]], seconds: float) -> None:
+    """One ``connection.queries`` entry for the round trip, its values in place as Django logs them."""
+    with psycopg.ClientCursor(raw) as cursor:
+        sent = "; ".join(cursor.mogrify(sql, params) for sql, params in statements)
+    connection.queries_log.append({"sql": sent, "time": f"{seconds:.3f}"})
