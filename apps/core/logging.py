@@ -46,6 +46,18 @@ def build_formatter(fmt: str = "json") -> logging.Formatter:
     return structlog.stdlib.ProcessorFormatter(foreign_pre_chain=_SHARED, processors=final)
 
 
+def not_a_readiness_answer(record: logging.LogRecord) -> bool:
+    """Filter for ``django.request``: drop its "Service Unavailable: /readyz" error.
+
+    A 503 from ``/readyz`` is the probe's answer (warming up, a dependency down), not a
+    server error; the view logs it itself as ``health.not_ready`` (warning) naming the
+    failed checks. Otherwise every probe during a warm-up or an outage would be an ERROR
+    line, and a Sentry event when Sentry is on.
+    """
+    request = getattr(record, "request", None)
+    return not (getattr(record, "status_code", None) == 503 and getattr(request, "path", None) == "/readyz")
+
+
 def get_logger(name: str):
     _configure_structlog()
     return structlog.get_logger(name)

@@ -383,11 +383,16 @@ LOGGING = {
             "fmt": LOG_FORMAT,
         },
     },
+    "filters": {
+        "not_a_readiness_answer": {"()": "django.utils.log.CallbackFilter",
+                                   "callback": "ext://apps.core.logging.not_a_readiness_answer"},
+    },
     "handlers": {
         "stdout": {"class": "logging.StreamHandler", "formatter": "structured", "stream": "ext://sys.stdout"},
     },
     "root": {"handlers": ["stdout"], "level": LOG_LEVEL},
     "loggers": {
+        "django.request": {"filters": ["not_a_readiness_answer"]},
         "django.db.backends": {"level": "WARNING"},
         "httpx": {"level": "WARNING"},
         "httpcore": {"level": "WARNING"},

@@ -81,3 +81,37 @@ def test_readyz_is_503_while_the_embedding_model_warms_up(client, settings):
         SlowLoadingBackend.released.set()
         WARM_UP_STATE.pop("slow", None)
         reset_embedding_backends()
+
+
+def test_a_not_ready_answer_is_a_warning_naming_the_check_not_a_server_error(client):
+    """Probes keep asking while a dependency is down: each answer is one warning, not an ERROR
+    line from django.request (and a Sentry event)."""
+    import logging
+
+    from apps.core import health
+
+    records: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    def queue_down():
+        raise ConnectionError("queue unreachable")
+
+    root = logging.getLogger()
+    handler = Collect(level=logging.WARNING)
+    root.addHandler(handler)
+    health.register_check("queue", queue_down)
+    try:
+        assert client.get("/readyz").status_code == 503
+        assert client.get("/nonexistent-page-for-the-filter").status_code == 404  # other paths untouched
+    finally:
+        health.CHECKS.pop("queue")
+        root.removeHandler(handler)
+    assert not [r for r in records if r.name == "django.request" and r.levelno >= logging.ERROR]
+    warnings = [r.msg for r in records if r.name == "quire.health"]
+    assert len(warnings) == 1
+    assert warnings[0]["event"] == "health.not_ready" and warnings[0]["failed"] == ["queue"]
+    assert "queue unreachable" in warnings[0]["errors"]["queue"]
+    assert [r for r in records if r.name == "django.request" and "nonexistent" in r.getMessage()]
