@@ -129,7 +129,7 @@ added AS (
     SELECT a.id, v.role, v.content, v.status, v.route, '[]'::jsonb, '[]'::jsonb, '', '', 0, 0, 0, false, '', '', %s
     FROM allowed a CROSS JOIN (VALUES (1, %s, %s, %s, ''), (2, %s, '', %s, %s)) AS v(n, role, content, status, route)
     ORDER BY v.n
-    RETURNING id
+    RETURNING id, role
 ),
 touched AS (
     UPDATE {conversation} c SET updated_at = %s, title = CASE WHEN c.title = '' THEN %s ELSE c.title END
@@ -139,7 +139,7 @@ recent AS (
     SELECT m.role, m.content, m.created_at, m.id FROM {message} m JOIN conv ON m.conversation_id = conv.id
     WHERE m.status <> %s AND m.content <> '' ORDER BY m.created_at DESC, m.id DESC LIMIT %s
 )
-SELECT conv.asked, (SELECT array_agg(id ORDER BY id) FROM added),
+SELECT conv.asked, (SELECT json_object_agg(role, id) FROM added),
        (SELECT json_agg(json_build_array(r.role, r.content) ORDER BY r.created_at, r.id) FROM recent r)
 FROM conv"""
 
@@ -164,12 +164,12 @@ def _record_question(*, conversation_id: int, user, session_key: str | None, que
     rows = fetch_prepared(sql, params)  # prepared: the same text every time (apps.core.db)
     if not rows:
         raise Http404("No such conversation.")
-    asked, ids, recent = rows[0]
+    asked, ids, recent = rows[0]  # ids: {"user": question id, "assistant": answer id}
     if not ids:
         limits.check_conversation_size(asked)  # raises: the limit is why nothing was added
         raise RuntimeError("the question was not saved")  # pragma: no cover - unreachable
     history = [history_turn(role, content) for role, content in (recent or [])]
-    return _Bookkeeping(conversation_id, history, ids[0], ids[1])
+    return _Bookkeeping(conversation_id, history, ids[user_role], ids[answer_role])
 
 
 def _bookkeeping(*, conversation: Conversation | int, user, session_key: str | None, question: str,
