@@ -73,13 +73,51 @@ class WorkerProcess(CoreWorkerProcess):
         return self
 
 
+_session_worker: list[WorkerProcess] = []  # the celery_worker fixture's, once a test asked for it
+
+
 @pytest.fixture(scope="session")
 def celery_worker(django_db_setup, django_db_blocker):
     """One real worker for the session, on this run's queue and test database."""
     with django_db_blocker.unblock():
         worker = WorkerProcess().start()
+    _session_worker.append(worker)
     yield worker
+    _session_worker.clear()
     worker.stop()
+
+
+def _transactional(request) -> bool:
+    marker = request.node.get_closest_marker("django_db")
+    return bool(marker and marker.kwargs.get("transaction")) or bool(
+        {"transactional_db", "live_server"} & set(request.fixturenames))
+
+
+@pytest.fixture(autouse=True)
+def _queued_tasks_done_before_the_flush(request):
+    """A transactional test ends by emptying every table (TRUNCATE). Documents it saved queued
+    their embedding, and once a test has started the session's worker, that worker runs
+    those tasks meanwhile: a task still writing chunks deadlocks with the TRUNCATE. So wait
+    until the worker has worked through what the test queued (its one process runs tasks in
+    order: a ping answered means what was queued before it is done) before that teardown."""
+    if not _transactional(request):
+        yield
+        return
+    request.getfixturevalue("_django_db_helper")  # set up before us, so its flush runs after our wait
+    yield
+    worker = _session_worker[0] if _session_worker else None
+    if worker is None or worker.proc is None or worker.proc.poll() is not None:
+        return
+    from config.celery_app import app
+
+    for _ in range(3):  # a task may queue another (a batch, an enrichment)
+        try:
+            app.send_task("core.ping", args=["settled"], queue=settings.CELERY_TASK_DEFAULT_QUEUE).get(timeout=60)
+        except Exception:  # a stuck worker fails its own tests; the flush is tried anyway
+            return
+        with app.connection_for_read() as conn:
+            if not conn.default_channel.client.llen(settings.CELERY_TASK_DEFAULT_QUEUE):
+                return
 
 
 @pytest.fixture
