@@ -251,12 +251,10 @@ def _keyword_chunks_cte(terms: _KeywordTerms | ParsedQuery, scope: _Scope) -> tu
                     LIMIT {int(settings.SEARCH_MAX_QUERY_TERMS)}) x) t, kw_corpus k
         WHERE t.df > 0
     ),"""
-        terms_params = [terms.text]
-        source, avgdl, avgdl_params = "kw_terms q", "(SELECT avgdl FROM kw_corpus)", []
+        source, avgdl, head_params = "kw_terms q", "(SELECT avgdl FROM kw_corpus)", [terms.text]
     else:
-        terms_sql, terms_params = "", []
-        source, avgdl, avgdl_params = "unnest(%s::text[], %s::float8[]) AS q(lexeme, idf)", "%s::float8", [
-            terms.avgdl]
+        terms_sql, source, avgdl = "", "unnest(%s::text[], %s::float8[]) AS q(lexeme, idf)", "%s::float8"
+        head_params = [terms.avgdl, terms.lexemes, terms.idf]  # in the order they appear below
     sql = f"""{terms_sql}
     kw_scored AS (
         SELECT p.chunk_id, p.document_id,
@@ -270,9 +268,7 @@ def _keyword_chunks_cte(terms: _KeywordTerms | ParsedQuery, scope: _Scope) -> tu
         JOIN search_document d ON d.id = s.document_id {chunk_join}
         WHERE {scope.where}
     )"""
-    if isinstance(terms, ParsedQuery):
-        return sql, [*terms_params, *scope.params]
-    return sql, [*avgdl_params, terms.lexemes, terms.idf, *scope.params]
+    return sql, [*head_params, *scope.params]
 
 
 def _semantic_chunks_cte(scope: _Scope, depth: int, *, exclude_document: int | None = None) -> tuple[str, list]:
