@@ -144,10 +144,11 @@ SELECT conv.asked, (SELECT json_object_agg(role, id) FROM added),
 FROM conv"""
 
 
-def _record_question(*, conversation_id: int, user, session_key: str | None, question: str,
-                     route: str) -> _Bookkeeping:
+def _bookkeeping(*, conversation: Conversation | int, user, session_key: str | None, question: str,
+                 route: str) -> _Bookkeeping:
     """Check the conversation is the caller's (``Http404``) and not full (``ConversationFull``),
     read its recent turns and save the question with its ``partial`` answer: one statement."""
+    conversation_id = conversation.pk if isinstance(conversation, Conversation) else conversation
     owner = _owner_sql(user=user, session_key=session_key)
     if owner is None or not isinstance(conversation_id, int) or not 0 < conversation_id < 2**63:
         raise Http404("No such conversation.")
@@ -170,13 +171,6 @@ def _record_question(*, conversation_id: int, user, session_key: str | None, que
         raise RuntimeError("the question was not saved")  # pragma: no cover - unreachable
     history = [history_turn(role, content) for role, content in (recent or [])]
     return _Bookkeeping(conversation_id, history, ids[user_role], ids[answer_role])
-
-
-def _bookkeeping(*, conversation: Conversation | int, user, session_key: str | None, question: str,
-                 route: str) -> _Bookkeeping:
-    conversation_id = conversation.pk if isinstance(conversation, Conversation) else conversation
-    return _record_question(conversation_id=conversation_id, user=user, session_key=session_key,
-                            question=question, route=route)
 
 
 def _bookkeeping_released(**kwargs) -> _Bookkeeping:
