@@ -20,6 +20,6 @@ def readyz(request):
     failed = [name for name, result in checks.items() if not result["ok"]]
     body = {"status": "ok" if healthy else "unavailable", "failed": failed, "checks": checks}
     if not healthy:  # Django's own 5xx error line is filtered out (apps.core.logging.not_a_readiness_answer)
-        logger.warning("health.not_ready", failed=failed,
-                       errors={name: checks[name].get("error") for name in failed if checks[name].get("error")})
+        errors = {name: checks[name]["error"] for name in failed if checks[name].get("error")}
+        logger.warning("health.not_ready", failed=failed, **({"errors": errors} if errors else {}))
     return JsonResponse(body, status=200 if healthy else 503)
