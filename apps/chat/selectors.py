@@ -8,7 +8,6 @@ from django.db.models import Count, Q, QuerySet
 from django.http import Http404
 
 from apps.chat.models import Conversation, Message
-from apps.chat.prompts import history_turn
 
 
 def _owner_q(*, user, session_key: str | None) -> Q | None:
@@ -19,11 +18,14 @@ def _owner_q(*, user, session_key: str | None) -> Q | None:
     return None
 
 
-def conversation_list(*, user, session_key: str | None) -> QuerySet[Conversation]:
+def owned_conversations(*, user, session_key: str | None) -> QuerySet[Conversation]:
+    """The caller's conversations (none for a caller with neither a user nor a session)."""
     owner = _owner_q(user=user, session_key=session_key)
-    if owner is None:
-        return Conversation.objects.none()
-    return Conversation.objects.filter(owner).annotate(message_count=Count("messages"))
+    return Conversation.objects.none() if owner is None else Conversation.objects.filter(owner)
+
+
+def conversation_list(*, user, session_key: str | None) -> QuerySet[Conversation]:
+    return owned_conversations(user=user, session_key=session_key).annotate(message_count=Count("messages"))
 
 
 def conversation_get(*, conversation_id: int, user, session_key: str | None,
@@ -48,17 +50,3 @@ def conversation_get(*, conversation_id: int, user, session_key: str | None,
 
 def message_list(*, conversation: Conversation) -> QuerySet[Message]:
     return conversation.messages.order_by("created_at", "id")
-
-
-def recent_history(*, conversation: Conversation, limit: int) -> list[dict]:
-    """The last ``limit`` turns with content, oldest first, as prompt messages.
-
-    Failed answers are left out; a partial answer is kept (it is what the reader saw).
-    """
-    if limit <= 0:
-        return []
-    rows = list(
-        conversation.messages.exclude(status=Message.Status.ERROR).exclude(content="")
-        .order_by("-created_at", "-id").values_list("role", "content")[:limit]
-    )
-    return [history_turn(role, content) for role, content in reversed(rows)]

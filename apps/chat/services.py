@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from django.conf import settings
+from django.core.exceptions import EmptyResultSet
 from django.db import connection, transaction
 from django.http import Http404
 from django.utils import timezone
 from rest_framework.exceptions import APIException
 
-from apps.chat import limits
+from apps.chat import limits, selectors
 from apps.chat.models import Conversation, Message
 from apps.chat.prompts import Prompt, PromptPassage, build_prompt, history_turn
 from apps.core.db import fetch_prepared
@@ -104,23 +105,17 @@ class _Bookkeeping:
     message_id: int
 
 
-def _owner_sql(*, user, session_key: str | None) -> tuple[str, list] | None:
-    if user is not None and user.is_authenticated:
-        return "c.owner_id = %s", [user.pk]
-    if session_key:
-        return "c.owner_id IS NULL AND c.session_key = %s", [session_key]
-    return None
-
-
-# One statement, one round trip, one transaction: is the conversation the caller's, how many
-# questions it holds, its recent turns (read before the new rows: same snapshot), and, if the
-# limit allows, the question and its assistant message (``partial`` until answer_finish) plus
-# the conversation's title and updated_at. The ORM would make six round trips of it (a read, the
-# history, BEGIN, INSERT, UPDATE, COMMIT), on the path to the first token.
+# One statement, one round trip, one transaction: is the conversation the caller's (the
+# ``owned`` subquery is selectors.owned_conversations, compiled), how many questions it holds,
+# its recent turns (read before the new rows: same snapshot; failed and empty answers left out,
+# a partial one kept: it is what the reader saw), and, if the limit allows, the question and its
+# assistant message (``partial`` until answer_finish) plus the conversation's title and
+# updated_at. The ORM would make six round trips of it (a read, the history, BEGIN, INSERT,
+# UPDATE, COMMIT), on the path to the first token.
 _RECORD_QUESTION = """
 WITH conv AS (
     SELECT c.id, (SELECT count(*) FROM {message} m WHERE m.conversation_id = c.id AND m.role = %s) AS asked
-    FROM {conversation} c WHERE c.id = %s AND {owner}
+    FROM {conversation} c WHERE c.id IN ({owned})
 ),
 allowed AS (SELECT id FROM conv WHERE asked < %s),
 added AS (
@@ -149,16 +144,19 @@ def _bookkeeping(*, conversation: Conversation | int, user, session_key: str | N
     """Check the conversation is the caller's (``Http404``) and not full (``ConversationFull``),
     read its recent turns and save the question with its ``partial`` answer: one statement."""
     conversation_id = conversation.pk if isinstance(conversation, Conversation) else conversation
-    owner = _owner_sql(user=user, session_key=session_key)
-    if owner is None or not isinstance(conversation_id, int) or not 0 < conversation_id < 2**63:
+    if not isinstance(conversation_id, int) or not 0 < conversation_id < 2**63:
         raise Http404("No such conversation.")
-    owner_sql, owner_params = owner
+    owned = selectors.owned_conversations(user=user, session_key=session_key).filter(pk=conversation_id)
+    try:
+        owned_sql, owned_params = owned.order_by().values("pk").query.sql_with_params()
+    except EmptyResultSet:  # nobody to own it
+        raise Http404("No such conversation.") from None
     title = question if len(question) <= TITLE_CHARS else question[: TITLE_CHARS - 1] + "…"
     now = timezone.now()
     sql = _RECORD_QUESTION.format(message=Message._meta.db_table, conversation=Conversation._meta.db_table,
-                                  owner=owner_sql)
+                                  owned=owned_sql)
     user_role, answer_role = Message.Role.USER.value, Message.Role.ASSISTANT.value
-    params = [user_role, conversation_id, *owner_params, int(settings.CHAT_MAX_QUESTIONS_PER_CONVERSATION),
+    params = [user_role, *owned_params, int(settings.CHAT_MAX_QUESTIONS_PER_CONVERSATION),
               now, user_role, question, Message.Status.COMPLETE.value,
               answer_role, Message.Status.PARTIAL.value, route, now, title,
               Message.Status.ERROR.value, max(0, int(settings.CHAT_HISTORY_MESSAGES))]
