@@ -160,7 +160,13 @@ def _bookkeeping(*, conversation: Conversation | int, user, session_key: str | N
               now, user_role, question, Message.Status.COMPLETE.value,
               answer_role, Message.Status.PARTIAL.value, route, now, title,
               Message.Status.ERROR.value, max(0, int(settings.CHAT_HISTORY_MESSAGES))]
-    rows = fetch_prepared(sql, params)  # prepared: the same text every time (apps.core.db)
+    # The conversation's row is locked by a statement of its own first, in the same transaction
+    # and round trip (apps.core.db): a question asked at the same moment on the same conversation
+    # waits for this one to commit, and its statement, whose snapshot is taken after that, then
+    # counts this question. Locked inside the one statement instead, the count would come from a
+    # snapshot taken before the wait, and two questions could both take the last free place.
+    lock = (f"SELECT 1 FROM {Conversation._meta.db_table} WHERE id IN ({owned_sql}) FOR UPDATE", list(owned_params))
+    rows = fetch_prepared(sql, params, setup=lock)  # prepared: the same text every time (apps.core.db)
     if not rows:
         raise Http404("No such conversation.")
     asked, ids, recent = rows[0]  # ids: {"user": question id, "assistant": answer id}

@@ -234,3 +234,67 @@ def test_a_full_conversation_refuses_the_question_and_writes_nothing(reader, tid
     assert conversation.messages.count() == 1
     conversation.refresh_from_db()
     assert conversation.title == ""
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_questions_racing_for_the_last_place_admit_one(reader, settings):
+    """Two questions arrive together on a conversation one question short of its limit: one is
+    saved, the other refused as ``conversation_full`` — the limit holds under concurrency."""
+    import threading
+    import time
+
+    from django.db import connection, transaction
+
+    from apps.chat import services
+    from apps.chat.limits import ConversationFull
+    from apps.chat.models import Conversation
+    from tests.factories.chat import MessageFactory
+
+    settings.CHAT_MAX_QUESTIONS_PER_CONVERSATION = 2
+    conversation = ConversationFactory(owner=reader)
+    MessageFactory(conversation=conversation, role="user", content="first")
+    locked, release = threading.Event(), threading.Event()
+    outcomes: list = []
+
+    def hold_the_row():  # keeps both askers waiting at the same point, whatever the scheduling
+        try:
+            with transaction.atomic():
+                Conversation.objects.select_for_update().get(pk=conversation.pk)
+                locked.set()
+                release.wait(30)
+        finally:
+            connection.close()
+
+    def ask(question):
+        try:
+            outcomes.append(services._bookkeeping(conversation=conversation.pk, user=reader, session_key=None,
+                                                  question=question, route="chat"))
+        except ConversationFull as exc:
+            outcomes.append(exc)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=hold_the_row)
+    holder.start()
+    assert locked.wait(10)
+    askers = [threading.Thread(target=ask, args=(q,)) for q in ("second?", "third?")]
+    for asker in askers:
+        asker.start()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # both askers are waiting for the row lock
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                           "AND datname = current_database()")
+            if cursor.fetchone()[0] >= 2:
+                break
+        time.sleep(0.02)
+    else:
+        pytest.fail("the two questions never waited on the conversation together")
+    release.set()
+    holder.join(10)
+    for asker in askers:
+        asker.join(10)
+
+    assert sorted(type(o).__name__ for o in outcomes) == ["ConversationFull", "_Bookkeeping"]
+    assert conversation.messages.filter(role="user").count() == 2
+    assert conversation.messages.filter(role="assistant").count() == 1
