@@ -45,6 +45,8 @@ def check_question(question: str) -> str:
     limit = settings.CHAT_MAX_QUESTION_CHARS
     if not question:
         raise QuestionInvalid("Ask a question first.", code="empty_question")
+    if "\x00" in question:  # PostgreSQL text cannot hold it; the API's serializer refuses it the same way
+        raise QuestionInvalid("Null characters are not allowed.", code="invalid_question")
     if len(question) > limit:
         raise QuestionInvalid(f"The question is {len(question)} characters long; the limit is {limit}.",
                               code="question_too_long", details={"max_chars": limit, "length": len(question)})

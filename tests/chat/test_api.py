@@ -118,6 +118,20 @@ def test_question_length_is_limited_with_a_clear_error(reader, settings, llm):
     assert conversation.messages.count() == 0 and llm.calls() == 0
 
 
+def test_a_question_with_a_null_character_is_refused_on_both_routes(reader, llm):
+    conversation = ConversationFactory(owner=reader)
+    page_response, events = ask(f"/chat/{conversation.pk}/messages", "why\x00?", user=reader)
+    assert page_response.status_code == 400 and events == []  # not a 500 from PostgreSQL
+    assert page_response.json()["error"] == {
+        "code": "invalid_question", "message": "Null characters are not allowed.", "details": None,
+        "request_id": page_response.json()["error"]["request_id"]}
+    api_response = api(reader).post(f"/api/v1/chat/conversations/{conversation.pk}/messages",
+                                    {"question": "why\x00?"}, format="json")
+    assert api_response.status_code == 400
+    assert api_response.json()["error"]["message"] == "question: Null characters are not allowed."
+    assert conversation.messages.count() == 0 and llm.calls() == 0
+
+
 def test_questions_per_conversation_are_limited(reader, settings, llm):
     settings.CHAT_MAX_QUESTIONS_PER_CONVERSATION = 1
     conversation = ConversationFactory(owner=reader)
