@@ -183,6 +183,10 @@ def validate_record(record: ImportRecord, *, source: str, visibility: str) -> Do
     """A validated, unsaved Document for the record, or ``ValidationError``."""
     if record.error:
         raise ValidationError(record.error)
+    for name, value in (("title", record.title), ("body", record.body), ("id", record.external_id),
+                        ("slug", record.slug), *(("tags", tag) for tag in record.tags)):
+        if "\x00" in value:  # PostgreSQL text cannot store it: the whole batch would fail
+            raise ValidationError(f"{name} contains a NUL character (\\u0000)")
     document = Document(
         title=record.title, body=record.body, tags=record.tags, source=source,
         external_id=record.external_id, visibility=visibility,

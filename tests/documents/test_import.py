@@ -40,6 +40,7 @@ def test_a_bad_line_is_reported_with_its_number_and_nothing_of_it_is_imported(tm
         beir_line(4),
         json.dumps({"_id": "d5", "title": "No text"}),                   # line 5: no text
         json.dumps({"_id": "d6", "title": "x" * 400, "text": "long"}),   # line 6: title too long
+        json.dumps({"_id": "d7", "title": "Nul", "text": "a\x00b"}),      # line 7: PostgreSQL cannot store it
     ])
     out, err, error = run_import(corpus, "--source", "scifact-mini", "--no-embed")
 
@@ -47,7 +48,8 @@ def test_a_bad_line_is_reported_with_its_number_and_nothing_of_it_is_imported(tm
     assert "corpus.jsonl:3: invalid JSON" in err
     assert "corpus.jsonl:5: missing 'text'" in err
     assert "corpus.jsonl:6: title: Ensure this value has at most 300 characters" in err
-    assert "3 created" in out and "3 failed" in out
+    assert "corpus.jsonl:7: body contains a NUL character (\\u0000)" in err
+    assert "3 created" in out and "4 failed" in out
     imported = set(Document.objects.filter(source="scifact-mini").values_list("external_id", flat=True))
     assert imported == {"d1", "d2", "d4"}
 
