@@ -27,6 +27,11 @@ import time
 import psycopg
 from django.db import connection
 
+# The cursor these statements run on: server-side binding. apps.core.tracing puts a traced
+# subclass here when traces are on (the ORM's cursors are traced through the connection's
+# cursor factory, which this path does not use).
+statement_cursor: type[psycopg.Cursor] = psycopg.Cursor
+
 
 def fetch_prepared(sql: str, params: list, *, setup: tuple[str, list] | None = None) -> list[tuple]:
     """The rows of ``sql`` run as a prepared statement, after ``setup`` (a statement and its
@@ -36,7 +41,7 @@ def fetch_prepared(sql: str, params: list, *, setup: tuple[str, list] | None = N
     raw = connection.connection
     started = time.monotonic()
     try:
-        with connection.wrap_database_errors, psycopg.Cursor(raw) as cursor:
+        with connection.wrap_database_errors, statement_cursor(raw) as cursor:
             if setup is None:
                 cursor.execute(sql, params, prepare=True)
                 return cursor.fetchall()
