@@ -21,6 +21,23 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
 
+@signals.worker_process_init.connect
+def _start_tracing(**_kwargs):
+    """Traces from each pool child (prefork; solo runs in the worker itself), only when an OTLP
+    endpoint is set: its own exporter thread, since a thread does not survive the fork. The
+    parent only hands messages to children and sends no spans. See apps/core/tracing.py."""
+    from django.conf import settings
+
+    if settings.TRACING_ENABLED:
+        from billiard.util import Finalize
+
+        from apps.core import tracing
+
+        tracing.setup()
+        # A pool child leaves by os._exit (no atexit): export what is queued first.
+        Finalize(None, tracing.shutdown, exitpriority=10)
+
+
 @signals.worker_ready.connect
 def _serve_worker_metrics(**_kwargs):
     if WORKER_METRICS_PORT:

@@ -1,6 +1,7 @@
 """structlog configuration: JSON lines on stdout (console renderer for `make run`),
 with the request id bound by :class:`apps.core.middleware.RequestIDMiddleware`
-on every line of a request, including lines from stdlib loggers."""
+on every line of a request, including lines from stdlib loggers, and, when traces
+are on, the ``trace_id`` and ``span_id`` of the span the line was written in."""
 
 from __future__ import annotations
 
@@ -8,8 +9,31 @@ import logging
 
 import structlog
 
+# opentelemetry.trace.get_current_span once apps.core.tracing has started traces in this process.
+_current_span = None
+
+
+def log_trace_ids(current_span) -> None:
+    """From now on, lines written inside a span carry its ids (called by :mod:`apps.core.tracing`)."""
+    global _current_span
+    _current_span = current_span
+
+
+def add_trace_ids(_logger, _method_name, event_dict):
+    """structlog processor: ``trace_id`` and ``span_id`` (hex, as trace backends show them)
+    of the current span, so a log line and its trace find each other. One test when traces are off."""
+    if _current_span is None:
+        return event_dict
+    span_context = _current_span().get_span_context()
+    if span_context.is_valid:
+        event_dict["trace_id"] = format(span_context.trace_id, "032x")
+        event_dict["span_id"] = format(span_context.span_id, "016x")
+    return event_dict
+
+
 _SHARED = [
     structlog.contextvars.merge_contextvars,
+    add_trace_ids,
     structlog.stdlib.add_log_level,
     structlog.stdlib.add_logger_name,
     structlog.processors.TimeStamper(fmt="iso", utc=True),

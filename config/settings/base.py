@@ -403,6 +403,27 @@ SENTRY_DSN = env.str("SENTRY_DSN", default="")
 SENTRY_TRACES_SAMPLE_RATE = env.float("SENTRY_TRACES_SAMPLE_RATE", default=0.0)
 ENVIRONMENT = env.str("ENVIRONMENT", default="development")
 
+# Traces (OpenTelemetry, apps/core/tracing.py), read from the standard OTEL_* variables.
+# Off, with nothing imported or instrumented, unless an OTLP/HTTP endpoint is set; the
+# web process (config/asgi.py, wsgi.py) and each Celery pool child then export their spans.
+OTEL_SDK_DISABLED = env.bool("OTEL_SDK_DISABLED", default=False)
+OTEL_EXPORTER_OTLP_ENDPOINT = env.str("OTEL_EXPORTER_OTLP_ENDPOINT", default="")  # base URL, /v1/traces appended
+_OTLP_TRACES_URL = env.str("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", default="")  # used as it is (the OpenTelemetry rule)
+for _variable, _url in (("OTEL_EXPORTER_OTLP_ENDPOINT", OTEL_EXPORTER_OTLP_ENDPOINT),
+                        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", _OTLP_TRACES_URL)):
+    if _url and not _url.startswith(("http://", "https://")):
+        raise ImproperlyConfigured(f"Environment variable {_variable} is malformed: "
+                                   "expected the http(s):// URL of an OTLP/HTTP receiver (port 4318)")
+# Where spans go.
+OTEL_EXPORTER_OTLP_TRACES_ENDPOINT = _OTLP_TRACES_URL or (
+    OTEL_EXPORTER_OTLP_ENDPOINT.rstrip("/") + "/v1/traces" if OTEL_EXPORTER_OTLP_ENDPOINT else "")
+TRACING_ENABLED = bool(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) and not OTEL_SDK_DISABLED
+OTEL_SERVICE_NAME = env.str("OTEL_SERVICE_NAME", default="quire")
+# Share of traces kept, decided where a trace starts (parent-based: a request or task joins its caller's decision).
+OTEL_TRACES_SAMPLER_ARG = env.float("OTEL_TRACES_SAMPLER_ARG", default=1.0)
+if not 0.0 <= OTEL_TRACES_SAMPLER_ARG <= 1.0:
+    raise ImproperlyConfigured("Environment variable OTEL_TRACES_SAMPLER_ARG is malformed: expected a ratio from 0 to 1")
+
 # Demo account created by `make run` (password printed once, kept in .data/).
 DEMO_USERNAME = env.str("DEMO_USERNAME", default="admin")
 

@@ -1,0 +1,1 @@
+"""Test doubles of the outside world for apps.core (never used outside tests)."""

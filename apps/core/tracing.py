@@ -1,0 +1,216 @@
+"""OpenTelemetry traces: a request, its SQL, Redis and upstream calls, and the Celery task
+it queued, in one trace, exported over OTLP/HTTP.
+
+Import this module only when ``settings.TRACING_ENABLED`` (an OTLP endpoint is set):
+it imports the SDK. When traces are off nothing of OpenTelemetry is imported and nothing
+is patched, so the request path costs what it did.
+
+:func:`setup` runs once per process, before Django opens a connection or a client:
+
+- a ``TracerProvider`` with the service's resource (``service.name``, ``service.version``,
+  ``deployment.environment``), the :func:`sampler`, and a ``BatchSpanProcessor`` exporting
+  OTLP/HTTP protobuf from a thread of its own;
+- library instrumentations: psycopg (every connection of Django's pool, and the prepared
+  statements of :mod:`apps.core.db`, which bypass the connection's cursor factory), redis,
+  celery (publish and run, the trace context travelling in the message headers), httpx
+  (the embedding HTTP backend) and the aiohttp client (LLM upstream calls); work handed to
+  a ``ThreadPoolExecutor`` keeps the span it was submitted from;
+- log lines written inside a span carry its ids (:func:`apps.core.logging.add_trace_ids`).
+
+The server span comes from :func:`instrument_asgi` (or :func:`instrument_wsgi`), which wraps
+the whole application, so the lean ``/v1/`` and chat-stream paths, which bypass Django's
+middleware, are traced like every other request. Callers: config/asgi.py and config/wsgi.py
+for web processes, config/celery_app.py in each pool child (an exporter thread does not
+survive a fork). Management commands do not trace.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import tomllib
+
+import psycopg
+from django.conf import settings
+from django.urls import resolve
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
+from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware as ASGITracing
+from opentelemetry.instrumentation.celery import CeleryInstrumentor
+from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+from opentelemetry.instrumentation.psycopg import DatabaseApiIntegration, PsycopgInstrumentor, _new_cursor_factory
+from opentelemetry.instrumentation.psycopg.version import __version__ as psycopg_instrumentation_version
+from opentelemetry.instrumentation.redis import RedisInstrumentor
+from opentelemetry.instrumentation.threading import ThreadingInstrumentor
+from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware as WSGITracing
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import Decision, ParentBased, Sampler, SamplingResult, TraceIdRatioBased
+from opentelemetry.trace import SpanKind
+from opentelemetry.util.http import parse_excluded_urls, sanitize_method
+
+from apps.core import db
+from apps.core.logging import get_logger, log_trace_ids
+
+logger = get_logger("quire.tracing")
+
+# Probes, scrapes and static files: every few seconds, nothing to follow.
+UNTRACED_PATHS = parse_excluded_urls("/healthz$,/readyz$,/metrics$,/static/")
+# Span kinds that may start a trace: work entering this service (a request, a task run) or
+# leaving it for another of its processes (a task sent by a process with no span open).
+ENTRY_KINDS = frozenset({SpanKind.SERVER, SpanKind.CONSUMER, SpanKind.PRODUCER})
+
+_provider: TracerProvider | None = None
+_lock = threading.Lock()
+
+
+def setup() -> TracerProvider:
+    """Start traces in this process (once; later calls return the same provider)."""
+    global _provider
+    with _lock:
+        if _provider is None:
+            _provider = _start()
+    return _provider
+
+
+def shutdown() -> None:
+    """Export what is still queued and stop (a process about to exit without running atexit)."""
+    if _provider is not None:
+        _provider.shutdown()
+
+
+class EntryPointSampler(Sampler):
+    """Samples spans with no parent only where work enters (:data:`ENTRY_KINDS`), at ``ratio``.
+
+    A client span with no parent is background work outside any request or task (the web
+    process's ledger flush polling Redis twice a second, a pool growing by a connection): a
+    trace of its own each time would bury the traces operators look for.
+    """
+
+    def __init__(self, ratio: float):
+        self._ratio = TraceIdRatioBased(ratio)
+
+    def should_sample(self, parent_context, trace_id, name, kind=None, attributes=None, links=None,
+                      trace_state=None) -> SamplingResult:
+        if kind not in ENTRY_KINDS:
+            return SamplingResult(Decision.DROP)
+        return self._ratio.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+
+    def get_description(self) -> str:
+        return f"EntryPointSampler{{{self._ratio.get_description()}}}"
+
+
+def sampler(ratio: float) -> Sampler:
+    """A trace is kept or not where it starts (:class:`EntryPointSampler`); every span below,
+    in this process or another (a task, via its message headers), follows that decision."""
+    return ParentBased(root=EntryPointSampler(ratio))
+
+
+def instrument_asgi(application):
+    """``application`` inside an OpenTelemetry server span per request.
+
+    Spans are named by the Django route (``POST /chat/<int:pk>/messages``), not the path, and
+    carry ``http.route``. No span per ASGI message: a streamed answer would add one per token.
+    """
+    return ASGITracing(application, excluded_urls=UNTRACED_PATHS, default_span_details=_asgi_span_details,
+                       tracer_provider=setup(), exclude_spans=["receive", "send"])
+
+
+def instrument_wsgi(application):
+    """:func:`instrument_asgi` for the WSGI entry (``runserver``)."""
+    traced = WSGITracing(application, request_hook=_name_wsgi_span, tracer_provider=setup())
+
+    def dispatch(environ, start_response):
+        if UNTRACED_PATHS.url_disabled(environ.get("PATH_INFO", "")):
+            return application(environ, start_response)
+        return traced(environ, start_response)
+
+    return dispatch
+
+
+# A regex route's named group, e.g. DRF's ``(?P<pk>\d+)`` (one level of nested parentheses).
+_NAMED_GROUP = re.compile(r"\(\?P<(\w+)>(?:[^()]|\([^()]*\))*\)")
+
+
+def route_of(path: str) -> str | None:
+    """The URL pattern ``path`` resolves to, as a template: ``/api/v1/documents/<pk>``."""
+    try:
+        route = resolve(path).route
+    except Exception:  # a 404 (or a path Django cannot resolve) has no route
+        return None
+    return "/" + _NAMED_GROUP.sub(r"<\1>", route).replace("^", "").replace("$", "")
+
+
+def _span_name(method: str, route: str | None) -> str:
+    method = sanitize_method(method.strip())
+    method = "HTTP" if method == "_OTHER" else method
+    return f"{method} {route}" if route else method
+
+
+def _asgi_span_details(scope) -> tuple[str, dict]:
+    route = route_of(scope.get("path", ""))
+    return _span_name(scope.get("method", ""), route), ({"http.route": route} if route else {})
+
+
+def _name_wsgi_span(span, environ) -> None:
+    route = route_of(environ.get("PATH_INFO", ""))
+    span.update_name(_span_name(environ.get("REQUEST_METHOD", ""), route))
+    if route:
+        span.set_attribute("http.route", route)
+
+
+def _start() -> TracerProvider:
+    provider = TracerProvider(resource=_resource(), sampler=sampler(settings.OTEL_TRACES_SAMPLER_ARG))
+    # Headers, timeout, compression and batching follow the SDK's standard OTEL_* variables.
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT)))
+    trace.set_tracer_provider(provider)
+    for instrumentor in (PsycopgInstrumentor(), RedisInstrumentor(), CeleryInstrumentor(), HTTPXClientInstrumentor(),
+                         AioHttpClientInstrumentor()):
+        instrumentor.instrument(tracer_provider=provider)
+        if not instrumentor.is_instrumented_by_opentelemetry:  # it logged why (a version it does not support)
+            logger.warning("tracing.not_instrumented", instrumentation=type(instrumentor).__name__)
+    # Executor work only: wrapping Thread.start too would give a thread started inside a request
+    # (psycopg's pool workers) that request's trace for the rest of its life.
+    ThreadingInstrumentor._instrument_thread_pool()
+    db.statement_cursor = _traced_statement_cursor(provider)
+    log_trace_ids(trace.get_current_span)
+    return provider
+
+
+def _resource() -> Resource:
+    attributes = {"deployment.environment": settings.ENVIRONMENT, "deployment.environment.name": settings.ENVIRONMENT}
+    version = _service_version()
+    if version:
+        attributes["service.version"] = version
+    # Resource.create adds the SDK's attributes and OTEL_RESOURCE_ATTRIBUTES (which may set
+    # service.version to a build's commit, say); service.name is this setting.
+    return Resource(attributes).merge(Resource.create({"service.name": settings.OTEL_SERVICE_NAME}))
+
+
+def _service_version() -> str | None:
+    try:
+        with open(settings.BASE_DIR / "pyproject.toml", "rb") as fh:
+            return tomllib.load(fh)["project"]["version"]
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        return None
+
+
+def _traced_statement_cursor(provider: TracerProvider) -> type[psycopg.Cursor]:
+    """psycopg's server-binding cursor, traced as the instrumentation traces the pool's connections
+    (whose cursor factory is Django's client-binding cursor, which apps.core.db does not use)."""
+    integration = DatabaseApiIntegration(
+        PsycopgInstrumentor.__module__, PsycopgInstrumentor._DATABASE_SYSTEM,
+        connection_attributes=PsycopgInstrumentor._CONNECTION_ATTRIBUTES, version=psycopg_instrumentation_version,
+        tracer_provider=provider, connect_module=psycopg,
+    )
+    traced = _new_cursor_factory(db_api=integration, base_factory=psycopg.Cursor)
+
+    class TracedStatementCursor(traced):
+        def __init__(self, connection, *args, **kwargs):
+            super().__init__(connection, *args, **kwargs)
+            if not integration.connection_props:  # db.name, server.address: one database for the pool
+                integration.get_connection_attributes(connection)
+
+    return TracedStatementCursor
