@@ -29,13 +29,9 @@ def _start_tracing(**_kwargs):
     from django.conf import settings
 
     if settings.TRACING_ENABLED:
-        from billiard.util import Finalize
-
         from apps.core import tracing
 
         tracing.setup()
-        # A pool child leaves by os._exit (no atexit): export what is queued first.
-        Finalize(None, tracing.shutdown, exitpriority=10)
 
 
 @signals.worker_ready.connect
@@ -48,6 +44,14 @@ def _serve_worker_metrics(**_kwargs):
 def _child_metrics_done(pid=None, **_kwargs):
     if WORKER_METRICS_PORT and pid:
         worker_metrics.child_exited(pid)
+
+
+@signals.worker_process_shutdown.connect
+def _flush_traces(**_kwargs):
+    # Sent in the pool child as it leaves, by os._exit (no atexit): export the spans still queued.
+    tracing = sys.modules.get("apps.core.tracing")  # imported only if this child started traces
+    if tracing is not None:
+        tracing.shutdown()
 
 
 @signals.worker_shutdown.connect

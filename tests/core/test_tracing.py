@@ -146,6 +146,8 @@ def test_the_lean_proxy_path_is_traced(traced, collector):
     server = server_span(collector, method="GET", route="/v1/models", path="/v1/models")
     assert server.attributes["http.status_code"] == 401
     assert server.status == "UNSET"  # a 4xx is the client's error, not the server's
+    # Probes are not traced (the fixture polled /healthz until the server was up).
+    assert not [s for s in collector.spans if s.attributes.get("http.target") in ("/healthz", "/readyz", "/metrics")]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -224,6 +226,33 @@ def test_a_streamed_chat_answer_is_one_trace_with_its_prepared_statements_and_up
                   and descends_from(s, server, collector.spans)]
     assert any(s.lstrip().startswith("WITH") and "documents_chunk" in s for s in statements), statements
     assert any("INSERT INTO chat_message" in s for s in statements), statements
+
+
+@pytest.mark.django_db
+def test_the_wsgi_entry_is_traced_too(collector):
+    """runserver serves config.wsgi: same server span, same route name, same SQL below it."""
+    path = f"/api/v1/documents/{7_000_000 + os.getpid()}"
+    code = f"""
+from wsgiref.util import setup_testing_defaults
+import config.wsgi
+from apps.core import tracing
+for path in ("{path}", "/healthz"):
+    environ = {{"PATH_INFO": path}}
+    setup_testing_defaults(environ)
+    b"".join(config.wsgi.application(environ, lambda status, headers: None))
+tracing.shutdown()
+"""
+    env = child_env(OTEL_EXPORTER_OTLP_ENDPOINT=collector.url)
+    result = subprocess.run([sys.executable, "-c", code], cwd=BASE_DIR, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr[-3000:]
+    wsgi = [s for s in collector.spans if s.scope == "opentelemetry.instrumentation.wsgi"]
+    (server,) = [s for s in wsgi if s.kind == "SERVER" and s.attributes["http.url"].endswith(path)]
+    assert server.name == "GET /api/v1/documents/<pk>" and server.attributes["http.route"] == "/api/v1/documents/<pk>"
+    assert server.scope == "opentelemetry.instrumentation.wsgi"
+    assert [s for s in collector.trace(server.trace_id) if s.scope == PSYCOPG and s.parent_span_id == server.span_id
+            and 'FROM "documents_document"' in s.attributes["db.statement"]]
+    assert not [s for s in wsgi if s.attributes["http.url"].endswith("/healthz")]
 
 
 def test_without_an_endpoint_nothing_is_set_up_or_patched():
