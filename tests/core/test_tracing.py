@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 import tomllib
 import uuid
@@ -39,7 +38,7 @@ def collector():
 
 
 @pytest.fixture(scope="module")
-def traced(collector, django_db_setup, django_db_blocker, _fake_upstream_server):
+def traced(collector, django_db_setup, django_db_blocker, _fake_upstream_server, tmp_path_factory):
     """A web process (uvicorn, config.asgi) and a Celery worker with traces and Sentry on, on a
     queue of their own; the web process's LLM is the fake upstream."""
     queue = f"{settings.CELERY_TASK_DEFAULT_QUEUE}-traced"
@@ -49,27 +48,29 @@ def traced(collector, django_db_setup, django_db_blocker, _fake_upstream_server)
             SENTRY_DSN=f"http://public@127.0.0.1:{collector.port}/1", SENTRY_TRACES_SAMPLE_RATE="1.0",
             LLM_OPENAI_BASE_URL=_fake_upstream_server.url, LLM_OPENAI_API_KEY="upstream-key", LLM_OPENAI_MODEL="fake-model",
         )
-        port = free_port()
-        log = tempfile.NamedTemporaryFile(prefix="traced-web-", suffix=".log", delete=False)  # noqa: SIM115
-        web = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port", str(port),
-             "--lifespan", "off", "--log-level", "warning"],
-            cwd=BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        port, log_path = free_port(), tmp_path_factory.mktemp("traced") / "web.log"
+        with log_path.open("wb") as log:
+            web = subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port", str(port),
+                 "--lifespan", "off", "--log-level", "warning"],
+                cwd=BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
         worker = WorkerProcess(queue=queue, env=env, name="traced-worker")
         try:
             worker.start(timeout=60)  # meanwhile uvicorn starts too
             url = f"http://127.0.0.1:{port}"
-            _wait_until_up(url, web, log.name)
-            yield SimpleNamespace(url=url, log_path=log.name)
+            _wait_until_up(url, web, log_path)
+            yield SimpleNamespace(url=url, log_path=log_path)
         finally:
             web.terminate()
-            web.wait(10)
+            try:
+                web.wait(10)
+            except subprocess.TimeoutExpired:
+                web.kill()
             worker.stop()
-            os.unlink(log.name)
 
 
-def _wait_until_up(url: str, web: subprocess.Popen, log_path: str) -> None:
+def _wait_until_up(url: str, web: subprocess.Popen, log_path) -> None:
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -79,8 +80,7 @@ def _wait_until_up(url: str, web: subprocess.Popen, log_path: str) -> None:
             pass
         if web.poll() is not None or time.monotonic() > deadline:
             web.kill()
-            with open(log_path, errors="replace") as fh:
-                raise RuntimeError(fh.read()[-3000:])
+            raise RuntimeError(log_path.read_text(errors="replace")[-3000:])
         time.sleep(0.05)
 
 
@@ -102,9 +102,8 @@ def descends_from(span: ReceivedSpan, ancestor: ReceivedSpan, spans: list[Receiv
     return False
 
 
-def log_lines(path: str) -> list[dict]:
-    with open(path, errors="replace") as fh:
-        return [json.loads(line) for line in fh if line.startswith("{")]
+def log_lines(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(errors="replace").splitlines() if line.startswith("{")]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -203,11 +202,12 @@ def test_a_streamed_chat_answer_is_one_trace_with_its_prepared_statements_and_up
     with httpx.Client(base_url=traced.url, timeout=10) as client:
         pk = client.post("/api/v1/chat/conversations", json={}).json()["id"]
         path = f"/api/v1/chat/conversations/{pk}/messages"
-        arrivals = []
+        arrivals, buffer = [], ""  # (time, event) as each event's last byte arrives
         with client.stream("POST", path, json={"question": "What does tracing follow?"}) as response:
             assert response.headers["content-type"].startswith("text/event-stream")
-            for chunk in response.iter_text():
-                arrivals += [(time.monotonic(), kind) for kind, _ in parse_sse(chunk)]
+            for text in response.iter_text():
+                complete, _, buffer = (buffer + text).rpartition("\n\n")
+                arrivals += [(time.monotonic(), kind) for kind, _ in parse_sse(complete)]
     kinds = [kind for _, kind in arrivals]
     assert kinds.count("token") == 4 and kinds[-1] == "done"
     first_token = next(t for t, kind in arrivals if kind == "token")
