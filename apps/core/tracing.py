@@ -115,7 +115,8 @@ def instrument_asgi(application):
     carry ``http.route``. No span per ASGI message: a streamed answer would add one per token.
     """
     return ASGITracing(application, excluded_urls=UNTRACED_PATHS, default_span_details=_asgi_span_details,
-                       tracer_provider=setup(), exclude_spans=["receive", "send"])
+                       server_request_hook=_redact_asgi_query, tracer_provider=setup(),
+                       exclude_spans=["receive", "send"])
 
 
 def instrument_wsgi(application):
@@ -159,6 +160,34 @@ def _name_wsgi_span(span, environ) -> None:
     span.update_name(_span_name(environ.get("REQUEST_METHOD", ""), route))
     if route:
         span.set_attribute("http.route", route)
+    _redact_query(span, environ.get("QUERY_STRING", ""))
+
+
+# Span attributes that hold the request's query string (old and stable HTTP conventions).
+_QUERY_ATTRIBUTES = ("http.target", "http.url", "url.query", "url.full")
+
+
+def redacted_query(query: str) -> str:
+    """``query`` with every value replaced by ``REDACTED`` (the parameter names stay)."""
+    names = [part.split("=", 1)[0] for part in query.split("&") if part]
+    return "&".join(f"{name}=REDACTED" for name in names)
+
+
+def _redact_query(span, query: str) -> None:
+    """What readers search for and ask (``/search?q=...``) stays out of the trace backend:
+    operators see which parameters a request had, not their values."""
+    if not query or not span.is_recording():
+        return
+    redacted = redacted_query(query)
+    for key in _QUERY_ATTRIBUTES:
+        value = span.attributes.get(key)
+        if isinstance(value, str) and (key == "url.query" or "?" in value):
+            # The instrumentation may have unquoted it: everything after the "?" is the query.
+            span.set_attribute(key, redacted if key == "url.query" else value.split("?", 1)[0] + "?" + redacted)
+
+
+def _redact_asgi_query(span, scope) -> None:
+    _redact_query(span, (scope.get("query_string") or b"").decode("latin-1"))
 
 
 def _start() -> TracerProvider:

@@ -150,6 +150,22 @@ def test_the_lean_proxy_path_is_traced(traced, collector):
 
 
 @pytest.mark.django_db(transaction=True)
+def test_what_a_reader_searched_for_stays_out_of_the_trace(traced, collector):
+    """Query strings reach the trace backend with their values REDACTED (names kept)."""
+    secret = f"diagnosis of patient {uuid.uuid4().hex}"
+    response = httpx.get(traced.url + "/search", params={"q": secret, "mode": "keyword"})
+    assert response.status_code == 200
+    server = collector.wait_for(lambda spans: [
+        s for s in spans if s.kind == "SERVER" and s.name == "GET /search"
+        and s.attributes.get("http.url", "").endswith("/search?q=REDACTED&mode=REDACTED")])[0]
+    assert server.attributes["http.target"] == "/search"
+    # Nowhere in the trace: not the server span, not its SQL (bound parameters are not recorded).
+    spans = collector.trace(server.trace_id)
+    assert len(spans) > 1
+    assert not [s for s in spans if any(secret.split()[-1] in str(v) for v in s.attributes.values())]
+
+
+@pytest.mark.django_db(transaction=True)
 def test_sentry_keeps_its_own_transactions_beside_the_traces(traced, collector):
     """SENTRY_DSN and OTEL both set (the servers here run both): each gets the request, separately."""
     path = f"/api/v1/documents/{8_000_000 + os.getpid()}"
