@@ -111,3 +111,16 @@ def test_a_body_above_the_limit_is_a_clear_validation_error():
     assert "The body is 2,001 bytes; the maximum is 2,000 bytes" in error["message"]
     empty = staff.post(URL, {"title": "Empty is fine", "body": ""}, format="json")
     assert empty.status_code == 201
+
+
+def test_a_limit_beyond_the_largest_page_gets_the_largest_page():
+    DocumentFactory.create_batch(3)
+    anonymous = client_for()
+    # Past PostgreSQL's bigint this limit reached the query's LIMIT: a 500 for anyone.
+    for limit in ("99999999999999999999", "101"):
+        response = anonymous.get(URL, {"limit": limit, "offset": "1"})
+        assert response.status_code == 200, response.content
+        body = response.json()
+        assert body["count"] == 3 and len(body["results"]) == 2
+    page = anonymous.get(URL, {"limit": "2"}).json()
+    assert len(page["results"]) == 2 and "limit=2" in page["next"]
