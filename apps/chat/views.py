@@ -25,6 +25,7 @@ from rest_framework.exceptions import APIException
 from apps.chat import selectors, services
 from apps.chat.streaming import is_extractive, release_db_connection
 from apps.chat.web import answer_response, session_key_for, start_conversation
+from apps.core import parsers
 from apps.core.exceptions import envelope
 from apps.llm.services import route_config
 
@@ -80,7 +81,7 @@ def chat_delete(request, pk: int):
 def _question_from(request) -> str:
     if request.content_type == "application/json":
         try:
-            body = json.loads(request.body or b"{}")
+            body = parsers.loads(request.body or b"{}")
         except ValueError:
             return ""
         return str(body.get("question", "")) if isinstance(body, dict) else ""

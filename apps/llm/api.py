@@ -30,6 +30,7 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from apps.core import parsers
 from apps.core.exceptions import envelope
 from apps.core.logging import get_logger
 from apps.llm.conf import route_names
@@ -100,7 +101,7 @@ def _unauthenticated(request) -> JsonResponse:
 def _parse(body: bytes) -> tuple[dict | None, str | None]:
     """(validated fields, None) or (None, error message)."""
     try:
-        data = json.loads(body or b"null")
+        data = parsers.loads(body or b"null")
     except ValueError:
         return None, "The body is not valid JSON."
     if not isinstance(data, dict):

@@ -46,20 +46,22 @@ def first(events, kind: str):
     return next(data for event, data in events if event == kind)
 
 
-def ask(path: str, question: str, *, user=None, client: AsyncClient | None = None):
-    """POST ``question`` in-process; returns ``(response, events)`` (events empty for JSON errors)."""
+def ask(path: str, question: str | None, *, user=None, client: AsyncClient | None = None, body: str | None = None):
+    """POST ``question`` (or the raw JSON ``body``) in-process; returns ``(response, events)``
+    (events empty for JSON errors)."""
 
     async def go():
         nonlocal client
         client = client or AsyncClient()
         if user is not None:
             await client.aforce_login(user)
-        response = await client.post(path, {"question": question}, content_type="application/json",
+        response = await client.post(path, {"question": question} if body is None else body,
+                                     content_type="application/json",
                                      headers={"accept": "text/event-stream"})
         if not response.streaming:
             return response, []
-        body = b"".join([chunk async for chunk in response.streaming_content])
-        return response, parse_sse(body)
+        raw = b"".join([chunk async for chunk in response.streaming_content])
+        return response, parse_sse(raw)
 
     if asyncio._get_running_loop() is not None:
         # pytest-playwright's sync API can leave its loop marked as running in this

@@ -132,6 +132,21 @@ def test_a_question_with_a_null_character_is_refused_on_both_routes(reader, llm)
     assert conversation.messages.count() == 0 and llm.calls() == 0
 
 
+def test_a_body_nested_too_deeply_is_refused_on_both_routes(reader, llm):
+    conversation = ConversationFactory(owner=reader)
+    # A RecursionError in json.loads, was a 500; the page route reads a small body on the event
+    # loop and a large one in its thread.
+    for depth in (3_000, 100_000):
+        body = '{"question": ' + "[" * depth + "]" * depth + "}"
+        api_response = api(reader).post(f"/api/v1/chat/conversations/{conversation.pk}/messages", body,
+                                        content_type="application/json")
+        assert api_response.status_code == 400 and api_response.json()["error"]["code"] == "parse_error"
+        page_response, events = ask(f"/chat/{conversation.pk}/messages", None, user=reader, body=body)
+        assert page_response.status_code == 400 and events == []
+        assert page_response.json()["error"]["code"] == "empty_question"  # like any body that is not JSON
+    assert conversation.messages.count() == 0 and llm.calls() == 0
+
+
 def test_questions_per_conversation_are_limited(reader, settings, llm):
     settings.CHAT_MAX_QUESTIONS_PER_CONVERSATION = 1
     conversation = ConversationFactory(owner=reader)

@@ -27,6 +27,12 @@ def test_400_malformed_json(client):
     assert_envelope(response, 400, "parse_error")
 
 
+def test_400_json_nested_too_deeply(client):
+    body = '{"text": ' + "[" * 100_000 + "]" * 100_000 + "}"  # a RecursionError in json.loads: was a 500
+    error = assert_envelope(client.post("/api/v1/echo", body, content_type="application/json"), 400, "parse_error")
+    assert "nested too deeply" in error["message"]
+
+
 def test_401_without_credentials_and_bad_token(client):
     error = assert_envelope(client.get("/api/v1/me"), 401, "not_authenticated")
     assert "credentials" in error["message"].lower()

@@ -8,9 +8,10 @@ from decimal import Decimal
 import httpx
 import openai
 import pytest
+from django.test import AsyncClient
 
 from apps.llm.models import UsageRecord
-from apps.llm.testing import flush_ledger_until
+from apps.llm.testing import EXTRACTIVE, flush_ledger_until, run
 from tests.factories.llm import make_api_key
 from tests.llm.conftest import start_proxy_server
 
@@ -147,3 +148,24 @@ def test_a_client_that_goes_away_cancels_the_upstream_call(proxy_server):
     assert flush_ledger_until(1) == 1
     row = UsageRecord.objects.get()
     assert row.outcome == "cancelled" and 3 <= row.completion_tokens < 500
+
+
+@pytest.mark.django_db(transaction=True)
+def test_malformed_bodies_are_400_validation_errors(settings):
+    """In-process: every body below was a 500 before the parser refused it."""
+    settings.LLM_PROVIDERS = {"extractive": EXTRACTIVE}
+    settings.LLM_ROUTES = {"chat": {"providers": ["extractive"], "max_tokens": 50, "context_window": 4096}}
+    _, raw = make_api_key()
+    bodies = {
+        '{"model": "chat", "messages": ' + "[" * 100_000 + "]" * 100_000 + "}": "The body is not valid JSON.",
+    }
+
+    async def post_all():
+        client = AsyncClient()
+        return [await client.post("/v1/chat/completions", body, content_type="application/json",
+                                  headers={"authorization": f"Bearer {raw}"}) for body in bodies]
+
+    for response, message in zip(run(post_all), bodies.values(), strict=True):
+        assert response.status_code == 400, response.content
+        error = response.json()["error"]
+        assert (error["code"], error["message"]) == ("validation_error", message)

@@ -1,0 +1,31 @@
+"""Reading JSON request bodies so that every malformed body is the client's error.
+
+``json.loads`` raises ``ValueError`` for most bad input, but ``RecursionError`` for
+arrays or objects nested deeper than the interpreter's recursion limit (a 10 KB body
+of ``[[[[...`` is enough); left alone, that became a 500.
+"""
+
+from __future__ import annotations
+
+import json
+
+from rest_framework import parsers
+from rest_framework.exceptions import ParseError
+
+
+def loads(data: str | bytes):
+    """``json.loads``, raising ``ValueError`` for every malformed document (too deep included)."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+class JSONParser(parsers.JSONParser):
+    """DRF's JSON parser, with a body nested too deeply as a ``parse_error`` (400) too."""
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        try:
+            return super().parse(stream, media_type, parser_context)
+        except RecursionError:
+            raise ParseError("JSON parse error - nested too deeply") from None
