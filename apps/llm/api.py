@@ -98,6 +98,16 @@ def _unauthenticated(request) -> JsonResponse:
                   headers={"WWW-Authenticate": 'Bearer realm="quire"'})
 
 
+def _is_unicode(text: str) -> bool:
+    """False for a string holding a lone surrogate (JSON's ``"\\ud800"``): no encoder, tokenizer
+    or upstream takes it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _parse(body: bytes) -> tuple[dict | None, str | None]:
     """(validated fields, None) or (None, error message)."""
     try:
@@ -114,22 +124,34 @@ def _parse(body: bytes) -> tuple[dict | None, str | None]:
         return None, "messages: a non-empty list is required."
     clean = []
     for index, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in ROLES:
+        role = message.get("role") if isinstance(message, dict) else None
+        if not isinstance(role, str) or role not in ROLES:  # a list or object is not hashable
             return None, f"messages[{index}]: role must be one of {sorted(ROLES)}."
         content = message.get("content")
         if isinstance(content, list):
-            content = " ".join(part.get("text", "") for part in content if isinstance(part, dict))
+            texts = [part.get("text", "") for part in content if isinstance(part, dict)]
+            if not all(isinstance(text, str) for text in texts):
+                return None, f"messages[{index}]: the text of a content part must be a string."
+            content = " ".join(texts)
         if not isinstance(content, str):
             return None, f"messages[{index}]: content must be a string."
-        clean.append({"role": "system" if message["role"] == "developer" else message["role"], "content": content})
+        if not _is_unicode(content):
+            return None, f"messages[{index}]: content holds a lone surrogate (not Unicode text)."
+        clean.append({"role": "system" if role == "developer" else role, "content": content})
     params = {}
     for name, kind in PASSTHROUGH_PARAMS.items():
         value = data.get(name)
         if value is None:
             continue
-        number_ok = kind is float and isinstance(value, int | float)
-        if isinstance(value, bool) or not (number_ok or isinstance(value, kind)):
+        if kind is float:  # JSON as Python reads it also has NaN and Infinity
+            typed = isinstance(value, int) or isinstance(value, float) and math.isfinite(value)
+        else:
+            typed = isinstance(value, kind)
+        if isinstance(value, bool) or not typed:
             return None, f"{name}: wrong type."
+        texts = value if isinstance(value, list) else [value] if isinstance(value, str) else []
+        if not all(isinstance(text, str) and _is_unicode(text) for text in texts):
+            return None, f"{name}: a string or a list of strings."
         params[name] = value
     max_tokens = data.get("max_completion_tokens", data.get("max_tokens"))
     if max_tokens is not None:

@@ -2,6 +2,7 @@
 against a real uvicorn server (a subprocess on the test database) whose
 provider is the fake upstream."""
 
+import json
 import time
 from decimal import Decimal
 
@@ -119,8 +120,6 @@ def test_a_failure_mid_stream_reaches_the_openai_client_as_an_error(proxy_server
 
 
 def test_endpoint_is_in_the_openapi_schema(tmp_path):
-    import json
-
     from django.core.management import call_command
 
     out = tmp_path / "schema.json"
@@ -152,12 +151,23 @@ def test_a_client_that_goes_away_cancels_the_upstream_call(proxy_server):
 
 @pytest.mark.django_db(transaction=True)
 def test_malformed_bodies_are_400_validation_errors(settings):
-    """In-process: every body below was a 500 before the parser refused it."""
+    """In-process: each body below was a 500 (or, for the last two, sent upstream as it was)."""
     settings.LLM_PROVIDERS = {"extractive": EXTRACTIVE}
     settings.LLM_ROUTES = {"chat": {"providers": ["extractive"], "max_tokens": 50, "context_window": 4096}}
     _, raw = make_api_key()
+    user = [{"role": "user", "content": "hi"}]
     bodies = {
         '{"model": "chat", "messages": ' + "[" * 100_000 + "]" * 100_000 + "}": "The body is not valid JSON.",
+        **{json.dumps(body): message for body, message in [
+            ({"model": "chat", "messages": [{"role": ["user"], "content": "hi"}]},
+             "messages[0]: role must be one of ['assistant', 'developer', 'system', 'tool', 'user']."),
+            ({"model": "chat", "messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]},
+             "messages[0]: the text of a content part must be a string."),
+            ({"model": "chat", "messages": [*user, {"role": "user", "content": "why\ud800?"}]},
+             "messages[1]: content holds a lone surrogate (not Unicode text)."),
+            ({"model": "chat", "messages": user, "stop": ["end", 7]}, "stop: a string or a list of strings."),
+            ({"model": "chat", "messages": user, "temperature": float("nan")}, "temperature: wrong type."),
+        ]},
     }
 
     async def post_all():
