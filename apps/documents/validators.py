@@ -8,7 +8,9 @@ def validate_body_size(body: str) -> None:
     Attached to ``Document.body``, so admin forms, API serializers and
     ``full_clean()`` (imports) all enforce it."""
     limit = settings.DOCUMENT_MAX_BODY_BYTES
-    size = len((body or "").encode("utf-8"))
+    # surrogatepass: a lone surrogate is counted, not raised (UnicodeEncodeError was a 500); the
+    # API's CharField refuses it with its own message, the import before it gets here.
+    size = len((body or "").encode("utf-8", "surrogatepass"))
     if size > limit:
         raise ValidationError(
             "The body is %(size)s bytes; the maximum is %(limit)s bytes (%(mb)s MB). "

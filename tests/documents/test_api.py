@@ -113,6 +113,14 @@ def test_a_body_above_the_limit_is_a_clear_validation_error():
     assert empty.status_code == 201
 
 
+def test_a_body_with_a_lone_surrogate_is_a_validation_error():
+    staff = client_for(StaffFactory())
+    response = staff.post(URL, '{"title": "Broken", "body": "half a pair: \\ud83d."}', content_type="application/json")
+    assert response.status_code == 400, response.content  # was a 500 from the body size check
+    assert response.json()["error"]["message"] == "body: Surrogate characters are not allowed: U+D83D."
+    assert not Document.objects.filter(title="Broken").exists()
+
+
 def test_a_limit_beyond_the_largest_page_gets_the_largest_page():
     DocumentFactory.create_batch(3)
     anonymous = client_for()
