@@ -24,6 +24,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
+from apps.core import parsers
 from apps.documents.models import Document
 
 SUPPORTED_SUFFIXES = (".md", ".markdown", ".txt")
@@ -91,9 +92,12 @@ def read_jsonl(path: Path) -> Iterator[ImportRecord]:
 def parse_json_line(raw: str, line_no: int, location: str) -> ImportRecord:
     record = ImportRecord(line_no, location)
     try:
-        data = json.loads(raw)
+        data = parsers.loads(raw)
     except json.JSONDecodeError as exc:
         record.error = f"invalid JSON: {exc.msg} (column {exc.colno})"
+        return record
+    except ValueError as exc:  # nested too deeply, a number of more than 4300 digits
+        record.error = f"invalid JSON: {exc}"
         return record
     if not isinstance(data, dict):
         record.error = "expected a JSON object"
@@ -185,8 +189,13 @@ def validate_record(record: ImportRecord, *, source: str, visibility: str) -> Do
         raise ValidationError(record.error)
     for name, value in (("title", record.title), ("body", record.body), ("id", record.external_id),
                         ("slug", record.slug), *(("tags", tag) for tag in record.tags)):
-        if "\x00" in value:  # PostgreSQL text cannot store it: the whole batch would fail
+        # PostgreSQL text cannot store either: the whole import would stop at this line
+        if "\x00" in value:
             raise ValidationError(f"{name} contains a NUL character (\\u0000)")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:  # JSON's "\ud800": half of a surrogate pair
+            raise ValidationError(f"{name} contains a lone surrogate (U+{ord(value[exc.start]):04X})") from None
     document = Document(
         title=record.title, body=record.body, tags=record.tags, source=source,
         external_id=record.external_id, visibility=visibility,

@@ -41,6 +41,12 @@ def test_a_bad_line_is_reported_with_its_number_and_nothing_of_it_is_imported(tm
         json.dumps({"_id": "d5", "title": "No text"}),                   # line 5: no text
         json.dumps({"_id": "d6", "title": "x" * 400, "text": "long"}),   # line 6: title too long
         json.dumps({"_id": "d7", "title": "Nul", "text": "a\x00b"}),      # line 7: PostgreSQL cannot store it
+        # Lines 8-11 each stopped the whole import (UnicodeEncodeError, RecursionError, ValueError):
+        '{"_id": "d8", "title": "Half", "text": "a \\ud83d pair"}',       # line 8: a lone surrogate
+        '{"_id": "d9", "title": "\\udfff", "text": "ok"}',                # line 9: in the title
+        '{"_id": "d10", "text": ' + "[" * 5000 + "]" * 5000 + "}",       # line 10: nested too deeply
+        '{"_id": ' + "1" * 5000 + ', "title": "Big", "text": "ok"}',     # line 11: a 5000-digit number
+        beir_line(12),
     ])
     out, err, error = run_import(corpus, "--source", "scifact-mini", "--no-embed")
 
@@ -49,9 +55,13 @@ def test_a_bad_line_is_reported_with_its_number_and_nothing_of_it_is_imported(tm
     assert "corpus.jsonl:5: missing 'text'" in err
     assert "corpus.jsonl:6: title: Ensure this value has at most 300 characters" in err
     assert "corpus.jsonl:7: body contains a NUL character (\\u0000)" in err
-    assert "3 created" in out and "4 failed" in out
+    assert "corpus.jsonl:8: body contains a lone surrogate (U+D83D)" in err
+    assert "corpus.jsonl:9: title contains a lone surrogate (U+DFFF)" in err
+    assert "corpus.jsonl:10: invalid JSON: JSON nested too deeply" in err
+    assert "corpus.jsonl:11: invalid JSON: Exceeds the limit (4300 digits)" in err
+    assert "4 created" in out and "8 failed" in out
     imported = set(Document.objects.filter(source="scifact-mini").values_list("external_id", flat=True))
-    assert imported == {"d1", "d2", "d4"}
+    assert imported == {"d1", "d2", "d4", "d12"}
 
 
 def test_reimport_is_idempotent_and_updates_changed_documents(tmp_path):
