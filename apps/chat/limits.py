@@ -39,14 +39,23 @@ def _redis() -> redis.Redis:
     return redis.Redis.from_url(settings.REDIS_URL)
 
 
-def check_question(question: str) -> str:
-    """The question stripped, or :class:`QuestionInvalid`."""
+def check_question(question) -> str:
+    """The question stripped, or :class:`QuestionInvalid`. ``question`` is what the request
+    carried: a JSON body's may be a number, a list... (the API's serializer refuses those the same way)."""
+    if question is not None and not isinstance(question, str):
+        raise QuestionInvalid("The question must be a string.", code="invalid_question")
     question = (question or "").strip()
     limit = settings.CHAT_MAX_QUESTION_CHARS
     if not question:
         raise QuestionInvalid("Ask a question first.", code="empty_question")
-    if "\x00" in question:  # PostgreSQL text cannot hold it; the API's serializer refuses it the same way
+    # PostgreSQL text cannot hold a NUL, nor psycopg encode a lone surrogate (JSON's "\ud800")
+    if "\x00" in question:
         raise QuestionInvalid("Null characters are not allowed.", code="invalid_question")
+    try:
+        question.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise QuestionInvalid(f"Surrogate characters are not allowed: U+{ord(question[exc.start]):04X}.",
+                              code="invalid_question") from None
     if len(question) > limit:
         raise QuestionInvalid(f"The question is {len(question)} characters long; the limit is {limit}.",
                               code="question_too_long", details={"max_chars": limit, "length": len(question)})

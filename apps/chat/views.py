@@ -78,13 +78,14 @@ def chat_delete(request, pk: int):
     return redirect("chat:index")
 
 
-def _question_from(request) -> str:
+def _question_from(request):
+    """The question as sent (a JSON body's may be any type: ``limits.check_question`` says what is wrong)."""
     if request.content_type == "application/json":
         try:
             body = parsers.loads(request.body or b"{}")
         except ValueError:
             return ""
-        return str(body.get("question", "")) if isinstance(body, dict) else ""
+        return body.get("question", "") if isinstance(body, dict) else ""
     return request.POST.get("question", "")
 
 

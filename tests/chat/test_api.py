@@ -132,6 +132,24 @@ def test_a_question_with_a_null_character_is_refused_on_both_routes(reader, llm)
     assert conversation.messages.count() == 0 and llm.calls() == 0
 
 
+def test_the_page_route_refuses_a_lone_surrogate_or_a_question_that_is_not_a_string(reader, llm):
+    conversation = ConversationFactory(owner=reader)
+    path = f"/chat/{conversation.pk}/messages"
+    refused = {
+        '{"question": "why \\ud800?"}': "Surrogate characters are not allowed: U+D800.",  # was a 500 (psycopg)
+        '{"question": ["why?"]}': "The question must be a string.",  # was asked as "['why?']"
+        '{"question": 42}': "The question must be a string.",
+    }
+    for body, message in refused.items():
+        response, events = ask(path, None, user=reader, body=body)
+        assert response.status_code == 400 and events == [], body
+        assert (response.json()["error"]["code"], response.json()["error"]["message"]) == ("invalid_question", message)
+    api_response = api(reader).post(f"/api/v1/chat/conversations/{conversation.pk}/messages",
+                                    '{"question": "why \\ud800?"}', content_type="application/json")
+    assert api_response.json()["error"]["message"] == "question: Surrogate characters are not allowed: U+D800."
+    assert conversation.messages.count() == 0 and llm.calls() == 0
+
+
 def test_a_body_nested_too_deeply_is_refused_on_both_routes(reader, llm):
     conversation = ConversationFactory(owner=reader)
     # A RecursionError in json.loads, was a 500; the page route reads a small body on the event
