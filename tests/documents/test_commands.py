@@ -4,7 +4,7 @@ import io
 import re
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 
 from apps.documents.models import Chunk, Document
 from apps.documents.services import embed_document
@@ -53,6 +53,18 @@ def test_reindex_prints_an_estimate_then_re_embeds_only_what_was_asked():
     assert "reindex --stale: 1 documents" in out and "1 embedded" in out
     assert Chunk.objects.get(document=stale).text == "New body, never embedded."
     assert counter.texts == 3  # two failed documents and the stale one; the healthy one untouched
+
+
+def test_a_batch_size_below_one_is_refused_before_anything_changes(tmp_path):
+    document = DocumentFactory()
+    embed_document(document.pk)
+    # reindex --all marked every document pending, then failed on range(..., 0) or, at -3, queued nothing.
+    for command in (["reindex", "--all"], ["import_documents", tmp_path / "corpus.jsonl"], ["count_chunk_tokens"]):
+        for size in ("0", "-3"):
+            with pytest.raises(CommandError, match=f"{size} is not a positive integer"):
+                run(*command, "--batch-size", size)
+    document.refresh_from_db()
+    assert document.embedding_status == Document.EmbeddingStatus.READY
 
 
 def test_chunks_keep_their_prompt_token_count_and_older_rows_get_one_from_the_command():

@@ -3,6 +3,7 @@ import sys
 from django.core.management.base import BaseCommand
 from tqdm import tqdm
 
+from apps.core.management.arguments import positive_int
 from apps.documents import services
 from apps.documents.models import Chunk
 
@@ -15,7 +16,7 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--batch-size", type=int, default=2000)
+        parser.add_argument("--batch-size", type=positive_int, default=2000)
         parser.add_argument("--no-progress", action="store_true")
 
     def handle(self, *args, batch_size, no_progress, **options):

@@ -4,6 +4,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from tqdm import tqdm
 
+from apps.core.management.arguments import positive_int
 from apps.documents.importing import count_records, import_records, read_path
 from apps.documents.models import Document
 from apps.documents.tasks import enqueue_embedding_batches
@@ -22,7 +23,7 @@ class Command(BaseCommand):
         parser.add_argument("--source", default=None, help="source name (default: the file or folder name)")
         parser.add_argument("--visibility", choices=Document.Visibility.values, default=Document.Visibility.PUBLIC)
         parser.add_argument("--publish", action="store_true", help="publish imported documents (default: draft)")
-        parser.add_argument("--batch-size", type=int, default=500, help="documents per transaction")
+        parser.add_argument("--batch-size", type=positive_int, default=500, help="documents per transaction")
         parser.add_argument("--no-embed", action="store_true", help="import only; run `reindex --stale` later")
         parser.add_argument("--no-progress", action="store_true")
 

@@ -5,6 +5,7 @@ from django.core.management.base import BaseCommand
 from django.db.models import Count
 from tqdm import tqdm
 
+from apps.core.management.arguments import positive_int
 from apps.documents import services
 from apps.documents.models import Chunk, Document
 from apps.documents.selectors import documents_to_reindex
@@ -30,7 +31,7 @@ class Command(BaseCommand):
         group.add_argument("--stale", dest="which", action="store_const", const="stale")
         parser.add_argument("--sync", action="store_true", help="embed here instead of enqueueing")
         parser.add_argument("--dry-run", action="store_true", help="print the estimate only")
-        parser.add_argument("--batch-size", type=int, default=settings.EMBEDDING_ENQUEUE_BATCH)
+        parser.add_argument("--batch-size", type=positive_int, default=settings.EMBEDDING_ENQUEUE_BATCH)
         parser.add_argument("--no-progress", action="store_true")
 
     def handle(self, *args, which, sync, dry_run, batch_size, no_progress, **options):
