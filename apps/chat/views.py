@@ -14,6 +14,7 @@ from importlib import import_module
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth import get_user
+from django.core.exceptions import SuspiciousOperation
 from django.http import Http404, JsonResponse
 from django.http.response import HttpResponseBase
 from django.middleware.csrf import CsrfViewMiddleware
@@ -26,7 +27,7 @@ from apps.chat import selectors, services
 from apps.chat.streaming import is_extractive, release_db_connection
 from apps.chat.web import answer_response, session_key_for, start_conversation
 from apps.core import parsers
-from apps.core.exceptions import envelope
+from apps.core.exceptions import envelope, refused_request_error
 from apps.llm.services import route_config
 
 CONVERSATIONS_SHOWN = 50
@@ -157,21 +158,27 @@ async def message_stream(request, pk: int):
     # body too big to hold a valid question is parsed (and refused) by that thread, not here
     # on the event loop.
     question = query_vector = None
-    if settings.SESSION_COOKIE_NAME in request.COOKIES and _content_length(request) <= _early_body_limit():
-        question = _question_from(request)
-        query_vector = services.embed_question_soon(question)
     try:
+        if settings.SESSION_COOKIE_NAME in request.COOKIES and _content_length(request) <= _early_body_limit():
+            question = _question_from(request)
+            query_vector = services.embed_question_soon(question)
         prepared = await sync_to_async(_prepare)(request, pk, question, query_vector)
         if isinstance(prepared, HttpResponseBase):  # CSRF refusal
             return prepared
         _forget_request_state(request)
     except Http404:
         return JsonResponse(envelope("not_found", "No such conversation.", request=request), status=404)
+    except SuspiciousOperation as exc:  # a body Django refused to read (too big, too many fields)
+        return _error_response(request, refused_request_error(exc))
     except APIException as exc:
-        details = getattr(exc, "details", None)
-        response = JsonResponse(envelope(exc.get_codes() if isinstance(exc.get_codes(), str) else "error",
-                                         str(exc.detail), details, request), status=exc.status_code)
-        if isinstance(details, dict) and "retry_after" in details:
-            response["Retry-After"] = str(details["retry_after"])
-        return response
+        return _error_response(request, exc)
     return answer_response(prepared, started=started)
+
+
+def _error_response(request, exc: APIException) -> JsonResponse:
+    details = getattr(exc, "details", None)
+    response = JsonResponse(envelope(exc.get_codes() if isinstance(exc.get_codes(), str) else "error",
+                                     str(exc.detail), details, request), status=exc.status_code)
+    if isinstance(details, dict) and "retry_after" in details:
+        response["Retry-After"] = str(details["retry_after"])
+    return response

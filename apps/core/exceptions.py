@@ -10,7 +10,7 @@ A 500 never carries a traceback: it is logged (and sent to Sentry) instead.
 
 from __future__ import annotations
 
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation, TooManyFieldsSent
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions, status
@@ -57,10 +57,32 @@ def _flatten_message(detail) -> str:
     return str(detail)
 
 
+class PayloadTooLarge(QuireAPIError):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_code = "payload_too_large"
+    default_detail = "The request body is too large."
+
+
+def refused_request_error(exc: SuspiciousOperation) -> QuireAPIError:
+    """The client error for a request Django refused to read (Django's own views answer these with
+    a 400 page; raised inside an API view they would be a 500): a body above
+    DATA_UPLOAD_MAX_MEMORY_SIZE, more fields than DATA_UPLOAD_MAX_NUMBER_FIELDS, a host not in
+    ALLOWED_HOSTS..."""
+    logger.warning("api.request_refused", reason=type(exc).__name__)
+    if isinstance(exc, RequestDataTooBig):
+        return PayloadTooLarge()
+    if isinstance(exc, TooManyFieldsSent):
+        return QuireAPIError("The request has more parameters or form fields than the server accepts.",
+                             code="too_many_fields")
+    return QuireAPIError("The request was refused as malformed.", code="bad_request")
+
+
 def api_exception_handler(exc, context):
     request = context.get("request")
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
+    elif isinstance(exc, SuspiciousOperation):
+        exc = refused_request_error(exc)
     elif isinstance(exc, PermissionDenied):
         exc = exceptions.PermissionDenied()
     elif isinstance(exc, DjangoValidationError):

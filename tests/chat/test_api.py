@@ -150,6 +150,20 @@ def test_the_page_route_refuses_a_lone_surrogate_or_a_question_that_is_not_a_str
     assert conversation.messages.count() == 0 and llm.calls() == 0
 
 
+def test_a_body_django_refuses_to_read_is_an_envelope_on_both_routes(reader, llm, settings):
+    conversation = ConversationFactory(owner=reader)
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 20_000
+    body = '{"question": "' + "x" * 20_000 + '"}'
+    api_response = api(reader).post(f"/api/v1/chat/conversations/{conversation.pk}/messages", body,
+                                    content_type="application/json")
+    assert api_response.status_code == 413  # was a 500
+    assert api_response.json()["error"]["code"] == "payload_too_large"
+    page_response, events = ask(f"/chat/{conversation.pk}/messages", None, user=reader, body=body)
+    assert page_response.status_code == 413 and events == []  # was Django's HTML 400 page
+    assert page_response.json()["error"]["code"] == "payload_too_large"
+    assert conversation.messages.count() == 0 and llm.calls() == 0
+
+
 def test_a_body_nested_too_deeply_is_refused_on_both_routes(reader, llm):
     conversation = ConversationFactory(owner=reader)
     # A RecursionError in json.loads, was a 500; the page route reads a small body on the event

@@ -33,6 +33,19 @@ def test_400_json_nested_too_deeply(client):
     assert "nested too deeply" in error["message"]
 
 
+def test_a_request_django_refuses_to_read_is_a_client_error(client, settings):
+    # Django raises these while DRF reads the request: they were 500s.
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    response = client.post("/api/v1/echo", {"text": "x" * 2000}, content_type="application/json")
+    assert_envelope(response, 413, "payload_too_large")
+    settings.DATA_UPLOAD_MAX_NUMBER_FIELDS = 10
+    response = client.post("/api/v1/echo?" + "&".join(f"p{i}=1" for i in range(11)), {"text": "x"})
+    assert_envelope(response, 400, "too_many_fields")
+    response = client.post("/api/v1/echo", "&".join(f"f{i}=1" for i in range(11)),
+                           content_type="application/x-www-form-urlencoded")
+    assert_envelope(response, 400, "too_many_fields")
+
+
 def test_401_without_credentials_and_bad_token(client):
     error = assert_envelope(client.get("/api/v1/me"), 401, "not_authenticated")
     assert "credentials" in error["message"].lower()
