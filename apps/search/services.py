@@ -142,13 +142,13 @@ def _filter_sql(filters: SearchFilters | None, *, alias: str = "d") -> tuple[str
     if filters.date_from:
         parts.append(f"{alias}.published_at >= %s")
         params.append(_start_of_day(filters.date_from))
-    if filters.date_to:
+    if filters.date_to and filters.date_to < date.max:  # no day after 9999-12-31 (OverflowError): no bound
         parts.append(f"{alias}.published_at < %s")
         params.append(_start_of_day(filters.date_to + timedelta(days=1)))
     if filters.sources:
         parts.append(f"{alias}.source = ANY(%s)")
         params.append(list(filters.sources))
-    return " AND ".join(parts), params
+    return " AND ".join(parts) or "TRUE", params
 
 
 def _text_filter_sql(parsed: ParsedQuery, *, alias: str = "c") -> tuple[str, list]:

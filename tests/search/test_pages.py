@@ -103,6 +103,11 @@ def test_date_filter_on_the_results_page_narrows(client):
     assert 'name="date_from" value="2024-01-01"' in page
     page = client.get("/search", {"q": "eclipse", "date_to": "2020-01-01"}).content.decode()
     assert "Old eclipse" in page and "New eclipse" not in page
+    # The last day there is: its next day overflowed the date type, a 500 on the page and the API.
+    page = client.get("/search", {"q": "eclipse", "date_to": "9999-12-31"})
+    assert page.status_code == 200 and "Old eclipse" in page.content.decode() and "New eclipse" in page.content.decode()
+    api = client.get("/api/v1/search", {"q": "eclipse", "date_from": "2024-01-01", "date_to": "9999-12-31"})
+    assert api.status_code == 200 and [r["title"] for r in api.json()["results"]] == ["New eclipse"]
 
 
 def test_snippets_show_words_not_markdown_markup(client):
