@@ -121,7 +121,9 @@ class ConversationDetailAPI(ChatAPIMixin, APIView):
                    responses={200: ConversationDetailSerializer, **ERRORS})
     def get(self, request, pk: int):
         conversation = self.get_conversation()
-        conversation.message_count = conversation.messages.count()
+        conversation.shown_messages = selectors.with_current_citations(
+            selectors.message_list(conversation=conversation), user=request.user)
+        conversation.message_count = len(conversation.shown_messages)
         return Response(ConversationDetailSerializer(conversation).data)
 
     @extend_schema(summary="Delete a conversation and its messages", responses={204: None, **ERRORS})
@@ -142,6 +144,7 @@ class ConversationMessagesAPI(ChatAPIMixin, generics.GenericAPIView):
                    responses={200: MessageSerializer(many=True), **ERRORS})
     def get(self, request, pk: int):
         page = self.paginate_queryset(selectors.message_list(conversation=self.get_conversation()))
+        page = selectors.with_current_citations(page, user=request.user)
         return self.get_paginated_response(MessageSerializer(page, many=True).data)
 
     @extend_schema(

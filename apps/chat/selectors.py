@@ -4,10 +4,14 @@ Anything else is a 404, never a 403 (its existence is not revealed)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from django.db.models import Count, Q, QuerySet
 from django.http import Http404
+from django.urls import reverse
 
 from apps.chat.models import Conversation, Message
+from apps.documents.selectors import visible_documents
 
 
 def _owner_q(*, user, session_key: str | None) -> Q | None:
@@ -50,3 +54,27 @@ def conversation_get(*, conversation_id: int, user, session_key: str | None,
 
 def message_list(*, conversation: Conversation) -> QuerySet[Message]:
     return conversation.messages.order_by("created_at", "id")
+
+
+def with_current_citations(messages: Iterable[Message], *, user) -> list[Message]:
+    """``messages`` as ``user`` may see their citations now.
+
+    An answer is saved with the citations it was given, but a cited document may since have
+    been unpublished, made private or deleted, or the reader may have lost access to it
+    (signed out, no longer staff): its title and link are then left out, so an old thread
+    shows no more than a new answer would (visibility decided in SQL, one query for all the
+    messages). A citation still shown takes the document's current title and URL.
+    """
+    messages = list(messages)
+    cited = {c.get("document_id") for m in messages for c in (m.citations or []) if isinstance(c, dict)}
+    cited.discard(None)
+    if not cited:
+        return messages
+    current = {pk: (title, reverse("search:document", args=[slug]))
+               for pk, title, slug in visible_documents(user=user).filter(pk__in=cited).values_list("pk", "title", "slug")}
+    for message in messages:
+        message.citations = [
+            {**c, "title": current[c["document_id"]][0], "url": current[c["document_id"]][1]}
+            for c in (message.citations or []) if isinstance(c, dict) and c.get("document_id") in current
+        ]
+    return messages

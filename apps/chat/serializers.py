@@ -41,7 +41,8 @@ class ConversationSerializer(serializers.ModelSerializer):
 
 
 class ConversationDetailSerializer(ConversationSerializer):
-    messages = MessageSerializer(many=True, read_only=True)
+    # Set by the view: the messages with their citations as the caller may see them now.
+    messages = MessageSerializer(many=True, read_only=True, source="shown_messages")
 
     class Meta(ConversationSerializer.Meta):
         fields = [*ConversationSerializer.Meta.fields, "messages"]

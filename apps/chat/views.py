@@ -41,7 +41,8 @@ def _llm_configured() -> bool:
 def _page(request, conversation=None):
     session_key = session_key_for(request, create=False)
     conversations = selectors.conversation_list(user=request.user, session_key=session_key)[:CONVERSATIONS_SHOWN]
-    messages = list(selectors.message_list(conversation=conversation)) if conversation else []
+    messages = selectors.with_current_citations(selectors.message_list(conversation=conversation),
+                                                user=request.user) if conversation else []
     for message in messages:
         message.citations_json = json.dumps(message.citations or [])  # chat.js links the [n] marks
     return render(request, "chat/chat.html", {

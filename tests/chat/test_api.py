@@ -26,10 +26,14 @@ def api(user=None) -> APIClient:
 
 
 def test_list_retrieve_and_delete_own_conversations(reader):
+    from apps.documents.models import Document
+    from tests.factories.documents import DocumentFactory
+
+    tides = DocumentFactory(title="Tides", slug="tides", status=Document.Status.PUBLISHED)
     mine = ConversationFactory(owner=reader, title="Mine")
     MessageFactory(conversation=mine, content="What is a tide?")
     MessageFactory(conversation=mine, role=Message.Role.ASSISTANT, content="Water moving [1].",
-                   citations=[{"n": 1, "document_id": 3, "chunk_id": 9, "title": "Tides", "url": "/d/tides/"}])
+                   citations=[{"n": 1, "document_id": tides.pk, "chunk_id": 9, "title": "Tides", "url": "/d/tides/"}])
     ConversationFactory(owner=UserFactory(), title="Theirs")
     client = api(reader)
 

@@ -81,3 +81,42 @@ def _async_client_with(client) -> AsyncClient:
     async_client = AsyncClient()
     async_client.cookies = client.cookies
     return async_client
+
+
+def test_an_old_thread_stops_showing_a_document_the_reader_may_no_longer_see(client):
+    """Citations are saved with the answer; what a thread shows of them follows the documents'
+    visibility now — on the page and in both API routes — and their current title and link."""
+    from rest_framework.test import APIClient
+
+    from apps.documents.models import Document
+    from tests.factories.chat import MessageFactory
+    from tests.factories.documents import DocumentFactory
+
+    reader = UserFactory()
+    kept = DocumentFactory(title="Tides", status=Document.Status.PUBLISHED, visibility=Document.Visibility.PUBLIC)
+    hidden = DocumentFactory(title="Zqhiddentitle memo", status=Document.Status.PUBLISHED,
+                             visibility=Document.Visibility.PUBLIC)
+    conversation = ConversationFactory(owner=reader)
+    cite = [{"n": 1, "document_id": kept.pk, "chunk_id": 1, "title": "Tides", "url": f"/d/{kept.slug}/"},
+            {"n": 2, "document_id": hidden.pk, "chunk_id": 2, "title": hidden.title, "url": f"/d/{hidden.slug}/"}]
+    answer = MessageFactory(conversation=conversation, role="assistant", content="The Moon [1], a memo [2].",
+                            citations=cite)
+    hidden.visibility, hidden.author = Document.Visibility.PRIVATE, UserFactory()  # someone else's now
+    hidden.save()
+    kept.title, kept.slug = "Tides and the Moon", "tides-and-the-moon"
+    kept.save()
+
+    shown = [{"n": 1, "document_id": kept.pk, "chunk_id": 1, "title": "Tides and the Moon",
+              "url": "/d/tides-and-the-moon/"}]
+    client.force_login(reader)
+    page = client.get(f"/chat/{conversation.pk}/").content.decode()
+    assert "Zqhiddentitle" not in page and f"/d/{hidden.slug}/" not in page
+    assert 'href="/d/tides-and-the-moon/"' in page
+    api = APIClient()
+    api.force_authenticate(reader)
+    detail = api.get(f"/api/v1/chat/conversations/{conversation.pk}").json()
+    assert [m["citations"] for m in detail["messages"]] == [shown]
+    listed = api.get(f"/api/v1/chat/conversations/{conversation.pk}/messages").json()["results"]
+    assert [m["citations"] for m in listed] == [shown]
+    answer.refresh_from_db()
+    assert answer.citations == cite  # what was answered stays on record; only what is shown follows visibility
