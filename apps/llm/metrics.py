@@ -14,6 +14,9 @@ BREAKER_STATE = Gauge("quire_llm_breaker_state", "Circuit breaker as last seen b
                       "(0 closed, 1 half-open, 2 open)", ["provider"])
 PROVIDER_FAILURES = Counter("quire_llm_provider_failures_total", "Failed provider attempts", ["provider", "code"])
 LEDGER_FLUSHED = Counter("quire_llm_ledger_flushed_total", "UsageRecords written to the database")
+QUERY_EMBEDDING_CACHE = Counter("quire_embedding_query_cache_total",
+                                "Query embeddings served from the process's recent queries, or computed",
+                                ["result"])
 BUDGET_REJECTED = Counter("quire_llm_budget_rejected_total", "Calls refused by a budget", ["holder"])
 
 BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}

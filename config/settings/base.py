@@ -279,6 +279,8 @@ SPECTACULAR_SETTINGS["POSTPROCESSING_HOOKS"] = [
 # EMBEDDING_PROVIDER=openai calls an OpenAI-compatible /v1/embeddings endpoint whose
 # model must produce 384-d vectors (the schema); a mismatch stops start-up.
 EMBEDDING_PROVIDER = env.str("EMBEDDING_PROVIDER", default="local")
+# Distinct search queries whose vectors each process keeps (3 KB each; 0 = embed every time).
+EMBEDDING_QUERY_CACHE_SIZE = env.int("EMBEDDING_QUERY_CACHE_SIZE", default=1024)
 if EMBEDDING_PROVIDER == "local":
     EMBEDDING_BACKENDS = {
         "default": {

@@ -22,6 +22,9 @@ EMBEDDING_BACKENDS = {
     "default": {"BACKEND": "apps.llm.embeddings.testing.DeterministicBackend", "OPTIONS": {}},
     "minilm": {"BACKEND": "apps.llm.embeddings.sentence_transformers.SentenceTransformerBackend", "OPTIONS": {}},
 }
+# Every query embedded anew: tests count embedding calls and inject failures, and the
+# backend instance outlives a test. The cache's own tests switch it on.
+EMBEDDING_QUERY_CACHE_SIZE = 0
 EMBEDDING_TASK_MAX_RETRIES = 2
 EMBEDDING_TASK_BACKOFF = 0.05
 EMBEDDING_TASK_BACKOFF_MAX = 0.2

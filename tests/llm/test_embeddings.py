@@ -184,3 +184,42 @@ def test_a_dimension_mismatch_stops_start_up(command):
     assert proc.returncode != 0
     output = proc.stdout + proc.stderr
     assert "produces 768-d vectors but documents_chunk.embedding stores 384-d vectors" in output
+
+
+def test_recent_query_vectors_are_kept_per_process_and_failures_are_not(settings, fresh_registry):
+    from apps.llm.embeddings.testing import fail_embeddings, recorded_calls
+    from apps.llm.metrics import QUERY_EMBEDDING_CACHE
+
+    settings.EMBEDDING_QUERY_CACHE_SIZE = 2
+    backend = get_embedding_backend()
+    calls = lambda: recorded_calls("default")["calls"]  # noqa: E731
+    hits = lambda: QUERY_EMBEDDING_CACHE.labels("hit")._value.get()  # noqa: E731
+    start, start_hits = calls(), hits()
+
+    first = backend.embed_query("tides and the moon")
+    assert backend.embed_query("tides and the moon") == first  # the same vector, not embedded again
+    assert calls() - start == 1 and hits() - start_hits == 1
+    backend.embed_query("glaciers")
+    backend.embed_query("tides and the moon")  # used again: now the most recent
+    backend.embed_query("volcanoes")  # over the size: the least recently used (glaciers) goes
+    assert calls() - start == 3
+    backend.embed_query("tides and the moon")
+    assert calls() - start == 3
+    backend.embed_query("glaciers")
+    assert calls() - start == 4
+
+    fail_embeddings()
+    try:
+        with pytest.raises(EmbeddingUnavailable):
+            backend.embed_query("coral reefs")
+    finally:
+        fail_embeddings(False)
+    assert backend.embed_query("coral reefs") == backend.vector("coral reefs")  # the failure was not kept
+    assert calls() - start == 6  # the failed call and the one after it
+    backend.clear_query_cache()
+    backend.embed_query("tides and the moon")
+    assert calls() - start == 7
+
+    settings.EMBEDDING_QUERY_CACHE_SIZE = 0  # off: every query is embedded
+    backend.embed_query("volcanoes")
+    assert calls() - start == 8

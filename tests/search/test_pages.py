@@ -116,3 +116,16 @@ def test_snippets_show_words_not_markdown_markup(client):
     snippet = page.split('class="snippet"', 1)[1].split("</p>", 1)[0] if 'class="snippet"' in page else page
     assert "<mark>inference</mark>" in snippet
     assert "**" not in snippet and "`" not in snippet
+
+
+def test_the_next_results_page_does_not_embed_the_query_again(client, settings):
+    from apps.llm.embeddings.testing import recorded_calls
+
+    settings.EMBEDDING_QUERY_CACHE_SIZE = 16
+    for i in range(12):
+        indexed_document(title=f"Lichen survey {i}", body="Lichen grows slowly on bare rock.")
+    before = recorded_calls()["calls"]
+    first = client.get("/search", {"q": "lichen on rock"}).content.decode()
+    second = client.get("/search", {"q": "lichen on rock", "page": 2}).content.decode()
+    assert "Page 1 of 2" in first and "Page 2 of 2" in second
+    assert recorded_calls()["calls"] - before == 1  # page 2 reused the query's vector

@@ -15,12 +15,15 @@ heavy parts (model weights, HTTP client) load lazily on first use.
 from __future__ import annotations
 
 import threading
+from array import array
+from collections import OrderedDict
 from typing import Any, ClassVar
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 from apps.core.backends import backend_class, reject_unknown_options
+from apps.llm.metrics import QUERY_EMBEDDING_CACHE
 
 
 class EmbeddingBackend:
@@ -43,6 +46,9 @@ class EmbeddingBackend:
         reject_unknown_options("EMBEDDING_BACKENDS", alias, type(self), options, self.option_names)
         self.alias = alias
         self.options = options
+        # Recent query vectors by text (see embed_query), least recently used first.
+        self._queries: OrderedDict[str, array] = OrderedDict()
+        self._queries_lock = threading.Lock()
 
     # --- embedding -----------------------------------------------------------------
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
@@ -52,8 +58,36 @@ class EmbeddingBackend:
         return self._embed(list(texts), kind="document")
 
     def embed_query(self, text: str) -> list[float]:
-        """Embed one search query."""
-        return self._embed([text], kind="query")[0]
+        """Embed one search query.
+
+        The last ``EMBEDDING_QUERY_CACHE_SIZE`` distinct queries are kept in this process
+        (3 KB each): a reader paging through results, changing a filter or the mode, or asking
+        what others just asked, is not embedded again (the local model spends about 10 ms of a
+        core per query). Failures are not kept.
+        """
+        size = settings.EMBEDDING_QUERY_CACHE_SIZE
+        if size <= 0:
+            return self._embed([text], kind="query")[0]
+        with self._queries_lock:
+            kept = self._queries.get(text)
+            if kept is not None:
+                self._queries.move_to_end(text)
+        if kept is not None:
+            QUERY_EMBEDDING_CACHE.labels("hit").inc()
+            return kept.tolist()
+        QUERY_EMBEDDING_CACHE.labels("miss").inc()
+        vector = self._embed([text], kind="query")[0]
+        with self._queries_lock:
+            self._queries[text] = array("d", vector)
+            self._queries.move_to_end(text)
+            while len(self._queries) > size:
+                self._queries.popitem(last=False)
+        return vector
+
+    def clear_query_cache(self) -> None:
+        """Forget the kept query vectors (``evaluate_search`` times every query as a new one)."""
+        with self._queries_lock:
+            self._queries.clear()
 
     def _embed(self, texts: list[str], *, kind: str) -> list[list[float]]:
         raise NotImplementedError
