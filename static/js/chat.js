@@ -9,6 +9,8 @@
   var list = document.getElementById("chat-messages");
   var input = document.getElementById("chat-question");
   var send = document.getElementById("chat-send");
+  var stop = document.getElementById("chat-stop");
+  var streaming = null; // the AbortController of the answer being read, if any
   var status = document.getElementById("chat-status");
   var errorBox = document.getElementById("chat-error");
   var CITE = /\[(\d{1,3}(?:\s*,\s*\d{1,3})*)\]/g;
@@ -156,8 +158,10 @@
   async function ask(question) {
     showError("");
     var url = await ensureConversation();
+    // Stop closes the connection: the server cancels the model call and keeps what was said.
+    var controller = new AbortController();
     var response = await fetch(url, {
-      method: "POST", credentials: "same-origin",
+      method: "POST", credentials: "same-origin", signal: controller.signal,
       headers: {"X-CSRFToken": csrfToken(), "Content-Type": "application/json", "Accept": "text/event-stream"},
       body: JSON.stringify({question: question}),
     });
@@ -171,8 +175,17 @@
     var reader = response.body.getReader();
     var decoder = new TextDecoder();
     var buffer = "";
+    streaming = controller;
+    stop.hidden = false;
     for (;;) {
-      var chunk = await reader.read();
+      var chunk;
+      try {
+        chunk = await reader.read();
+      } catch (err) {
+        if (!controller.signal.aborted) throw err;
+        if (!state.finished) handleEvent(state, "error", {message: "you stopped it."});
+        return;
+      }
       if (chunk.done) break;
       buffer += decoder.decode(chunk.value, {stream: true}).replace(/\r\n/g, "\n");
       var end;
@@ -195,10 +208,16 @@
     }).catch(function (err) {
       showError(err.message || String(err));
     }).finally(function () {
+      streaming = null;
+      stop.hidden = true;
       send.disabled = false;
       status.textContent = "";
       input.focus();
     });
+  });
+
+  stop.addEventListener("click", function () {
+    if (streaming) streaming.abort();
   });
 
   input.addEventListener("keydown", function (event) {

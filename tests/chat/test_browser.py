@@ -33,6 +33,39 @@ def test_reader_asks_and_sees_a_streamed_answer_with_a_citation_link(page, app_s
     page.wait_for_url(f"**/d/{doc.slug}/")
 
 
+def test_stop_ends_the_answer_cancels_the_model_call_and_keeps_what_was_said(page, app_server, fake_upstream):
+    import time
+
+    from apps.chat.models import Message
+
+    indexed_document(title="Tides", body="Tides are caused by the gravity of the Moon.")
+    fake_upstream.configure(text="The Moon pulls the oceans toward it twice every single day [1].", token_delay=0.3)
+    page.goto(app_server.url + "/chat/")
+    assert not page.locator("#chat-stop").is_visible()  # nothing to stop yet
+    page.fill("#chat-question", "What causes tides?")
+    page.click("#chat-send")
+    page.wait_for_selector(".message.assistant.streaming .content:has-text('Moon')")
+    page.locator("#chat-stop").click()
+    stopped_at = time.monotonic()
+
+    answer = page.locator(".message.assistant").last
+    answer.locator(".message-state").wait_for()
+    assert answer.locator(".message-state").inner_text() == "The answer was interrupted: you stopped it."
+    assert "twice every single day" not in answer.locator(".content").inner_text()
+    assert not page.locator("#chat-stop").is_visible() and page.locator("#chat-send").is_enabled()
+    deadline = time.monotonic() + 5
+    while not fake_upstream.disconnects and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert fake_upstream.disconnects and fake_upstream.disconnects[-1] - stopped_at < 1.0  # the model call ended
+    message = Message.objects.get(pk=answer.get_attribute("data-message-id"))
+    deadline = time.monotonic() + 5
+    while message.status == Message.Status.PARTIAL and not message.latency_ms and time.monotonic() < deadline:
+        time.sleep(0.05)
+        message.refresh_from_db()
+    assert message.status == Message.Status.PARTIAL and message.content.startswith("The Moon")
+    assert "twice every single day" not in message.content
+
+
 @pytest.fixture
 def extractive_server(django_db_blocker):
     """A worker with no LLM configured and one question per minute for anonymous readers."""
