@@ -406,6 +406,9 @@ LOGGING = {
     },
 }
 
+# /metrics answers only to "Authorization: Bearer <METRICS_TOKEN>" when set (manage.py check
+# --deploy warns when it is not: then whoever reaches the web port reads the metrics).
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 SENTRY_DSN = env.str("SENTRY_DSN", default="")
 SENTRY_TRACES_SAMPLE_RATE = env.float("SENTRY_TRACES_SAMPLE_RATE", default=0.0)
 ENVIRONMENT = env.str("ENVIRONMENT", default="development")

@@ -43,6 +43,26 @@ def test_metrics_exposed_for_prometheus(client):
     assert b"django_http_requests_total_by_method_total" in response.content
 
 
+def test_with_a_metrics_token_only_its_bearer_reads_the_metrics(client, settings):
+    settings.METRICS_TOKEN = "s3cret-scrape-token"
+    for headers in ({}, {"HTTP_AUTHORIZATION": "Bearer wrong"}, {"HTTP_AUTHORIZATION": "s3cret-scrape-token"}):
+        refused = client.get("/metrics", **headers)
+        assert refused.status_code == 401 and refused["WWW-Authenticate"] == 'Bearer realm="metrics"'
+        assert refused.json()["error"]["code"] == "not_authenticated"
+        assert b"django_http" not in refused.content
+    allowed = client.get("/metrics", HTTP_AUTHORIZATION="Bearer s3cret-scrape-token")
+    assert allowed.status_code == 200 and b"django_http_requests_total_by_method_total" in allowed.content
+
+
+def test_deploy_check_warns_while_metrics_are_open(settings):
+    from django.core.checks import run_checks
+
+    settings.METRICS_TOKEN = ""
+    assert "quire.W001" in [m.id for m in run_checks(include_deployment_checks=True)]
+    settings.METRICS_TOKEN = "set"
+    assert "quire.W001" not in [m.id for m in run_checks(include_deployment_checks=True)]
+
+
 class SlowLoadingBackend(DeterministicBackend):
     """Stands in for the local model: load() blocks until the test releases it."""
 
