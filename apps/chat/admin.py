@@ -1,6 +1,7 @@
 from django.contrib import admin
 
 from apps.chat.models import Conversation, Message
+from apps.core.admin import QuireModelAdmin
 
 
 class MessageInline(admin.TabularInline):
@@ -12,7 +13,7 @@ class MessageInline(admin.TabularInline):
 
 
 @admin.register(Conversation)
-class ConversationAdmin(admin.ModelAdmin):
+class ConversationAdmin(QuireModelAdmin):
     list_display = ["id", "title", "owner", "created_at", "updated_at"]
     list_filter = ["created_at"]
     search_fields = ["title", "owner__username"]
@@ -21,7 +22,7 @@ class ConversationAdmin(admin.ModelAdmin):
 
 
 @admin.register(Message)
-class MessageAdmin(admin.ModelAdmin):
+class MessageAdmin(QuireModelAdmin):
     list_display = ["id", "conversation", "role", "status", "provider", "model", "completion_tokens", "cost",
                     "ttft_ms", "created_at"]
     list_filter = ["role", "status", "provider", "created_at"]

@@ -13,6 +13,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 from markdown_it import MarkdownIt
 
+from apps.core.admin import QuireModelAdmin
 from apps.documents import services
 from apps.documents.enrichment import accept_suggestions
 from apps.documents.models import Chunk, Document
@@ -49,7 +50,7 @@ class ChunkInline(admin.TabularInline):
 
 
 @admin.register(Document)
-class DocumentAdmin(admin.ModelAdmin):
+class DocumentAdmin(QuireModelAdmin):
     list_display = ("title", "status", "visibility", "embedding_badge", "chunk_count", "source", "updated_at")
     list_filter = ("status", "visibility", "embedding_status", "source")
     search_fields = ("title", "slug", "external_id", "summary")

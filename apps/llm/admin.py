@@ -2,6 +2,7 @@ from django.contrib import admin, messages
 from django.db.models import Q, Sum
 from django.utils import timezone
 
+from apps.core.admin import QuireModelAdmin
 from apps.llm.budgets import month_bounds
 from apps.llm.models import ApiKey, UsageRecord, UserBudget
 from apps.llm.selectors import day_chart, usage_totals
@@ -9,7 +10,7 @@ from apps.llm.services import api_key_revoke, new_key_material
 
 
 @admin.register(UsageRecord)
-class UsageRecordAdmin(admin.ModelAdmin):
+class UsageRecordAdmin(QuireModelAdmin):
     """The ledger: read-only, filterable, with totals and a cost-per-day chart of the filtered rows."""
 
     change_list_template = "admin/llm/usagerecord/change_list.html"
@@ -40,7 +41,7 @@ class UsageRecordAdmin(admin.ModelAdmin):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(QuireModelAdmin):
     """Keys for /v1/chat/completions. The key is shown once, right after it is created.
     Unticking "is active", the revoke action and deleting all take effect in every web
     process from its next request (``apps.llm.keys``)."""
@@ -87,6 +88,6 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
 
 @admin.register(UserBudget)
-class UserBudgetAdmin(admin.ModelAdmin):
+class UserBudgetAdmin(QuireModelAdmin):
     list_display = ("user", "monthly_limit_usd")
     search_fields = ("user__username",)

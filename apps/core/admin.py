@@ -1,0 +1,20 @@
+"""What every Quire model admin shares."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.db import DataError
+
+
+class QuireModelAdmin(admin.ModelAdmin):
+    """A list filter the database or Python cannot apply is Django admin's "invalid lookup"
+    page (a redirect with ``?e=1``), not a 500: a year past 9999 in the date hierarchy
+    (``?created_at__year=99999999999``, OverflowError), a NUL in a filter value
+    (``?tags__contains=%00``, PostgreSQL's DataError)."""
+
+    def get_changelist_instance(self, request):
+        try:
+            return super().get_changelist_instance(request)
+        except (OverflowError, DataError) as exc:
+            raise IncorrectLookupParameters(exc) from exc
