@@ -9,7 +9,6 @@ import shutil
 import socket
 from pathlib import Path
 from types import SimpleNamespace
-from urllib.parse import quote
 
 import pytest
 from django.conf import settings
@@ -33,17 +32,9 @@ def test_database_url() -> str:
     """URL of the pytest-django test database, for child processes."""
     from django.db import connection
 
-    db = connection.settings_dict
-    host = quote(db.get("HOST") or "", safe="")
-    auth = quote(db.get("USER") or "", safe="")
-    if db.get("PASSWORD"):
-        auth += ":" + quote(db["PASSWORD"], safe="")
-    port = f":{db['PORT']}" if db.get("PORT") else ""
-    if (db.get("HOST") or "").startswith("/"):
-        # django-environ does not unquote a %2F-encoded socket path in the netloc;
-        # it does pass ?host= through to psycopg.
-        return f"postgres://{auth}@/{db['NAME']}?host={quote(db['HOST'], safe='/')}"
-    return f"postgres://{auth}@{host}{port}/{db['NAME']}"
+    from apps.core.db import database_url
+
+    return database_url(connection.settings_dict)
 
 
 def child_env(**extra) -> dict:

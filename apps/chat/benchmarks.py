@@ -15,6 +15,7 @@ generator (:mod:`apps.chat.sse_load`, aiohttp).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -61,6 +62,9 @@ def _arguments(parser):
     parser.add_argument("--ramp", type=float, default=200.0, help="new streams per second while opening (run a)")
     parser.add_argument("--upstream-pool-limit", type=int, default=0,
                         help="override LLM_HTTP_POOL_LIMIT (upstream connections per worker) for this run")
+    parser.add_argument("--isolated", action="store_true",
+                        help="run against a fresh database holding only the bench's 8 documents (created, migrated "
+                             "and dropped by the bench), not the development database: reproducible figures")
     parser.add_argument("--only", default="held,throughput,ttft",
                         help="comma-separated runs to do (held, throughput, ttft); figures of skipped runs are null")
 
@@ -196,9 +200,41 @@ def _cleanup() -> None:
     Document.objects.filter(source=SOURCE).delete()
 
 
+ISOLATED_DATABASE = "quire_bench_sse"
+
+
+@contextlib.contextmanager
+def _isolated_database(stdout):
+    """A fresh, migrated database for this process and (``DATABASE_URL``) its children; dropped after."""
+    from django.db import connection
+
+    from apps.core.db import database_url
+
+    stdout.write(f"creating and migrating the isolated database {ISOLATED_DATABASE} ...")
+    original, url_before = connection.settings_dict["NAME"], os.environ.get("DATABASE_URL")
+    connection.settings_dict.setdefault("TEST", {})["NAME"] = ISOLATED_DATABASE
+    connection.creation.create_test_db(verbosity=0, autoclobber=True, serialize=False)
+    os.environ["DATABASE_URL"] = database_url(connection.settings_dict)
+    try:
+        yield
+    finally:
+        if url_before is None:
+            os.environ.pop("DATABASE_URL", None)
+        else:
+            os.environ["DATABASE_URL"] = url_before
+        connection.creation.destroy_test_db(original, verbosity=0)
+
+
 @register("sse", help="Chat SSE: held streams per uvicorn worker, KB/stream, added TTFT, events/s",
           arguments=_arguments)
 def bench_sse(*, stdout, options):
+    if options["isolated"]:
+        with _isolated_database(stdout):
+            return _bench_sse(stdout=stdout, options=options)
+    return _bench_sse(stdout=stdout, options=options)
+
+
+def _bench_sse(*, stdout, options):
     nofile = _raise_nofile()
     n, hold, interval = options["streams"], options["hold"], options["interval"]
     fast_n, samples = options["throughput_streams"], options["ttft_samples"]

@@ -23,6 +23,7 @@ Behind PgBouncer in transaction mode prepared statements need PgBouncer 1.21+
 from __future__ import annotations
 
 import time
+from urllib.parse import quote
 
 import psycopg
 from django.db import connection
@@ -64,3 +65,19 @@ def _log(raw, statements: list[tuple[str, list]], seconds: float) -> None:
     with psycopg.ClientCursor(raw) as cursor:
         sent = "; ".join(cursor.mogrify(sql, params) for sql, params in statements)
     connection.queries_log.append({"sql": sent, "time": f"{seconds:.3f}"})
+
+
+def database_url(db: dict) -> str:
+    """``DATABASE_URL`` for a Django database settings dict: how a child process (a test's
+    server, a benchmark's worker) is pointed at the database this process uses."""
+    raw_host = db.get("HOST") or (db.get("OPTIONS") or {}).get("host") or ""  # a "?host=" URL puts it in OPTIONS
+    host = quote(raw_host, safe="")
+    auth = quote(db.get("USER") or "", safe="")
+    if db.get("PASSWORD"):
+        auth += ":" + quote(db["PASSWORD"], safe="")
+    port = f":{db['PORT']}" if db.get("PORT") else ""
+    if raw_host.startswith("/"):
+        # django-environ does not unquote a %2F-encoded socket path in the netloc;
+        # it does pass ?host= through to psycopg.
+        return f"postgres://{auth}@/{db['NAME']}?host={quote(raw_host, safe='/')}"
+    return f"postgres://{auth}@{host}{port}/{db['NAME']}"
