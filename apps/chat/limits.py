@@ -14,6 +14,7 @@ import redis
 from django.conf import settings
 from rest_framework import status
 
+from apps.core import parsers
 from apps.core.exceptions import QuireAPIError
 
 
@@ -51,11 +52,9 @@ def check_question(question) -> str:
     # PostgreSQL text cannot hold a NUL, nor psycopg encode a lone surrogate (JSON's "\ud800")
     if "\x00" in question:
         raise QuestionInvalid("Null characters are not allowed.", code="invalid_question")
-    try:
-        question.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise QuestionInvalid(f"Surrogate characters are not allowed: U+{ord(question[exc.start]):04X}.",
-                              code="invalid_question") from None
+    if (surrogate := parsers.lone_surrogate(question)) is not None:
+        raise QuestionInvalid(f"Surrogate characters are not allowed: U+{ord(surrogate):04X}.",
+                              code="invalid_question")
     if len(question) > limit:
         raise QuestionInvalid(f"The question is {len(question)} characters long; the limit is {limit}.",
                               code="question_too_long", details={"max_chars": limit, "length": len(question)})

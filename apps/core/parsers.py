@@ -21,6 +21,19 @@ def loads(data: str | bytes):
         raise ValueError("JSON nested too deeply") from None
 
 
+def lone_surrogate(text: str) -> str | None:
+    """The first lone surrogate in ``text`` (JSON's ``"\\ud800"``, half of a pair), or None.
+
+    JSON may carry one, Python keeps it, but it is not Unicode text: no UTF-8 encoder,
+    tokenizer, upstream or PostgreSQL takes it.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return text[exc.start]
+    return None
+
+
 class JSONParser(parsers.JSONParser):
     """DRF's JSON parser, with a body nested too deeply as a ``parse_error`` (400) too."""
 

@@ -192,10 +192,8 @@ def validate_record(record: ImportRecord, *, source: str, visibility: str) -> Do
         # PostgreSQL text cannot store either: the whole import would stop at this line
         if "\x00" in value:
             raise ValidationError(f"{name} contains a NUL character (\\u0000)")
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as exc:  # JSON's "\ud800": half of a surrogate pair
-            raise ValidationError(f"{name} contains a lone surrogate (U+{ord(value[exc.start]):04X})") from None
+        if (surrogate := parsers.lone_surrogate(value)) is not None:
+            raise ValidationError(f"{name} contains a lone surrogate (U+{ord(surrogate):04X})")
     document = Document(
         title=record.title, body=record.body, tags=record.tags, source=source,
         external_id=record.external_id, visibility=visibility,

@@ -98,16 +98,6 @@ def _unauthenticated(request) -> JsonResponse:
                   headers={"WWW-Authenticate": 'Bearer realm="quire"'})
 
 
-def _is_unicode(text: str) -> bool:
-    """False for a string holding a lone surrogate (JSON's ``"\\ud800"``): no encoder, tokenizer
-    or upstream takes it."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _parse(body: bytes) -> tuple[dict | None, str | None]:
     """(validated fields, None) or (None, error message)."""
     try:
@@ -135,7 +125,7 @@ def _parse(body: bytes) -> tuple[dict | None, str | None]:
             content = " ".join(texts)
         if not isinstance(content, str):
             return None, f"messages[{index}]: content must be a string."
-        if not _is_unicode(content):
+        if parsers.lone_surrogate(content) is not None:
             return None, f"messages[{index}]: content holds a lone surrogate (not Unicode text)."
         clean.append({"role": "system" if role == "developer" else role, "content": content})
     params = {}
@@ -150,7 +140,7 @@ def _parse(body: bytes) -> tuple[dict | None, str | None]:
         if isinstance(value, bool) or not typed:
             return None, f"{name}: wrong type."
         texts = value if isinstance(value, list) else [value] if isinstance(value, str) else []
-        if not all(isinstance(text, str) and _is_unicode(text) for text in texts):
+        if not all(isinstance(text, str) and parsers.lone_surrogate(text) is None for text in texts):
             return None, f"{name}: a string or a list of strings."
         params[name] = value
     max_tokens = data.get("max_completion_tokens", data.get("max_tokens"))
