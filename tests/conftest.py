@@ -7,6 +7,9 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -26,6 +29,24 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def wait_until_healthy(url: str, proc: subprocess.Popen, output: Callable[[], str], timeout: float = 60) -> None:
+    """Until ``url``/healthz answers 200; if ``proc`` exits or ``timeout`` passes first, kill it and
+    raise with the end of its ``output()``."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(output()[-3000:])
+        time.sleep(0.05)
 
 
 def test_database_url() -> str:

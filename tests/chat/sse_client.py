@@ -11,13 +11,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
 from django.test import AsyncClient
 
 from apps.llm.testing import run
+from tests.conftest import wait_until_healthy
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
@@ -92,17 +91,8 @@ class AppServer:
              "--port", str(self.port), "--lifespan", "off", "--no-access-log", "--log-level", "warning"],
             cwd=BASE_DIR, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"uvicorn exited: {self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"uvicorn did not start: {self.log.read_text()[-3000:]}")
+        wait_until_healthy(self.url, self.proc, self.log.read_text, timeout=timeout)
+        return self
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

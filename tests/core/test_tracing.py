@@ -22,7 +22,7 @@ from rest_framework.authtoken.models import Token
 from apps.core.testing.otlp_collector import FakeCollector, ReceivedSpan
 from apps.core.worker_process import WorkerProcess
 from tests.chat.sse_client import parse_sse
-from tests.conftest import BASE_DIR, child_env, free_port
+from tests.conftest import BASE_DIR, child_env, free_port, wait_until_healthy
 from tests.factories.documents import StaffFactory
 from tests.factories.search import indexed_document
 
@@ -59,7 +59,7 @@ def traced(collector, django_db_setup, django_db_blocker, _fake_upstream_server,
         try:
             worker.start(timeout=60)  # meanwhile uvicorn starts too
             url = f"http://127.0.0.1:{port}"
-            _wait_until_up(url, web, log_path)
+            wait_until_healthy(url, web, lambda: log_path.read_text(errors="replace"))
             yield SimpleNamespace(url=url, log_path=log_path)
         finally:
             web.terminate()
@@ -68,20 +68,6 @@ def traced(collector, django_db_setup, django_db_blocker, _fake_upstream_server,
             except subprocess.TimeoutExpired:
                 web.kill()
             worker.stop()
-
-
-def _wait_until_up(url: str, web: subprocess.Popen, log_path) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if web.poll() is not None or time.monotonic() > deadline:
-            web.kill()
-            raise RuntimeError(log_path.read_text(errors="replace")[-3000:])
-        time.sleep(0.05)
 
 
 def server_span(collector: FakeCollector, *, method: str, route: str, path: str) -> ReceivedSpan:

@@ -1,10 +1,8 @@
 import subprocess
 import sys
-import time
 from decimal import Decimal
 from types import SimpleNamespace
 
-import httpx
 import pytest
 from django.conf import settings as django_settings
 
@@ -58,7 +56,7 @@ def proxy(settings, fake_upstream, second_upstream):
 def start_proxy_server(upstream, **env) -> SimpleNamespace:
     """A real uvicorn serving Quire on the test database, its ``openai`` provider being
     ``upstream``; ``env`` adds environment variables. Call ``.stop()`` when done."""
-    from tests.conftest import BASE_DIR, child_env, free_port
+    from tests.conftest import BASE_DIR, child_env, free_port, wait_until_healthy
 
     port = free_port()
     environment = child_env(LLM_OPENAI_BASE_URL=upstream.url, LLM_OPENAI_API_KEY="upstream-key",
@@ -69,17 +67,7 @@ def start_proxy_server(upstream, **env) -> SimpleNamespace:
         cwd=BASE_DIR, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(proc.stdout.read().decode(errors="replace")[-3000:])
-        time.sleep(0.1)
+    wait_until_healthy(base, proc, lambda: proc.stdout.read().decode(errors="replace"))
 
     def stop():
         proc.terminate()
