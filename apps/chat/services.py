@@ -105,8 +105,9 @@ class _Bookkeeping:
     message_id: int
 
 
-# One statement, one round trip, one transaction: is the conversation the caller's (the
-# ``owned`` subquery is selectors.owned_conversations, compiled), how many questions it holds,
+# One statement (after the row lock, see _bookkeeping), one round trip, one transaction: is the
+# conversation the caller's (the ``owned`` subquery is selectors.owned_conversations, compiled),
+# how many questions it holds,
 # its recent turns (read before the new rows: same snapshot; failed and empty answers left out,
 # a partial one kept: it is what the reader saw), and, if the limit allows, the question and its
 # assistant message (``partial`` until answer_finish) plus the conversation's title and
@@ -142,7 +143,7 @@ FROM conv"""
 def _bookkeeping(*, conversation: Conversation | int, user, session_key: str | None, question: str,
                  route: str) -> _Bookkeeping:
     """Check the conversation is the caller's (``Http404``) and not full (``ConversationFull``),
-    read its recent turns and save the question with its ``partial`` answer: one statement."""
+    read its recent turns and save the question with its ``partial`` answer: one round trip."""
     conversation_id = conversation.pk if isinstance(conversation, Conversation) else conversation
     if not isinstance(conversation_id, int) or not 0 < conversation_id < 2**63:
         raise Http404("No such conversation.")
