@@ -46,6 +46,10 @@ def _configure_structlog() -> None:
         return
     structlog.configure(
         processors=[
+            # A line below its logger's level is dropped before any processor runs (the
+            # timestamp and the rendering were costing a streamed answer ~0.5 ms of CPU
+            # at LOG_LEVEL=WARNING).
+            structlog.stdlib.filter_by_level,
             *_SHARED,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],

@@ -43,3 +43,35 @@ def test_unsafe_request_id_is_replaced(client):
     response = client.get("/healthz", HTTP_X_REQUEST_ID="bad id\nwith newline")
     assert response["X-Request-ID"] != "bad id\nwith newline"
     assert len(response["X-Request-ID"]) == 32
+
+
+def test_a_line_below_the_loggers_level_is_dropped_before_any_processor_runs(monkeypatch):
+    """The processors (trace ids, timestamp, ...) run only for lines the logger will write."""
+    from apps.core import logging as quire_logging
+
+    spans_asked: list[int] = []
+
+    class NoSpan:
+        def get_span_context(self):
+            spans_asked.append(1)
+            return type("Context", (), {"is_valid": False})()
+
+    monkeypatch.setattr(quire_logging, "_current_span", NoSpan)
+    records: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    stdlib_logger = logging.getLogger("quire.test-levels")
+    handler = Collect()
+    stdlib_logger.addHandler(handler)
+    stdlib_logger.setLevel(logging.WARNING)
+    try:
+        logger = quire_logging.get_logger("quire.test-levels")
+        logger.info("below.the.level")
+        assert (records, spans_asked) == ([], [])
+        logger.warning("at.the.level")
+        assert len(records) == 1 and spans_asked == [1]
+    finally:
+        stdlib_logger.removeHandler(handler)
