@@ -94,6 +94,21 @@ def _threads(pid: int) -> int:
         return next(int(line.split()[1]) for line in fh if line.startswith("Threads:"))
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds the process has used so far."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_busy_s() -> float:
+    """CPU seconds every process on the machine has used (all cores, since boot)."""
+    with open("/proc/stat") as fh:
+        cpu = [int(v) for v in fh.readline().split()[1:]]
+    idle = cpu[3] + cpu[4]  # idle + iowait
+    return (sum(cpu[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -291,9 +306,14 @@ def _bench_sse(*, stdout, options):
         first_tokens = {"direct_s": [], "chat_s": [], "prepare_ms": [], "proxy_ttft_ms": []}
         if "ttft" in runs:
             _configure_upstream(upstream, tokens=3, token_delay=0.0)
+            cpu_before, busy_before = _cpu_s(app.pid), _machine_busy_s()
             first_tokens = _load({**spec, "mode": "ttft", "samples": samples,
                                   "question": spec["question"] + " (ttft)", "upstream_url": upstream + "/v1",
                                   "urls": urls[n + fast_n:n + fast_n + samples]}, base_env)
+            # CPU per answer (the whole answer, not only up to its first token; 10 ms clock ticks, over all samples).
+            answers = max(1, len(first_tokens["chat_s"]))
+            first_tokens["worker_cpu_ms"] = (_cpu_s(app.pid) - cpu_before) * 1000 / answers
+            first_tokens["machine_cpu_ms"] = (_machine_busy_s() - busy_before) * 1000 / answers
 
         # (b) throughput.
         fast = dict.fromkeys(("streams", "completed", "events_per_s", "events_per_s_all_live", "window_s",
@@ -349,6 +369,10 @@ def _p50(values: list[float], pct: float = 50, scale: float = 1.0) -> float | No
     return round(percentile(values, pct) * scale, 2) if values else None
 
 
+def _round(value: float | None) -> float | None:
+    return round(value, 2) if value is not None else None
+
+
 def _figures(n: int, held: dict | None, rss_before: int | None, rss_during: float | None, first_tokens: dict,
              fast: dict, options: dict, nofile: int, *, peak_threads: int | None = None) -> dict:
     """The JSON figures; those of a run left out with ``--only`` are null."""
@@ -374,6 +398,8 @@ def _figures(n: int, held: dict | None, rss_before: int | None, rss_during: floa
         "ttft_added_p50_ms": round(chat_p50 - direct_p50, 2) if chat_p50 is not None else None,
         "server_prepare_p50_ms": _p50(first_tokens["prepare_ms"]),
         "server_proxy_ttft_p50_ms": _p50(first_tokens["proxy_ttft_ms"]),
+        "ttft_worker_cpu_ms_per_answer": _round(first_tokens.get("worker_cpu_ms")),
+        "ttft_machine_cpu_ms_per_answer": _round(first_tokens.get("machine_cpu_ms")),
         "throughput_streams": fast["streams"],
         "throughput_completed": fast["completed"],
         "events_per_s": fast["events_per_s"],
