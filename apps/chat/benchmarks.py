@@ -30,11 +30,11 @@ from pathlib import Path
 import httpx
 from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
-from django.contrib.sessions.backends.db import SessionStore
 from django.test import override_settings
 
 from apps.chat.models import Conversation
 from apps.core.bench import percentile, print_table, register
+from apps.core.sessions import SessionStore
 from apps.documents.models import Document
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
@@ -180,7 +180,7 @@ def _setup_data(conversations: int, upstream_v1: str) -> tuple[object, str, list
                                                 password=secrets.token_urlsafe(16))
     session = SessionStore()
     session[SESSION_KEY] = str(user.pk)
-    session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+    session[BACKEND_SESSION_KEY] = settings.AUTHENTICATION_BACKENDS[0]
     session[HASH_SESSION_KEY] = user.get_session_auth_hash()
     session.create()
     docs = Document.objects.bulk_create([  # bulk: no signals, nothing queued for the real worker

@@ -56,6 +56,11 @@ MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
+# Django's database sessions and ModelBackend, each reading its row with a prepared statement
+# (apps/core/sessions.py, apps/core/auth.py): every signed-in request reads both.
+SESSION_ENGINE = "apps.core.sessions"
+AUTHENTICATION_BACKENDS = ["apps.core.auth.ModelBackend"]
+
 ROOT_URLCONF = "config.urls"
 WSGI_APPLICATION = "config.wsgi.application"
 ASGI_APPLICATION = "config.asgi.application"

@@ -1,0 +1,31 @@
+"""``AUTHENTICATION_BACKENDS = ["apps.core.auth.ModelBackend"]``: Django's ``ModelBackend``,
+with the signed-in user of a request read by one prepared statement.
+
+``get_user`` runs on every request of a signed-in reader (the chat stream included,
+before its first token). Django's reads the user through the ORM
+(``_default_manager.get(pk=...)``), about 0.35 ms of CPU to build and compile the
+query; here it is a prepared statement (:func:`apps.core.db.fetch_prepared`) over the
+model's concrete fields, turned into the model with ``from_db`` as the ORM does. Who
+may sign in (``user_can_authenticate``), passwords and permissions are Django's own.
+"""
+
+from __future__ import annotations
+
+from django.contrib.auth import backends, get_user_model
+from django.db import connection
+
+from apps.core.db import fetch_prepared
+
+
+class ModelBackend(backends.ModelBackend):
+    def get_user(self, user_id):
+        model = get_user_model()
+        fields = model._meta.concrete_fields
+        columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+        rows = fetch_prepared(
+            f"SELECT {columns} FROM {connection.ops.quote_name(model._meta.db_table)} "
+            f"WHERE {connection.ops.quote_name(model._meta.pk.column)} = %s", [user_id])
+        if not rows:
+            return None
+        user = model.from_db(connection.alias, [f.attname for f in fields], rows[0])
+        return user if self.user_can_authenticate(user) else None

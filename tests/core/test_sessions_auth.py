@@ -1,0 +1,88 @@
+"""The session engine and auth backend that read their rows with prepared statements
+(apps/core/sessions.py, apps/core/auth.py) behave as Django's own."""
+
+from datetime import timedelta
+
+import pytest
+from django.conf import settings
+from django.contrib.auth import get_user
+from django.contrib.sessions.models import Session
+from django.db import connection
+from django.test import RequestFactory
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from apps.core.sessions import SessionStore
+from tests.factories.chat import ConversationFactory
+from tests.factories.documents import UserFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def _request_with_session(session_key):
+    request = RequestFactory().get("/")
+    request.session = SessionStore(session_key)
+    return request
+
+
+def _signed_in(client, user) -> str:
+    client.force_login(user)
+    return client.cookies[settings.SESSION_COOKIE_NAME].value
+
+
+def test_settings_use_the_prepared_statement_engine_and_backend():
+    assert settings.SESSION_ENGINE == "apps.core.sessions"
+    assert settings.AUTHENTICATION_BACKENDS == ["apps.core.auth.ModelBackend"]
+
+
+def test_a_saved_session_is_read_back_in_one_round_trip():
+    store = SessionStore()
+    store["answer"] = 42
+    store.save()
+    with CaptureQueriesContext(connection) as queries:
+        assert SessionStore(store.session_key)["answer"] == 42
+    assert len(queries) == 1 and "django_session" in queries[0]["sql"]
+
+
+def test_an_expired_or_unknown_session_reads_as_empty_and_its_key_is_forgotten():
+    store = SessionStore()
+    store["answer"] = 42
+    store.save()
+    Session.objects.filter(session_key=store.session_key).update(expire_date=timezone.now() - timedelta(seconds=1))
+    expired = SessionStore(store.session_key)
+    assert expired.get("answer") is None and expired.session_key is None
+    unknown = SessionStore("x" * 32)
+    assert dict(unknown.items()) == {} and unknown.session_key is None
+
+
+def test_the_signed_in_user_is_read_with_every_field(client):
+    user = UserFactory(first_name="Ada", is_staff=True)
+    request = _request_with_session(_signed_in(client, user))
+    with CaptureQueriesContext(connection) as queries:
+        loaded = get_user(request)
+    assert len(queries) == 2  # the session, the user
+    assert (loaded.pk, loaded.username, loaded.first_name, loaded.is_staff, loaded.password) == (
+        user.pk, user.username, "Ada", True, user.password)
+    assert loaded._state.adding is False and loaded._state.db == "default"
+
+
+def test_inactive_deleted_or_password_changed_users_are_anonymous(client):
+    inactive, deleted, changed = UserFactory(), UserFactory(), UserFactory()
+    keys = {name: _signed_in(client, user) for name, user in
+            (("inactive", inactive), ("deleted", deleted), ("changed", changed))}
+    inactive.is_active = False
+    inactive.save()
+    deleted.delete()
+    changed.set_password("a-new-password-1")
+    changed.save()
+    for name, key in keys.items():
+        assert get_user(_request_with_session(key)).is_anonymous, name
+
+
+def test_a_signed_in_reader_is_recognised_end_to_end(client):
+    conversation = ConversationFactory(title="mine")
+    client.force_login(conversation.owner)
+    listed = client.get("/api/v1/chat/conversations").json()
+    assert [c["id"] for c in listed["results"]] == [conversation.pk]
+    client.logout()
+    assert client.get("/api/v1/chat/conversations").json()["results"] == []
