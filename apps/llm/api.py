@@ -148,11 +148,20 @@ def _parse(body: bytes) -> tuple[dict | None, str | None]:
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
             return None, "max_tokens: a positive integer."
         params["max_tokens"] = max_tokens
-    stream_options = data.get("stream_options") or {}
+    # Flags are JSON booleans, as OpenAI's API has them: "stream": "false" is a string that
+    # Python would read as true, so it is refused rather than guessed at.
+    for flag in ("stream", "cache"):
+        if data.get(flag) is not None and not isinstance(data[flag], bool):
+            return None, f"{flag}: true or false."
+    stream_options = data.get("stream_options")
+    if stream_options is None:
+        stream_options = {}
+    if not isinstance(stream_options, dict) or not isinstance(stream_options.get("include_usage", False), bool):
+        return None, "stream_options: an object whose include_usage is true or false."
     return {
         "model": model, "messages": clean, "params": params, "stream": bool(data.get("stream")),
-        "include_usage": bool(isinstance(stream_options, dict) and stream_options.get("include_usage")),
-        "cache": data.get("cache", True) is not False,
+        "include_usage": stream_options.get("include_usage", False),
+        "cache": data.get("cache") is not False,
     }, None
 
 

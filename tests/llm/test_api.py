@@ -151,7 +151,8 @@ def test_a_client_that_goes_away_cancels_the_upstream_call(proxy_server):
 
 @pytest.mark.django_db(transaction=True)
 def test_malformed_bodies_are_400_validation_errors(settings):
-    """In-process: each body below was a 500 (or, for the last two, sent upstream as it was)."""
+    """In-process: each body below was a 500, sent upstream as it was (stop, temperature) or read
+    loosely (a string "false" as stream: true)."""
     settings.LLM_PROVIDERS = {"extractive": EXTRACTIVE}
     settings.LLM_ROUTES = {"chat": {"providers": ["extractive"], "max_tokens": 50, "context_window": 4096}}
     _, raw = make_api_key()
@@ -167,6 +168,12 @@ def test_malformed_bodies_are_400_validation_errors(settings):
              "messages[1]: content holds a lone surrogate (not Unicode text)."),
             ({"model": "chat", "messages": user, "stop": ["end", 7]}, "stop: a string or a list of strings."),
             ({"model": "chat", "messages": user, "temperature": float("nan")}, "temperature: wrong type."),
+            ({"model": "chat", "messages": user, "stream": "false"}, "stream: true or false."),  # was streamed
+            ({"model": "chat", "messages": user, "cache": 0}, "cache: true or false."),
+            ({"model": "chat", "messages": user, "stream_options": {"include_usage": "no"}},
+             "stream_options: an object whose include_usage is true or false."),
+            ({"model": "chat", "messages": user, "stream_options": []},
+             "stream_options: an object whose include_usage is true or false."),
         ]},
     }
 
