@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import html
-import math
 import re
 import threading
 import time
@@ -187,57 +186,19 @@ def _scope(user, filters: SearchFilters | None, parsed: ParsedQuery) -> _Scope:
     )
 
 
-@dataclass
-class _KeywordTerms:
-    lexemes: list[str]
-    idf: list[float]
-    avgdl: float
-
-    def __bool__(self) -> bool:
-        return bool(self.lexemes)
-
-
-def _keyword_terms(cursor, parsed: ParsedQuery) -> _KeywordTerms:
-    """The query's distinct lexemes (Postgres's ``english`` analyzer) with their BM25 idf.
-
-    Document frequency is ``count(*)`` over the lexeme's postings — an index-only scan
-    of the covering primary key — so it is exact at every moment and no writer ever
-    updates a shared per-lexeme counter. N and the average chunk length come from the
-    slotted corpus statistics.
-    """
-    if parsed.is_empty:
-        return _KeywordTerms([], [], 1.0)
-    cursor.execute(
-        """SELECT t.lexeme,
-                  (SELECT count(*) FROM search_posting p WHERE p.lexeme = (t.lexeme COLLATE "C")),
-                  (SELECT coalesce(sum(chunks), 0) FROM search_corpus_stats),
-                  (SELECT coalesce(sum(total_length), 0) FROM search_corpus_stats)
-           FROM (SELECT DISTINCT x.lexeme FROM unnest(to_tsvector('english', %s)) x LIMIT %s) t""",
-        [parsed.text, settings.SEARCH_MAX_QUERY_TERMS],
-    )
-    rows = [row for row in cursor.fetchall() if row[1] > 0]
-    if not rows:
-        return _KeywordTerms([], [], 1.0)
-    n, total_length = max(int(rows[0][2]), 1), max(int(rows[0][3]), 1)
-    return _KeywordTerms(
-        lexemes=[lexeme for lexeme, *_ in rows],
-        idf=[math.log(1 + (n - df + 0.5) / (df + 0.5)) for _, df, _, _ in rows],
-        avgdl=total_length / n,
-    )
-
-
-def _keyword_chunks_cte(terms: _KeywordTerms | ParsedQuery, scope: _Scope) -> tuple[str, list]:
+def _keyword_chunks_cte(parsed: ParsedQuery, scope: _Scope) -> tuple[str, list]:
     """CTEs ending in ``kw_chunks(chunk_id, document_id, score, tags)``: BM25 per visible chunk.
 
-    ``terms`` read by :func:`_keyword_terms` are bound as literal arrays: one index-only
-    scan of the postings per lexeme, one GROUP BY per query. Given the parsed query
-    instead, the same terms and idf are computed by CTEs of this statement (what
-    :func:`_keyword_terms` reads, without its round trip).
+    The query's distinct lexemes (Postgres's ``english`` analyzer) and their idf are
+    computed by this same statement (``kw_terms``: no round trip of their own). Document
+    frequency is ``count(*)`` over the lexeme's postings, an index-only scan of the covering
+    primary key, so it is exact at every moment and no writer ever updates a shared
+    per-lexeme counter; N and the average chunk length come from the slotted corpus
+    statistics. ``kw_terms`` holds only the terms some chunk has: empty, nothing matched.
     """
     k1, b = float(settings.SEARCH_BM25_K1), float(settings.SEARCH_BM25_B)
     chunk_join = "JOIN documents_chunk c ON c.id = s.chunk_id" if scope.needs_chunk_join else ""
-    if isinstance(terms, ParsedQuery):
-        terms_sql = f"""
+    terms_sql = f"""
     kw_corpus AS MATERIALIZED (
         SELECT greatest(coalesce(sum(chunks), 0), 1)::float8 AS n,
                greatest(coalesce(sum(total_length), 0), 1)::float8 / greatest(coalesce(sum(chunks), 0), 1) AS avgdl
@@ -251,10 +212,7 @@ def _keyword_chunks_cte(terms: _KeywordTerms | ParsedQuery, scope: _Scope) -> tu
                     LIMIT {int(settings.SEARCH_MAX_QUERY_TERMS)}) x) t, kw_corpus k
         WHERE t.df > 0
     ),"""
-        source, avgdl, head_params = "kw_terms q", "(SELECT avgdl FROM kw_corpus)", [terms.text]
-    else:
-        terms_sql, source, avgdl = "", "unnest(%s::text[], %s::float8[]) AS q(lexeme, idf)", "%s::float8"
-        head_params = [terms.avgdl, terms.lexemes, terms.idf]  # in the order they appear below
+    source, avgdl = "kw_terms q", "(SELECT avgdl FROM kw_corpus)"
     sql = f"""{terms_sql}
     kw_scored AS (
         SELECT p.chunk_id, p.document_id,
@@ -268,7 +226,7 @@ def _keyword_chunks_cte(terms: _KeywordTerms | ParsedQuery, scope: _Scope) -> tu
         JOIN search_document d ON d.id = s.document_id {chunk_join}
         WHERE {scope.where}
     )"""
-    return sql, [*head_params, *scope.params]
+    return sql, [parsed.text, *scope.params]
 
 
 def _semantic_chunks_cte(scope: _Scope, depth: int, *, exclude_document: int | None = None) -> tuple[str, list]:
@@ -360,20 +318,21 @@ def _fused_ranking(ctes: list[str]) -> str:
               FROM fused_chunks ORDER BY document_id, fused DESC, least(kr, sr), chunk_id) best"""
 
 
-def _ranked_documents(cursor, *, lexemes, scope, mode, vector, depth, limit, offset):
+def _ranked_documents(cursor, *, parsed, scope, mode, vector, depth, limit, offset):
     """Rank every candidate document in SQL; return (total, facets, page).
 
     ``page`` rows are (document_id, chunk_id, score, kw_rank, sem_rank), best first;
     total and tag facets are computed over the whole ranked set in the same
-    statement, so only one page of rows ever leaves the database.
+    statement, so only one page of rows ever leaves the database. Hybrid ranking falls
+    back to the semantic ranking (cosine scores) when no query term is in the corpus.
     """
     ctes, params = [], []
-    use_keyword = mode in ("keyword", "hybrid") and bool(lexemes)
+    use_keyword = mode in ("keyword", "hybrid") and not parsed.is_empty
     use_semantic = mode in ("semantic", "hybrid") and vector is not None
     if not (use_keyword or use_semantic):
         return 0, [], []
     if use_keyword:
-        sql, p = _keyword_chunks_cte(lexemes, scope)
+        sql, p = _keyword_chunks_cte(parsed, scope)
         ctes.append(sql)
         params += p
     if use_semantic:
@@ -381,8 +340,19 @@ def _ranked_documents(cursor, *, lexemes, scope, mode, vector, depth, limit, off
         ctes.append(sql)
         literal = _vector_literal(vector)
         params += [literal, *p, literal]
+        ctes.append("""
+    sem_ranked AS (
+        SELECT document_id, chunk_id, distance, tags, row_number() OVER (ORDER BY distance, document_id) AS rnk
+        FROM (SELECT DISTINCT ON (document_id) document_id, chunk_id, distance, tags FROM sem_chunks
+              WHERE distance < 1 ORDER BY document_id, distance) best
+    )""")
+    semantic = ("SELECT document_id, chunk_id, 1 - distance AS score, NULL::bigint AS kw_rank, rnk AS sem_rank, tags "
+                "FROM sem_ranked")
     if use_keyword and use_semantic:
-        ranked = _fused_ranking(ctes)
+        # One of the two, decided once by the statement (a one-time filter): the terms are
+        # only known inside it.
+        ranked = (f"SELECT * FROM ({_fused_ranking(ctes)}) fused WHERE EXISTS (SELECT FROM kw_terms) "
+                  f"UNION ALL {semantic} WHERE NOT EXISTS (SELECT FROM kw_terms)")
     elif use_keyword:
         ctes.append("""
     kw_ranked AS (
@@ -392,14 +362,7 @@ def _ranked_documents(cursor, *, lexemes, scope, mode, vector, depth, limit, off
     )""")
         ranked = "SELECT document_id, chunk_id, score, rnk AS kw_rank, NULL::bigint AS sem_rank, tags FROM kw_ranked"
     else:
-        ctes.append("""
-    sem_ranked AS (
-        SELECT document_id, chunk_id, distance, tags, row_number() OVER (ORDER BY distance, document_id) AS rnk
-        FROM (SELECT DISTINCT ON (document_id) document_id, chunk_id, distance, tags FROM sem_chunks
-              WHERE distance < 1 ORDER BY document_id, distance) best
-    )""")
-        ranked = ("SELECT document_id, chunk_id, 1 - distance AS score, NULL::bigint AS kw_rank, rnk AS sem_rank, tags "
-                  "FROM sem_ranked")
+        ranked = semantic
     ctes.append(f"\n    ranked AS MATERIALIZED ({ranked})")
     final = f"""
     SELECT (SELECT count(*) FROM ranked),
@@ -497,10 +460,9 @@ def hybrid_search(
         # A transaction only when SET LOCAL hnsw.* must scope to the semantic query.
         scope_block = transaction.atomic() if vector is not None else contextlib.nullcontext()
         with scope_block, connection.cursor() as cursor:
-            lexemes = _keyword_terms(cursor, parsed) if mode in ("keyword", "hybrid") else None
             if vector is not None:
                 _configure_hnsw(cursor, depth=depth, filtered=scope.filtered)
-            total, facets, page = _ranked_documents(cursor, lexemes=lexemes, scope=scope, mode=mode,
+            total, facets, page = _ranked_documents(cursor, parsed=parsed, scope=scope, mode=mode,
                                                     vector=vector, depth=depth, limit=limit, offset=offset)
             results = _result_rows(cursor, user=user, parsed=parsed, page=page, snippets=snippets)
     else:

@@ -123,28 +123,40 @@ def test_embeddings_started_ahead_are_bounded_and_released_with_their_request():
     assert room is not None
 
 
-def test_keyword_terms_computed_inside_the_statement_score_as_those_read_first():
-    """Passages compute the query's idf in their own statement; the search page reads the terms
-    first and binds them. Both must give every chunk the same BM25 score."""
-    from apps.search.query import parse_query
-    from apps.search.services import _keyword_chunks_cte, _keyword_terms, _scope
+def test_hybrid_with_no_query_term_in_the_corpus_ranks_and_scores_as_semantic():
+    """No term of the query is in any chunk: the hybrid page shows the semantic ranking with its
+    cosine scores (not RRF scores of one list), exactly as mode=semantic does."""
+    indexed_document(title="Volcanoes", body="Magma rises through the crust and erupts as lava.")
+    indexed_document(title="Bread", body="Flour and water go through a mixer into a simple dough.")
+    query = "through into"  # stop words of PostgreSQL's english analyzer, words to the test embedder
+    hybrid, semantic = hybrid_search(query=query, user=None), hybrid_search(query=query, user=None, mode="semantic")
+    assert hybrid.total == semantic.total == 2
+    assert [(r.document_id, r.score, r.keyword_rank, r.semantic_rank) for r in hybrid.results] == [
+        (r.document_id, r.score, None, r.semantic_rank) for r in semantic.results]
+    assert all(0 < r.score <= 1 for r in hybrid.results)
 
-    indexed_document(title="Glaciers", body="Glaciers carve valleys. Glaciers move slowly downhill.")
-    indexed_document(title="Fjords", body="Fjords are valleys carved by glaciers and flooded by the sea.")
-    indexed_document(title="Deserts", body="Deserts are dry; valleys there are carved by wind and rare floods.")
-    parsed = parse_query("the glaciers carving valleys zzyzxunknown")  # a stop word and a term no chunk has
-    scope = _scope(None, None, parsed)
-    scores = []
-    with connection.cursor() as cursor:
-        terms = _keyword_terms(cursor, parsed)
-        for source in (parsed, terms):
-            sql, params = _keyword_chunks_cte(source, scope)
-            cursor.execute(f"WITH {sql} SELECT chunk_id, score FROM kw_chunks ORDER BY chunk_id", params)
-            scores.append(cursor.fetchall())
-    inside, read_first = scores
-    assert len(terms.lexemes) == 3 and len(inside) == 3  # glacier, carv, valley; every document matches
-    assert [c for c, _ in inside] == [c for c, _ in read_first]
-    assert [s for _, s in inside] == pytest.approx([s for _, s in read_first], rel=1e-12)
+
+def test_hybrid_with_a_matching_term_fuses_both_lists_in_one_statement():
+    """The query's terms and their idf are computed inside the ranking statement: a page is the
+    hnsw settings, the ranking and the page's rows (no round trip reading the terms first)."""
+    from django.test.utils import CaptureQueriesContext
+
+    glaciers = indexed_document(title="Glaciers", body="Glaciers carve valleys. Glaciers move slowly downhill.")
+    indexed_document(title="Deserts", body="Deserts are dry; wind shapes the dunes.")
+    with CaptureQueriesContext(connection) as queries:
+        found = hybrid_search(query="the glaciers carving valleys zzyzxunknown", user=None)
+    assert found.results[0].document_id == glaciers.pk and found.results[0].keyword_rank == 1
+    assert found.results[0].score < 0.1  # an RRF score, not a cosine similarity
+    statements = [q["sql"] for q in queries.captured_queries if q["sql"] not in ("BEGIN", "COMMIT")
+                  and not q["sql"].startswith(("SAVEPOINT", "RELEASE SAVEPOINT"))]
+    assert len(statements) == 3, statements
+    assert "set_config('hnsw.ef_search'" in statements[0] and "kw_terms" in statements[1]
+
+
+def test_keyword_mode_with_no_query_term_in_the_corpus_finds_nothing():
+    indexed_document(title="Bread", body="Flour, water and yeast make a simple dough.")
+    found = hybrid_search(query="zzyzxunknown", user=None, mode="keyword")
+    assert (found.total, found.results, found.facets) == (0, [], [])
 
 
 @pytest.mark.django_db(transaction=True)
