@@ -11,13 +11,35 @@ Everything else (saving, expiring, cycling keys, the async methods) is Django's 
 
 from __future__ import annotations
 
+from django.conf import settings
+from django.contrib.auth import BACKEND_SESSION_KEY
 from django.contrib.sessions.backends.db import SessionStore as DatabaseSessionStore
 from django.utils import timezone
 
 from apps.core.db import fetch_prepared
 
+# Sessions signed in before AUTHENTICATION_BACKENDS named apps.core.auth.ModelBackend name
+# Django's ModelBackend, which that setting no longer lists: Django would treat their readers as
+# signed out. The two backends are the same class but for how the user row is read.
+_RENAMED_BACKENDS = {"django.contrib.auth.backends.ModelBackend": "apps.core.auth.ModelBackend"}
+
+
+def _with_current_backend(data: dict) -> dict:
+    backend = data.get(BACKEND_SESSION_KEY)
+    renamed = _RENAMED_BACKENDS.get(backend)
+    listed = settings.AUTHENTICATION_BACKENDS
+    if renamed is not None and backend not in listed and renamed in listed:
+        data[BACKEND_SESSION_KEY] = renamed  # kept when the session is next saved
+    return data
+
 
 class SessionStore(DatabaseSessionStore):
+    def load(self):
+        return _with_current_backend(super().load())
+
+    async def aload(self):
+        return _with_current_backend(await super().aload())
+
     def _get_session_from_db(self):
         """The session row if it exists and has not expired, else None (and the key is
         forgotten, as Django's engine does: the next save makes a new one)."""

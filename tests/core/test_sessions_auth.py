@@ -86,3 +86,43 @@ def test_a_signed_in_reader_is_recognised_end_to_end(client):
     assert [c["id"] for c in listed["results"]] == [conversation.pk]
     client.logout()
     assert client.get("/api/v1/chat/conversations").json()["results"] == []
+
+
+def test_a_session_signed_in_through_djangos_model_backend_stays_signed_in():
+    """Sessions from before the backend was apps.core.auth.ModelBackend name Django's class."""
+    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+
+    user = UserFactory()
+    store = SessionStore()
+    store.update({SESSION_KEY: str(user.pk), BACKEND_SESSION_KEY: "django.contrib.auth.backends.ModelBackend",
+                  HASH_SESSION_KEY: user.get_session_auth_hash()})
+    store.save()
+    assert get_user(_request_with_session(store.session_key)).pk == user.pk
+    unknown = SessionStore()
+    unknown.update({SESSION_KEY: str(user.pk), BACKEND_SESSION_KEY: "some.other.Backend",
+                    HASH_SESSION_KEY: user.get_session_auth_hash()})
+    unknown.save()
+    assert get_user(_request_with_session(unknown.session_key)).is_anonymous  # still Django's rule
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_async_session_read_renames_the_backend_too():
+    from asgiref.sync import async_to_sync
+    from django.contrib.auth import BACKEND_SESSION_KEY, SESSION_KEY
+
+    user = UserFactory()
+    store = SessionStore()
+    store.update({SESSION_KEY: str(user.pk), BACKEND_SESSION_KEY: "django.contrib.auth.backends.ModelBackend"})
+    store.save()
+    loaded = async_to_sync(SessionStore(store.session_key).aload)()
+    assert loaded[BACKEND_SESSION_KEY] == "apps.core.auth.ModelBackend"
+
+
+def test_djangos_model_backend_is_left_alone_where_the_settings_still_list_it(settings):
+    from django.contrib.auth import BACKEND_SESSION_KEY, SESSION_KEY
+
+    settings.AUTHENTICATION_BACKENDS = ["django.contrib.auth.backends.ModelBackend"]
+    store = SessionStore()
+    store.update({SESSION_KEY: "1", BACKEND_SESSION_KEY: "django.contrib.auth.backends.ModelBackend"})
+    store.save()
+    assert SessionStore(store.session_key)[BACKEND_SESSION_KEY] == "django.contrib.auth.backends.ModelBackend"
