@@ -70,9 +70,17 @@ def embed_documents_batch(self, document_ids: list[int]) -> list[dict]:
 @shared_task(name="documents.purge_document", acks_late=True)
 def purge_document(document_id: int) -> int:
     """After a delete: make sure no chunk of the document survives (the foreign key
-    cascades, so this normally deletes nothing; it guards raw deletes)."""
-    from apps.documents.models import Chunk
+    cascades, so this normally deletes nothing; it guards raw deletes).
 
+    Only a document that no longer exists is purged: a purge delivered to the wrong
+    database (a restored backup, another checkout's broker) must not strip a live
+    document of its chunks while it still reads as embedded.
+    """
+    from apps.documents.models import Chunk, Document
+
+    if Document.objects.filter(pk=document_id).exists():
+        logger.warning("documents.purge_skipped", document_id=document_id, reason="the document exists")
+        return 0
     deleted, _ = Chunk.objects.filter(document_id=document_id).delete()
     return deleted
 

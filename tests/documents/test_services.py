@@ -31,3 +31,21 @@ def test_a_title_change_re_embeds_every_chunk_because_the_title_is_in_each_input
     result = embed_document(document.pk)
     assert result.outcome == "embedded" and result.embedded_chunks == 2 and result.reused_chunks == 0
     assert counter.texts == 2
+
+
+def test_a_purge_never_strips_a_live_document_of_its_chunks():
+    """purge_document runs after a delete; delivered for a document that exists (a restored
+    backup, another checkout's broker), it must leave the document's chunks alone."""
+    from apps.documents.tasks import purge_document
+
+    live = DocumentFactory(body="Glaciers carve valleys over millennia.")
+    embed_document(live.pk)
+    chunks = Chunk.objects.filter(document=live).count()
+    assert chunks > 0
+    assert purge_document(live.pk) == 0
+    assert Chunk.objects.filter(document=live).count() == chunks
+    gone = DocumentFactory(body="Tides rise and fall twice a day.")
+    embed_document(gone.pk)
+    gone_id = gone.pk
+    gone.delete()
+    assert purge_document(gone_id) == 0 and not Chunk.objects.filter(document_id=gone_id).exists()
