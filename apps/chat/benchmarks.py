@@ -332,9 +332,17 @@ def _bench_sse(*, stdout, options):
         _configure_upstream(upstream, tokens=int((hold + 300) / interval), token_delay=interval)
         rss_before, threads_before = _rss_kb(app.pid), _threads(app.pid)
         samples_rss: list[int] = []
+        half: dict = {}
         peak_threads = [threads_before]
 
         def sample(line: str) -> None:
+            if line.startswith("HALF"):
+                half["streams"] = int(line.split()[1])
+                samples = []
+                for _ in range(3):
+                    time.sleep(1.0)
+                    samples.append(_rss_kb(app.pid))
+                half["rss_kb"] = statistics.median(samples)
             if line.startswith("HOLDING"):
                 stdout.write(f"    all streams open ({line}); sampling worker memory")
                 for _ in range(3):
@@ -348,7 +356,7 @@ def _bench_sse(*, stdout, options):
                      base_env, on_line=sample)
         rss_during = statistics.median(samples_rss) if samples_rss else _rss_kb(app.pid)
         figures = _figures(n, held, rss_before, rss_during, first_tokens, fast, options, nofile,
-                           peak_threads=max(peak_threads))
+                           peak_threads=max(peak_threads), half=half)
     finally:
         procs.stop()
         _cleanup()
@@ -356,7 +364,9 @@ def _bench_sse(*, stdout, options):
         ("held streams", f"{held['streams_held']}/{n}",
          f"opened in {held['open_s']} s, worst gap {held['worst_gap_s']} s"),
         ("memory", f"{figures['kb_per_stream']} KB/stream", f"RSS {figures['worker_rss_mb_before']} -> "
-                                                           f"{figures['worker_rss_mb_holding']} MB"),
+                                                           f"{figures['worker_rss_mb_holding']} MB; "
+                                                           f"{figures['kb_per_stream_marginal']} KB/stream "
+                                                           f"from half to all streams"),
         ("ttft added p50", f"{figures['ttft_added_p50_ms']} ms", f"chat {figures['ttft_chat_p50_ms']} ms vs upstream "
                                                                f"{figures['ttft_direct_p50_ms']} ms"),
         ("throughput", f"{figures['events_per_s']} events/s", f"gap p99 {figures['gap_p99_ms']} ms, "
@@ -374,10 +384,14 @@ def _round(value: float | None) -> float | None:
 
 
 def _figures(n: int, held: dict | None, rss_before: int | None, rss_during: float | None, first_tokens: dict,
-             fast: dict, options: dict, nofile: int, *, peak_threads: int | None = None) -> dict:
+             fast: dict, options: dict, nofile: int, *, peak_threads: int | None = None,
+             half: dict | None = None) -> dict:
     """The JSON figures; those of a run left out with ``--only`` are null."""
     held = held or {}
     open_streams = held.get("streams_open")
+    marginal = None
+    if held and half and open_streams and open_streams > half.get("streams", 0) > 0:
+        marginal = round((rss_during - half["rss_kb"]) / (open_streams - half["streams"]), 1)
     direct_p50, chat_p50 = _p50(first_tokens["direct_s"], scale=1000), _p50(first_tokens["chat_s"], scale=1000)
     return {
         "streams_requested": n,
@@ -389,6 +403,9 @@ def _figures(n: int, held: dict | None, rss_before: int | None, rss_during: floa
         "not_held": held.get("not_held"),
         "streams_open_at_sampling": open_streams,
         "kb_per_stream": round((rss_during - rss_before) / max(1, open_streams), 1) if held else None,
+        # Growth from half the streams open to all of them: the cost of one more stream.
+        "kb_per_stream_marginal": marginal,
+        "streams_open_at_half": (half or {}).get("streams"),
         "worker_rss_mb_before": round(rss_before / 1024, 1) if held else None,
         "worker_rss_mb_holding": round(rss_during / 1024, 1) if held else None,
         "worker_threads_peak": peak_threads,

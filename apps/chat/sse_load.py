@@ -86,13 +86,29 @@ def _session(spec: dict) -> aiohttp.ClientSession:
                                  timeout=aiohttp.ClientTimeout(total=None, sock_connect=30))
 
 
+async def _report_half_open(first_half: list[Stream], spec: dict) -> None:
+    """Pause the ramp once the first half of the streams are open, print ``HALF <open>``
+    and hold still for ``half_pause_s`` while the bench samples the worker's memory: the
+    memory per stream is then also measured as the growth from half to all streams, which
+    leaves out what the worker allocates once (pools, allocator arenas) whatever it serves."""
+    deadline = time.perf_counter() + spec.get("open_timeout_s", 180)
+    while time.perf_counter() < deadline and not all(s.tokens or s.error or s.closed_at for s in first_half):
+        await asyncio.sleep(0.2)
+    open_now = sum(1 for s in first_half if s.closed_at is None and s.meta_at is not None)
+    print(f"HALF {open_now}", flush=True)
+    await asyncio.sleep(spec.get("half_pause_s", 4.0))
+
+
 async def held(spec: dict) -> dict:
     urls, hold_s, interval = spec["urls"], spec["hold_s"], spec["interval"]
     streams = [Stream(i) for i in range(len(urls))]
     stop = asyncio.Event()
     async with _session(spec) as session:
         tasks = []
+        half = len(urls) // 2
         for i, url in enumerate(urls):
+            if i == half and half:
+                await _report_half_open(streams[:half], spec)
             tasks.append(asyncio.create_task(_read(session, spec, url, f"{spec['question']} #{i}", streams[i], stop)))
             if spec.get("ramp_per_s"):
                 await asyncio.sleep(1 / spec["ramp_per_s"])

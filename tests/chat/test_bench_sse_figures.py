@@ -1,0 +1,25 @@
+"""bench sse's memory figures: the average over every open stream and the growth from half
+the streams to all of them (what one more stream costs, leaving out one-off growth)."""
+
+from apps.chat.benchmarks import _figures
+
+EMPTY_RUN = {"direct_s": [], "chat_s": [], "prepare_ms": [], "proxy_ttft_ms": []}
+NO_THROUGHPUT = dict.fromkeys(("streams", "completed", "events_per_s", "events_per_s_all_live", "window_s",
+                               "gap_p50_ms", "gap_p99_ms", "gap_max_ms", "errors"))
+
+
+def test_memory_per_stream_average_and_from_half_to_all():
+    held = {"streams_held": 2000, "streams_open": 2000}
+    figures = _figures(2000, held, rss_before=100_000, rss_during=220_000, first_tokens=EMPTY_RUN,
+                       fast=NO_THROUGHPUT, options={"upstream_pool_limit": 10}, nofile=1024,
+                       half={"streams": 1000, "rss_kb": 150_000})
+    assert figures["kb_per_stream"] == 60.0  # (220000 - 100000) / 2000
+    assert figures["kb_per_stream_marginal"] == 70.0  # (220000 - 150000) / (2000 - 1000)
+    assert figures["streams_open_at_half"] == 1000
+
+
+def test_no_half_sample_no_marginal_figure():
+    held = {"streams_held": 10, "streams_open": 10}
+    figures = _figures(10, held, rss_before=1000, rss_during=1500, first_tokens=EMPTY_RUN, fast=NO_THROUGHPUT,
+                       options={"upstream_pool_limit": 10}, nofile=1024, half={})
+    assert figures["kb_per_stream"] == 50.0 and figures["kb_per_stream_marginal"] is None
