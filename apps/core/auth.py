@@ -7,6 +7,8 @@ before its first token). Django's reads the user through the ORM
 query; here it is a prepared statement (:func:`apps.core.db.fetch_prepared`) over the
 model's concrete fields, turned into the model with ``from_db`` as the ORM does. Who
 may sign in (``user_can_authenticate``), passwords and permissions are Django's own.
+It reads the ``default`` database, as Quire has no other; with a database router or a
+user model whose default manager filters rows, use Django's ``ModelBackend`` instead.
 """
 
 from __future__ import annotations
