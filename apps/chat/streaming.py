@@ -39,6 +39,7 @@ from apps.chat.citations import resolve_citations
 from apps.chat.models import Message
 from apps.chat.services import PreparedAnswer, answer_finish
 from apps.core.logging import get_logger
+from apps.core.text import TextBuffer
 from apps.llm.conf import get_provider
 from apps.llm.exceptions import LLMError
 from apps.llm.services import ChatRequest, stream_chat
@@ -136,7 +137,7 @@ async def answer_events(prepared: PreparedAnswer, *, started: float | None = Non
     # Kept as JSON text while the answer streams (a fraction of the dicts' size), decoded for the citations.
     sources_json = json.dumps(prepared.sources, default=str)
     message_id = prepared.message_id
-    pieces: list[str] = []
+    pieces = TextBuffer()  # the answer so far, compact (apps.core.text)
     outcome = {"status": Message.Status.PARTIAL, "error": "", "citations": []}
     done_event = None
     failed_event = None  # an ErrorEvent: what a failed or cut answer cost, per the ledger
@@ -199,7 +200,7 @@ async def answer_events(prepared: PreparedAnswer, *, started: float | None = Non
             elif kind == "done":
                 done_event = event
                 outcome["status"] = Message.Status.COMPLETE
-                outcome["citations"] = resolve_citations("".join(pieces), json.loads(sources_json))
+                outcome["citations"] = resolve_citations(pieces.text(), json.loads(sources_json))
                 yield sse("citations", {"citations": outcome["citations"]})
                 yield sse("done", _done_payload(prepared, event, first_token_at, started))
             elif kind == "error":
@@ -218,7 +219,7 @@ async def answer_events(prepared: PreparedAnswer, *, started: float | None = Non
                 await asyncio.wait_for(asyncio.shield(pump), timeout=1.0)
         with contextlib.suppress(Exception):
             await events.aclose()
-        text = "".join(pieces)
+        text = pieces.text()
         status = outcome["status"]
         sources = json.loads(sources_json)
         if status != Message.Status.COMPLETE:

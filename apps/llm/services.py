@@ -54,6 +54,7 @@ from django.utils import timezone
 from redis.exceptions import RedisError
 
 from apps.core.logging import get_logger
+from apps.core.text import TextBuffer
 from apps.llm import budgets, cache, keys, ledger, runtime, tokens
 from apps.llm.conf import RouteConfig, get_provider
 from apps.llm.conf import route_config as _route_config
@@ -341,7 +342,7 @@ class _CallState:
     streamed: bool
     reservation: budgets.Reservation | None
     attempt: Attempt = field(default_factory=Attempt)
-    parts: list[str] = field(default_factory=list)
+    parts: TextBuffer = field(default_factory=TextBuffer)
     hit: dict | None = None
     recorded: bool = False
 
@@ -349,7 +350,7 @@ class _CallState:
         self.hit = hit
         self.attempt.provider, self.attempt.model = hit["provider"], hit["model"]
         self.attempt.first_token_at = time.perf_counter()
-        self.parts = [hit["text"]]
+        self.parts = TextBuffer(hit["text"])
 
     def _usage(self) -> UsageInfo:
         if self.hit is not None:
@@ -359,7 +360,7 @@ class _CallState:
         if reported is not None and (reported.prompt_tokens or reported.completion_tokens):
             return UsageInfo(reported.prompt_tokens, reported.completion_tokens, False)
         return UsageInfo(_prompt_tokens(self.request),
-                         tokens.count_text_tokens("".join(self.parts)), True)
+                         tokens.count_text_tokens(self.parts.text()), True)
 
     def _entry(self, outcome: str, error: str = "") -> tuple[dict, UsageInfo, Decimal, float, float | None]:
         latency_ms = (time.perf_counter() - self.started) * 1000
@@ -432,7 +433,7 @@ class _CallState:
     async def finish(self) -> DoneEvent:
         entry, usage, cost, latency_ms, ttft_ms = self._entry("ok")
         self._record_soon(entry, cost)
-        return DoneEvent(text="".join(self.parts), usage=usage, cost=cost, provider=entry["provider"],
+        return DoneEvent(text=self.parts.text(), usage=usage, cost=cost, provider=entry["provider"],
                          model=entry["model"], ttft_ms=ttft_ms, latency_ms=latency_ms, cached=self.hit is not None,
                          usage_record_id=self.call_id, fallbacks=entry["fallbacks"])
 

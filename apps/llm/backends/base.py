@@ -150,10 +150,14 @@ async def sse_data(response: aiohttp.ClientResponse, provider: str) -> AsyncIter
         if not line.startswith(b"data:"):
             continue  # event:, id:, comments, blank separators
         payload = line[5:].strip()
+        del raw, line  # nothing of a chunk is held while the next one is awaited
         if payload == b"[DONE]":
             yield "[DONE]"
             return
         try:
-            yield json.loads(payload)
+            data = json.loads(payload)
         except ValueError as exc:
             raise LLMUnavailable(f"malformed stream chunk: {payload[:80]!r}", provider=provider) from exc
+        del payload
+        yield data
+        del data

@@ -49,18 +49,31 @@ class OpenAIChatBackend(HTTPChatBackend):
                 if data == "[DONE]":
                     finished = True
                     break
-                if "error" in data:
-                    raise LLMUnavailable(f"error in stream: {str(data['error'])[:200]}", provider=self.alias)
-                for choice in data.get("choices") or ():
-                    text = (choice.get("delta") or {}).get("content")
-                    if text:
-                        yield Delta(text)
-                    if choice.get("finish_reason"):
-                        finished = True
-                if data.get("usage"):
-                    yield _usage(data["usage"])
+                pieces, ends = self._read_chunk(data)
+                # Not kept while the next chunk is awaited (a second or more on a slow model):
+                # the decoded chunk was about 1 KB per open stream.
+                del data
+                finished = finished or ends
+                for piece in pieces:
+                    yield piece
         if not finished:
             raise LLMUnavailable("stream ended before the answer was finished", provider=self.alias)
+
+    def _read_chunk(self, data: dict) -> tuple[list[Delta | Usage], bool]:
+        """A stream chunk's text deltas and usage, and whether it ends the answer."""
+        if "error" in data:
+            raise LLMUnavailable(f"error in stream: {str(data['error'])[:200]}", provider=self.alias)
+        pieces: list[Delta | Usage] = []
+        ends = False
+        for choice in data.get("choices") or ():
+            text = (choice.get("delta") or {}).get("content")
+            if text:
+                pieces.append(Delta(text))
+            if choice.get("finish_reason"):
+                ends = True
+        if data.get("usage"):
+            pieces.append(_usage(data["usage"]))
+        return pieces, ends
 
     async def complete(self, call: BackendCall) -> Completion:
         async with self.post(self.body(call, stream=False), call) as response:
