@@ -80,13 +80,6 @@ class ChatAPIMixin:
             return None
         return session_key_for(self.request, create=create)
 
-    def handle_exception(self, exc):
-        response = super().handle_exception(exc)
-        details = getattr(exc, "details", None)
-        if isinstance(details, dict) and "retry_after" in details:  # chat rate limit
-            response["Retry-After"] = str(details["retry_after"])
-        return response
-
     def get_conversation(self, *, count_questions: bool = False):
         return selectors.conversation_get(conversation_id=self.kwargs["pk"], user=self.request.user,
                                           session_key=self.session_key(), count_questions=count_questions)

@@ -27,7 +27,7 @@ from apps.chat import selectors, services
 from apps.chat.streaming import is_extractive, release_db_connection
 from apps.chat.web import answer_response, session_key_for, start_conversation
 from apps.core import parsers
-from apps.core.exceptions import envelope, refused_request_error
+from apps.core.exceptions import envelope, error_response, refused_request_error
 from apps.llm.services import route_config
 
 CONVERSATIONS_SHOWN = 50
@@ -170,16 +170,7 @@ async def message_stream(request, pk: int):
     except Http404:
         return JsonResponse(envelope("not_found", "No such conversation.", request=request), status=404)
     except SuspiciousOperation as exc:  # a body Django refused to read (too big, too many fields)
-        return _error_response(request, refused_request_error(exc))
+        return error_response(refused_request_error(exc), request)
     except APIException as exc:
-        return _error_response(request, exc)
+        return error_response(exc, request)
     return answer_response(prepared, started=started)
-
-
-def _error_response(request, exc: APIException) -> JsonResponse:
-    details = getattr(exc, "details", None)
-    response = JsonResponse(envelope(exc.get_codes() if isinstance(exc.get_codes(), str) else "error",
-                                     str(exc.detail), details, request), status=exc.status_code)
-    if isinstance(details, dict) and "retry_after" in details:
-        response["Retry-After"] = str(details["retry_after"])
-    return response

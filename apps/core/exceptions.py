@@ -96,13 +96,28 @@ def api_exception_handler(exc, context):
             status=status.HTTP_500_INTERNAL_SERVER_ERROR,
         )
 
+    body, headers = _error_parts(exc, request)
+    set_rollback()
+    return Response(body, status=exc.status_code, headers=headers)
+
+
+def error_response(exc: exceptions.APIException, request) -> JsonResponse:
+    """What :func:`api_exception_handler` answers for ``exc``, for a view outside DRF (the chat stream)."""
+    body, headers = _error_parts(exc, request)
+    return JsonResponse(body, status=exc.status_code, headers=headers)
+
+
+def _error_parts(exc: exceptions.APIException, request) -> tuple[dict, dict]:
+    """The envelope of ``exc`` and the headers that go with it (``Retry-After`` for anything
+    whose details carry ``retry_after``: DRF's throttles and Quire's own limits alike)."""
     headers = {}
     if getattr(exc, "auth_header", None):
         headers["WWW-Authenticate"] = exc.auth_header
     details = getattr(exc, "details", None)
     if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
-        headers["Retry-After"] = str(int(exc.wait))
         details = {"retry_after": int(exc.wait)}
+    if isinstance(details, dict) and "retry_after" in details:
+        headers["Retry-After"] = str(details["retry_after"])
 
     if isinstance(exc, exceptions.ValidationError):
         code, message, details = "validation_error", _flatten_message(exc.detail), exc.detail
@@ -110,9 +125,7 @@ def api_exception_handler(exc, context):
         codes = exc.get_codes()
         code = codes if isinstance(codes, str) else "error"
         message = _flatten_message(exc.detail)
-
-    set_rollback()
-    return Response(envelope(code, message, details, request), status=exc.status_code, headers=headers)
+    return envelope(code, message, details, request), headers
 
 
 def _is_api(request) -> bool:
