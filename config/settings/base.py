@@ -103,7 +103,7 @@ else:
 def database(config: dict) -> dict:
     """``config`` with the pool and, unless DB_PREPARED_STATEMENTS is False, prepared statements.
 
-    The chat path's retrieval and bookkeeping statements are prepared on the connection
+    The session and user reads and the chat path's retrieval and bookkeeping statements are prepared on the connection
     (apps/core/db.py; the ORM's client-side binding never prepares). Django turns psycopg's
     prepared statements off unless OPTIONS say otherwise: False behind a pooler that cannot keep them.
     """
