@@ -321,9 +321,12 @@ def _bench_sse(*, stdout, options):
         if "throughput" in runs:
             stdout.write(f"(b) {fast_n} streams, a token every {options['fast_interval'] * 1000:.0f} ms ...")
             _configure_upstream(upstream, tokens=options["fast_tokens"], token_delay=options["fast_interval"])
+            cpu_before = _cpu_s(app.pid)
             fast = _load({**spec, "mode": "throughput", "urls": urls[n:n + fast_n],
                           "question": spec["question"] + " (b)"}, base_env)
             time.sleep(3)  # answers are being saved
+            # The worker's CPU for the whole run (the 200 answers' retrieval and saves included) per token event.
+            fast["worker_cpu_us_per_event"] = (_cpu_s(app.pid) - cpu_before) * 1e6 / max(1, fast["events"] or 0)
 
         # (a) held connections.
         if "held" not in runs:
@@ -426,6 +429,7 @@ def _figures(n: int, held: dict | None, rss_before: int | None, rss_during: floa
         "gap_p99_ms": fast["gap_p99_ms"],
         "gap_max_ms": fast["gap_max_ms"],
         "throughput_errors": fast["errors"],
+        "throughput_worker_cpu_us_per_event": _round(fast.get("worker_cpu_us_per_event")),
         **options.get("corpus", {}),
         "upstream_pool_limit": options["upstream_pool_limit"] or settings.LLM_HTTP_POOL_LIMIT,
         "nofile_limit": nofile,

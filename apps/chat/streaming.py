@@ -13,12 +13,16 @@ plus a ``: heartbeat`` comment whenever nothing was sent for
 ``CHAT_HEARTBEAT_SECONDS`` (proxies keep the connection open), and an end after
 ``CHAT_MAX_STREAM_SECONDS`` (error ``max_duration``, message ``partial``).
 
-The LLM stream is read by a small pump task into a queue, so that waiting for
-the next token can time out (heartbeat, deadline) without cancelling the
-upstream read. When the client goes away, uvicorn tells Django, Django cancels
-the response task, and this generator receives ``CancelledError`` (or
-``GeneratorExit`` from ``aclose()``): it cancels the pump, which cancels the
-upstream request at once, and saves what was said so far as ``partial``.
+The LLM stream is read by a small pump task into an inbox, so that the reader
+can wake for a heartbeat or the deadline without cancelling the upstream read.
+One timer per stream does both: it fires when the stream has been silent for the
+heartbeat interval (or at the deadline) and is then set again from the last
+write, so a token costs no timer of its own.
+
+When the client goes away, uvicorn tells Django, Django cancels the response
+task, and this generator receives ``CancelledError`` (or ``GeneratorExit`` from
+``aclose()``): it cancels the pump, which cancels the upstream request at once,
+and saves what was said so far as ``partial``.
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ EVENTS = Counter("quire_chat_sse_events_total", "Server-sent events written", ["
 
 HEARTBEAT = b": heartbeat\n\n"
 _END = object()
+_TICK = object()  # the stream's timer: time for a heartbeat, or the deadline
+_EARLY = 0.002  # event-loop timers have millisecond resolution and may fire a little early
 
 
 def is_extractive(provider: str) -> bool:
@@ -161,23 +167,27 @@ async def answer_events(prepared: PreparedAnswer, *, started: float | None = Non
     events = stream_chat(request)
     del request
     pump = asyncio.ensure_future(_pump(events, inbox))
+    timer = None
     try:
         yield sse("meta", {"message_id": message_id, "conversation_id": prepared.conversation_id,
                            "sources": prepared.sources})
         prepared.sources = []
+        last_write = loop.time()
+        timer = loop.call_at(min(last_write + heartbeat, deadline), inbox.put, _TICK)
         while True:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
+            if loop.time() >= deadline - _EARLY:
                 outcome["error"] = "The answer took too long and was cut off."
                 yield sse("error", {"code": "max_duration", "message": outcome["error"], "message_id": message_id})
                 break
-            try:
-                async with asyncio.timeout(min(heartbeat, remaining)):
-                    event = await inbox.get()
-            except TimeoutError:
-                if loop.time() < deadline:
+            event = await inbox.get()
+            if event is _TICK:
+                if loop.time() - last_write >= heartbeat - _EARLY:
                     yield HEARTBEAT
+                    last_write = loop.time()
+                if loop.time() < deadline - _EARLY:
+                    timer = loop.call_at(min(last_write + heartbeat, deadline), inbox.put, _TICK)
                 continue
+            last_write = loop.time()
             if event is _END:
                 if done_event is None and outcome["status"] == Message.Status.PARTIAL and not outcome["error"]:
                     outcome["error"] = "The answer ended without a final event."
@@ -213,6 +223,8 @@ async def answer_events(prepared: PreparedAnswer, *, started: float | None = Non
     finally:
         # Reached on completion, on an error, on the deadline, and when the client
         # disconnected (CancelledError / GeneratorExit): stop the upstream first.
+        if timer is not None:
+            timer.cancel()
         if not pump.done():
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

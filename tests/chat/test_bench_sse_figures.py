@@ -23,3 +23,10 @@ def test_no_half_sample_no_marginal_figure():
     figures = _figures(10, held, rss_before=1000, rss_during=1500, first_tokens=EMPTY_RUN, fast=NO_THROUGHPUT,
                        options={"upstream_pool_limit": 10}, nofile=1024, half={})
     assert figures["kb_per_stream"] == 50.0 and figures["kb_per_stream_marginal"] is None
+
+
+def test_throughput_cpu_per_event_reaches_the_json():
+    fast = {**NO_THROUGHPUT, "streams": 200, "completed": 200, "events_per_s": 7000.0, "worker_cpu_us_per_event": 61.234}
+    figures = _figures(0, None, None, None, first_tokens=EMPTY_RUN, fast=fast,
+                       options={"upstream_pool_limit": 10}, nofile=1024)
+    assert figures["throughput_worker_cpu_us_per_event"] == 61.23 and figures["kb_per_stream"] is None

@@ -85,15 +85,30 @@ def test_disconnect_cancels_the_upstream_within_a_second_and_saves_partial(app_s
     assert "disconnected" in message.error
 
 
-def test_heartbeat_comments_keep_a_slow_stream_alive(llm, settings):
-    settings.CHAT_HEARTBEAT_SECONDS = 0.1
+def _answer_with_heartbeat(llm, settings, *, heartbeat: float, tokens: int, token_delay: float) -> list:
+    settings.CHAT_HEARTBEAT_SECONDS = heartbeat
     reader = UserFactory()
     indexed_document(title="Moons", body="Jupiter has many moons.")
-    llm.configure(tokens=2, token_delay=0.35)
+    llm.configure(tokens=tokens, token_delay=token_delay)
     conversation = ConversationFactory(owner=reader)
-    _, events = ask(f"/chat/{conversation.pk}/messages", "moons?", user=reader)
+    return ask(f"/chat/{conversation.pk}/messages", "moons?", user=reader)[1]
+
+
+def test_heartbeat_comments_keep_a_slow_stream_alive(llm, settings):
+    events = _answer_with_heartbeat(llm, settings, heartbeat=0.1, tokens=2, token_delay=0.35)
     kinds = [kind for kind, _ in events]
     assert kinds.count(":") >= 2 and kinds[-1] == "done"
+
+
+def test_no_heartbeat_while_tokens_arrive_sooner_than_the_interval(llm, settings):
+    # The stream's one timer is set again from the last write: tokens (and the fake's three
+    # closing chunks) 0.1 s apart never leave the 1.5 s answer silent for 0.6 s, so a clock
+    # that ticked regardless of writes would show at least two heartbeats here.
+    events = _answer_with_heartbeat(llm, settings, heartbeat=0.6, tokens=12, token_delay=0.1)
+    kinds = [kind for kind, _ in events]
+    assert kinds.count("token") == 12 and kinds[-1] == "done"
+    assert events[-1][1]["latency_ms"] > 1200
+    assert ":" not in kinds, " ".join(kinds)
 
 
 def test_an_answer_is_cut_after_the_maximum_duration(llm, settings):
