@@ -34,6 +34,18 @@ def _start_tracing(**_kwargs):
         tracing.setup()
 
 
+@signals.worker_init.connect
+def _start_tracing_without_pool_children(sender=None, **_kwargs):
+    """The threads pool (and gevent, eventlet) runs tasks in the worker process itself and sends
+    no ``worker_process_init``: traces start here, before the pool does."""
+    from celery.concurrency import get_implementation
+    from celery.concurrency.prefork import TaskPool as PreforkPool
+    from celery.concurrency.solo import TaskPool as SoloPool
+
+    if sender is not None and not issubclass(get_implementation(sender.pool_cls), (PreforkPool, SoloPool)):
+        _start_tracing()
+
+
 @signals.worker_ready.connect
 def _serve_worker_metrics(**_kwargs):
     if WORKER_METRICS_PORT:
@@ -47,8 +59,10 @@ def _child_metrics_done(pid=None, **_kwargs):
 
 
 @signals.worker_process_shutdown.connect
+@signals.worker_shutdown.connect
 def _flush_traces(**_kwargs):
-    # Sent in the pool child as it leaves, by os._exit (no atexit): export the spans still queued.
+    # Sent in the pool child as it leaves, by os._exit (no atexit), and in the worker itself
+    # (where only a pool without children started traces): export the spans still queued.
     tracing = sys.modules.get("apps.core.tracing")  # imported only if this child started traces
     if tracing is not None:
         tracing.shutdown()

@@ -21,7 +21,8 @@ The server span comes from :func:`instrument_asgi` (or :func:`instrument_wsgi`),
 the whole application, so the lean ``/v1/`` and chat-stream paths, which bypass Django's
 middleware, are traced like every other request. Callers: config/asgi.py and config/wsgi.py
 for web processes, config/celery_app.py in each pool child (an exporter thread does not
-survive a fork). Management commands do not trace.
+survive a fork), or in the worker itself when its pool has no children (threads, gevent,
+eventlet). Management commands do not trace.
 """
 
 from __future__ import annotations

@@ -231,6 +231,29 @@ def test_a_streamed_chat_answer_is_one_trace_with_its_prepared_statements_and_up
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("pool", ["threads", "solo"])
+def test_a_worker_without_pool_children_traces_its_tasks(collector, pool):
+    """The prefork pool's children start their traces on ``worker_process_init``; the threads
+    pool (and gevent, eventlet) sends no such signal and runs tasks in the worker itself."""
+    from config.celery_app import app
+
+    queue = f"{settings.CELERY_TASK_DEFAULT_QUEUE}-traced-{pool}"
+    env = child_env(OTEL_EXPORTER_OTLP_ENDPOINT=collector.url, OTEL_BSP_SCHEDULE_DELAY="50",
+                    CELERY_TASK_DEFAULT_QUEUE=queue)
+    worker = WorkerProcess(queue=queue, env=env, name=f"traced-{pool}", pool=pool)
+    task_id = str(uuid.uuid4())
+    try:
+        worker.start(timeout=60)
+        result = app.send_task("core.ping", args=["traced"], queue=queue, task_id=task_id)
+        assert result.get(timeout=30)["pong"] == "traced"
+        (run,) = collector.wait_for(lambda spans: [s for s in spans if s.kind == "CONSUMER"
+                                                   and s.attributes.get("messaging.message.id") == task_id])
+    finally:
+        worker.stop()
+    assert run.name == "run/core.ping" and run.parent_span_id == ""
+    assert run.resource["service.name"] == settings.OTEL_SERVICE_NAME
+
+
 def test_the_wsgi_entry_is_traced_too(collector):
     """runserver serves config.wsgi: same server span, same route name, same SQL below it."""
     path = f"/api/v1/documents/{7_000_000 + os.getpid()}"
