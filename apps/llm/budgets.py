@@ -13,13 +13,16 @@ in-flight request. Reservations expire on their own if a process dies.
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import transaction
 from django.db.models import Sum
+from django.db.models.signals import post_delete, post_save
 from redis.exceptions import RedisError
 
 from apps.core.logging import get_logger
@@ -100,7 +103,59 @@ class Reservation:
         pipe.eval(_SETTLE, len(keys), *keys, len(self.holders), self.member, to_nano(cost))
 
 
+# --- remembered user limits ---------------------------------------------------------------
+# A user's limit read from the database is remembered for LLM_API_KEY_CACHE_SECONDS. Saving or
+# deleting a UserBudget replaces a version token in Redis (after the commit); each process reads
+# it at most once every LIMITS_VERSION_CHECK_SECONDS, on the way to a call, and forgets every
+# remembered limit when it changed. So a new, raised or lowered budget applies in every process
+# within about a second, for one Redis GET per process per second of traffic. If Redis cannot be
+# read, the remembered limits stay until their TTL.
+LIMITS_VERSION_CHECK_SECONDS = 1.0
 _user_limits: dict[int, tuple[Decimal | None, float]] = {}
+
+
+@dataclass
+class _VersionSeen:
+    value: bytes | None = None
+    checked_at: float = float("-inf")
+
+
+_limits_version = _VersionSeen()
+
+
+def limits_version_key() -> str:
+    return runtime.key("budgets", "version")
+
+
+def bump_limits_version() -> None:
+    try:
+        runtime.sync_redis().set(limits_version_key(), uuid.uuid4().hex)
+    except RedisError as exc:
+        logger.warning("llm.budget.version_bump_failed", error=str(exc))
+
+
+def _budget_changed(sender, instance, **kwargs):
+    # After the commit: a process that reloads on the new version must read the new row.
+    transaction.on_commit(bump_limits_version)
+
+
+post_save.connect(_budget_changed, sender="llm.UserBudget", dispatch_uid="llm-user-budget-saved")
+post_delete.connect(_budget_changed, sender="llm.UserBudget", dispatch_uid="llm-user-budget-deleted")
+
+
+async def _follow_limits_version() -> None:
+    now = time.monotonic()
+    if now - _limits_version.checked_at < LIMITS_VERSION_CHECK_SECONDS:
+        return
+    _limits_version.checked_at = now
+    try:
+        version = await runtime.aredis().get(limits_version_key())
+    except RedisError as exc:
+        logger.warning("llm.budget.redis_unavailable", error=str(exc))
+        return
+    if version != _limits_version.value:
+        _user_limits.clear()
+        _limits_version.value = version
 
 
 def _user_limit(user_id: int) -> Decimal | None:
@@ -118,12 +173,14 @@ def _user_limit(user_id: int) -> Decimal | None:
 
 def forget_cached_limits() -> None:
     _user_limits.clear()
+    _limits_version.value, _limits_version.checked_at = None, float("-inf")
 
 
 async def holders_for(*, user, api_key) -> list[Holder]:
     holders = []
     user_id = getattr(user, "pk", None) if getattr(user, "is_authenticated", False) else None
     if user_id is not None:
+        await _follow_limits_version()
         cached = _user_limits.get(user_id)
         limit = cached[0] if cached and cached[1] > time.monotonic() else await sync_to_async(_user_limit)(user_id)
         if limit is not None:

@@ -92,5 +92,7 @@ class UsageRecord(models.Model):
         return f"{self.route} {self.provider}/{self.model} {self.outcome} ${self.cost_usd}"
 
 
-# Saving or deleting a key (or deactivating its user) bumps the key version in Redis.
+# Saving or deleting a key (or deactivating its user) bumps the key version in Redis, and
+# saving or deleting a user's budget the budgets' version.
+from apps.llm import budgets as _budgets  # noqa: E402,F401
 from apps.llm import keys as _keys  # noqa: E402,F401

@@ -1,14 +1,15 @@
 """The cost ledger and budgets."""
 
 import asyncio
+import time
 from decimal import Decimal
 
 import pytest
 from django.db.models import Sum
 
-from apps.llm import ledger
+from apps.llm import budgets, ledger
 from apps.llm.exceptions import BudgetExceeded
-from apps.llm.models import UsageRecord
+from apps.llm.models import UsageRecord, UserBudget
 from apps.llm.services import ChatRequest, acomplete, stream_chat
 from apps.llm.testing import collect, run
 from tests.factories.llm import LLMUserFactory, UserBudgetFactory, make_api_key
@@ -140,3 +141,27 @@ def test_a_row_whose_user_was_deleted_before_the_flush_is_kept_without_the_link(
     assert ledger.flush() == 2
     assert UsageRecord.objects.filter(user=user).count() == 1
     assert UsageRecord.objects.filter(user__isnull=True).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_changed_user_budget_applies_within_the_version_check_though_limits_are_remembered(proxy, settings,
+                                                                                             monkeypatch):
+    # Limits are remembered far longer than this test; only the budgets' version in Redis, which
+    # saving or deleting a UserBudget replaces after the commit, tells this process to read again.
+    settings.LLM_API_KEY_CACHE_SECONDS = 300
+    monkeypatch.setattr(budgets, "LIMITS_VERSION_CHECK_SECONDS", 0.2)
+    user = LLMUserFactory()
+
+    def ask():
+        return run(collect, ChatRequest(route="chat", messages=question("q"), user=user, cache=False))
+
+    ask()  # no budget: remembered as none
+    budget = UserBudget.objects.create(user=user, monthly_limit_usd=Decimal("0"))
+    time.sleep(0.3)
+    with pytest.raises(BudgetExceeded):
+        ask()
+    calls = proxy.primary.calls()
+    budget.delete()
+    time.sleep(0.3)
+    ask()
+    assert proxy.primary.calls() == calls + 1
