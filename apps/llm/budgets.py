@@ -109,7 +109,8 @@ class Reservation:
 # it at most once every LIMITS_VERSION_CHECK_SECONDS, on the way to a call, and forgets every
 # remembered limit when it changed. So a new, raised or lowered budget applies in every process
 # within about a second, for one Redis GET per process per second of traffic. If Redis cannot be
-# read, the remembered limits stay until their TTL.
+# read, the remembered limits stay until their TTL; so do changes that bypass model signals
+# (``QuerySet.update()``): save the instance.
 LIMITS_VERSION_CHECK_SECONDS = 1.0
 _user_limits: dict[int, tuple[Decimal | None, float]] = {}
 

@@ -298,3 +298,24 @@ def test_two_questions_racing_for_the_last_place_admit_one(reader, settings):
     assert sorted(type(o).__name__ for o in outcomes) == ["ConversationFull", "_Bookkeeping"]
     assert conversation.messages.filter(role="user").count() == 2
     assert conversation.messages.filter(role="assistant").count() == 1
+
+
+def test_the_stream_view_lets_go_of_the_request_state_it_no_longer_needs():
+    """The handler keeps the request until the stream ends; what the stream does not need is
+    dropped when the view returns, and what is read afterwards stays."""
+    from django.test import AsyncRequestFactory
+
+    from apps.chat.views import _forget_request_state
+
+    request = AsyncRequestFactory().post("/chat/1/messages", data=b'{"question": "tides?"}',
+                                    content_type="application/json",
+                                         headers={"cookie": "sessionid=abc; csrftoken=x", "x-csrftoken": "x"})
+    request.request_id = "req-1"
+    assert request.COOKIES["sessionid"] == "abc" and request.headers["X-CSRFToken"] == "x"
+    assert request.body and not request.POST
+    _forget_request_state(request)
+    assert request.META == {}
+    assert not {"COOKIES", "headers", "_post", "_files", "_body"} & set(request.__dict__)
+    assert request.COOKIES == {}  # read again from nothing, if anything asks
+    assert (request.method, request.path, request.request_id) == ("POST", "/chat/1/messages", "req-1")
+    request.close()  # Django's response closes the request at the end of the stream
