@@ -32,6 +32,8 @@ from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
 from django.test import override_settings
 
+from apps.chat.heap import ASGI_APP as HEAP_ASGI_APP
+from apps.chat.heap import HeapProbe
 from apps.chat.models import Conversation
 from apps.core.bench import percentile, print_table, register
 from apps.core.sessions import SessionStore
@@ -67,6 +69,9 @@ def _arguments(parser):
                              "and dropped by the bench), not the development database: reproducible figures")
     parser.add_argument("--only", default="held,throughput,ttft",
                         help="comma-separated runs to do (held, throughput, ttft); figures of skipped runs are null")
+    parser.add_argument("--tracemalloc", type=int, default=0, metavar="FRAMES",
+                        help="run (a) with tracemalloc in the worker (FRAMES frames per allocation) and report the "
+                             "Python heap one more held stream costs, by allocation site (the worker is much slower)")
 
 
 def _raise_nofile() -> int:
@@ -258,6 +263,9 @@ def _bench_sse(*, stdout, options):
         raise ValueError(f"--only: unknown runs {sorted(runs - {'held', 'throughput', 'ttft'})}")
     if "held" not in runs:
         n = 0
+    if options["tracemalloc"] and not n:
+        raise ValueError("--tracemalloc measures the held streams: run (a) too")
+    probe = HeapProbe(options["tracemalloc"]) if options["tracemalloc"] else None
     procs = _Processes()
     try:
         upstream_port, app_port = _free_port(), _free_port()
@@ -281,9 +289,12 @@ def _bench_sse(*, stdout, options):
         }
         if options["upstream_pool_limit"]:
             app_env["LLM_HTTP_POOL_LIMIT"] = str(options["upstream_pool_limit"])
+        if probe is not None:
+            app_env.update(probe.env())
+        application = HEAP_ASGI_APP if probe is not None else "config.asgi:application"
         app, app_log = procs.start(
-            [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port",
-             str(app_port), "--workers", "1", "--lifespan", "off", "--no-access-log", "--log-level", "warning",
+            [sys.executable, "-m", "uvicorn", application, "--host", "127.0.0.1", "--port", str(app_port),
+             "--workers", "1", "--lifespan", "off", "--no-access-log", "--log-level", "warning",
              "--backlog", "4096", "--timeout-keep-alive", "60"], app_env)
         _wait_http(f"http://127.0.0.1:{app_port}/readyz", app, app_log)
         csrf = secrets.token_hex(16)  # 32 chars: a CSRF secret the header may repeat as-is
@@ -346,23 +357,35 @@ def _bench_sse(*, stdout, options):
                     time.sleep(1.0)
                     samples.append(_rss_kb(app.pid))
                 half["rss_kb"] = statistics.median(samples)
+                if probe is not None:
+                    probe.take(app.pid)
             if line.startswith("HOLDING"):
                 stdout.write(f"    all streams open ({line}); sampling worker memory")
                 for _ in range(3):
                     time.sleep(min(5.0, hold / 4))
                     samples_rss.append(_rss_kb(app.pid))
                     peak_threads.append(_threads(app.pid))
+                if probe is not None:
+                    probe.take(app.pid)
 
         held = _load({**spec, "mode": "held", "urls": urls[:n], "question": spec["question"] + " (held)",
                       "hold_s": hold, "interval": interval,
-                      "ramp_per_s": options["ramp"], "open_timeout_s": n / options["ramp"] + 60},
+                      "ramp_per_s": options["ramp"],
+                      # a snapshot of a traced heap takes a while: the ramp waits for it
+                      "half_pause_s": 60.0 if probe is not None else 4.0, "open_timeout_s": n / options["ramp"] + 60},
                      base_env, on_line=sample)
         rss_during = statistics.median(samples_rss) if samples_rss else _rss_kb(app.pid)
         figures = _figures(n, held, rss_before, rss_during, first_tokens, fast, options, nofile,
                            peak_threads=max(peak_threads), half=half)
+        if probe is not None and probe.taken == 2 and held["streams_open"] > half.get("streams", 0) > 0:
+            figures["traced_kb_per_stream"], sites = probe.growth(held["streams_open"] - half["streams"])
+            print_table(stdout, [(site.where, f"{site.kb_per_stream} KB", f"{site.objects_per_stream} objects")
+                                 for site in sites], ("allocated at (per held stream)", "heap", "objects"))
     finally:
         procs.stop()
         _cleanup()
+        if probe is not None:
+            probe.cleanup()
     print_table(stdout, [
         ("held streams", f"{held['streams_held']}/{n}",
          f"opened in {held['open_s']} s, worst gap {held['worst_gap_s']} s"),
@@ -433,5 +456,6 @@ def _figures(n: int, held: dict | None, rss_before: int | None, rss_during: floa
         **options.get("corpus", {}),
         "upstream_pool_limit": options["upstream_pool_limit"] or settings.LLM_HTTP_POOL_LIMIT,
         "nofile_limit": nofile,
+        "traced_kb_per_stream": None,  # --tracemalloc: the Python heap one more held stream costs
         "load_average_1m": round(os.getloadavg()[0], 2),
     }
