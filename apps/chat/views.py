@@ -143,11 +143,17 @@ def _forget_request_state(request) -> None:
     (``prepared`` has it), the resolved URL, and the request's headers, cookies and body in
     all their parsed forms, about 4 KB per open stream. What is read after the view returns
     stays: ``method``, ``path`` and ``request_id`` (the request-id middleware's log line),
-    the body's stream (``close()`` at the end closes it) and the ASGI scope (uvicorn, tracing)."""
+    what ``get_host()`` and ``build_absolute_uri()`` read (an error report sent to Sentry
+    during the stream names the URL), the body's stream (``close()`` at the end closes it)
+    and the ASGI scope (uvicorn, tracing)."""
     for name in ("session", "user", "_cached_user", "resolver_match", "COOKIES", "headers", "_post", "_files",
                  "_body"):
         request.__dict__.pop(name, None)
-    request.META = {}
+    request.META = {name: request.META[name] for name in _META_KEPT if name in request.META}
+
+
+_META_KEPT = ("HTTP_HOST", "HTTP_X_FORWARDED_HOST", "HTTP_X_FORWARDED_PORT", "SERVER_NAME", "SERVER_PORT",
+              "REMOTE_ADDR", "REQUEST_METHOD", "SCRIPT_NAME", "PATH_INFO", "QUERY_STRING")
 
 
 @require_POST

@@ -314,8 +314,9 @@ def test_the_stream_view_lets_go_of_the_request_state_it_no_longer_needs():
     assert request.COOKIES["sessionid"] == "abc" and request.headers["X-CSRFToken"] == "x"
     assert request.body and not request.POST
     _forget_request_state(request)
-    assert request.META == {}
+    assert not {"HTTP_COOKIE", "HTTP_X_CSRFTOKEN", "CONTENT_TYPE", "CONTENT_LENGTH"} & set(request.META)
     assert not {"COOKIES", "headers", "_post", "_files", "_body"} & set(request.__dict__)
     assert request.COOKIES == {}  # read again from nothing, if anything asks
     assert (request.method, request.path, request.request_id) == ("POST", "/chat/1/messages", "req-1")
+    assert request.build_absolute_uri() == "http://testserver/chat/1/messages"  # what an error report names
     request.close()  # Django's response closes the request at the end of the stream
