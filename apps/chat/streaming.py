@@ -143,7 +143,10 @@ async def answer_events(prepared: PreparedAnswer, *, started: float | None = Non
     # Kept as JSON text while the answer streams (a fraction of the dicts' size), decoded for the citations.
     sources_json = json.dumps(prepared.sources, default=str)
     message_id = prepared.message_id
-    pieces = TextBuffer()  # the answer so far, compact (apps.core.text)
+    # The answer so far, compact (apps.core.text), written by the proxy as tokens arrive from the
+    # model: one copy per stream. A stream cut short saves what the model had said, which may run
+    # a token or two past what the reader received.
+    pieces = TextBuffer()
     outcome = {"status": Message.Status.PARTIAL, "error": "", "citations": []}
     done_event = None
     failed_event = None  # an ErrorEvent: what a failed or cut answer cost, per the ledger
@@ -161,6 +164,7 @@ async def answer_events(prepared: PreparedAnswer, *, started: float | None = Non
         route=prepared.route, messages=messages,
         user=prepared.user if getattr(prepared.user, "is_authenticated", False) else None,
         scope=prepared.scope, passages=backend_passages, prompt_tokens=prepared.prompt.prompt_tokens,
+        answer=pieces,
     )
     prepared.prompt = None  # what the call needs is in ``request``; the rest need not live as long as the stream
     inbox = _Inbox()
@@ -200,7 +204,6 @@ async def answer_events(prepared: PreparedAnswer, *, started: float | None = Non
                 break
             kind = event.type
             if kind == "token":
-                pieces.append(event.text)
                 yield sse("token", {"text": event.text})
                 if first_token_at is None:
                     first_token_at = time.perf_counter()

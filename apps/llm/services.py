@@ -18,6 +18,8 @@ Public API::
         prompt_tokens: int | None = None  # the caller's count of ``messages`` (an upper bound will do):
                                           # used instead of recounting them, so a caller may let go of
                                           # their text once the first token arrived
+        answer: TextBuffer | None = None  # an empty buffer of the caller's: the answer is kept in it as it
+                                          # streams (a caller that needs the text need not keep a copy)
 
     async def stream_chat(request) -> AsyncIterator[LLMEvent]   # TokenEvent* then DoneEvent | ErrorEvent
     async def acomplete(request) -> ChatResult                  # raises LLMError on failure
@@ -86,6 +88,7 @@ class ChatRequest:
     params: dict | None = None
     cache_read: CacheRead | None = None
     prompt_tokens: int | None = None
+    answer: TextBuffer | None = None
 
 
 def _prompt_tokens(request: ChatRequest) -> int:
@@ -252,7 +255,7 @@ async def stream_chat(request: ChatRequest, *, _stream: bool = True) -> AsyncIte
                 ttl_s=route.timeouts.total + 60,
             )
     state = _CallState(request=request, route=route, call_id=call_id, started=started, streamed=_stream,
-                       reservation=reservation)
+                       reservation=reservation, parts=request.answer if request.answer is not None else TextBuffer())
     try:
         # A read already made (see CacheRead) was of this very request's key: don't hash it again.
         key = request.cache_read.key if request.cache_read is not None else _cache_key(request, route, params)
@@ -350,7 +353,7 @@ class _CallState:
         self.hit = hit
         self.attempt.provider, self.attempt.model = hit["provider"], hit["model"]
         self.attempt.first_token_at = time.perf_counter()
-        self.parts = TextBuffer(hit["text"])
+        self.parts.append(hit["text"])  # before any token: the buffer is still empty
 
     def _usage(self) -> UsageInfo:
         if self.hit is not None:

@@ -3,6 +3,7 @@
 import pytest
 from prometheus_client import REGISTRY
 
+from apps.core.text import TextBuffer
 from apps.llm import ledger
 from apps.llm.models import UsageRecord
 from apps.llm.services import ChatRequest, acomplete
@@ -35,6 +36,17 @@ def test_a_cache_hit_returns_identical_content_without_calling_upstream(proxy):
     assert result.cached and result.text == first[-1].text and proxy.primary.calls() == 1
     ledger.flush()
     assert UsageRecord.objects.filter(cache_hit=True).count() == 2
+
+
+@pytest.mark.django_db
+def test_the_answer_is_kept_in_the_callers_buffer_on_a_miss_and_on_a_hit(proxy):
+    """A caller that needs the text (chat saves it) hands its buffer over and keeps no copy."""
+    missed, hit = TextBuffer(), TextBuffer()
+    first = run(collect, ChatRequest(route="chat", messages=question(), scope="user:1", answer=missed))
+    again = run(collect, ChatRequest(route="chat", messages=question(), scope="user:1", answer=hit))
+    assert first[-1].cached is False and again[-1].cached is True
+    assert missed.text() == hit.text() == first[-1].text == again[-1].text == text_of(first)
+    assert len([e for e in first if e.type == "token"]) > 1
 
 
 @pytest.mark.django_db
