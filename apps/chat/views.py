@@ -137,6 +137,11 @@ def _prepare(request, pk: int, question: str | None, query_vector):
         release_db_connection()
 
 
+# What get_host() and build_absolute_uri() read, and the request line: kept by _forget_request_state.
+_META_KEPT = ("HTTP_HOST", "HTTP_X_FORWARDED_HOST", "HTTP_X_FORWARDED_PORT", "SERVER_NAME", "SERVER_PORT",
+              "REMOTE_ADDR", "REQUEST_METHOD", "SCRIPT_NAME", "PATH_INFO", "QUERY_STRING")
+
+
 def _forget_request_state(request) -> None:
     """Let go of what the stream no longer needs from the request (the handler keeps the
     request itself until the stream ends): the session and its decoded data, the user
@@ -150,10 +155,6 @@ def _forget_request_state(request) -> None:
                  "_body"):
         request.__dict__.pop(name, None)
     request.META = {name: request.META[name] for name in _META_KEPT if name in request.META}
-
-
-_META_KEPT = ("HTTP_HOST", "HTTP_X_FORWARDED_HOST", "HTTP_X_FORWARDED_PORT", "SERVER_NAME", "SERVER_PORT",
-              "REMOTE_ADDR", "REQUEST_METHOD", "SCRIPT_NAME", "PATH_INFO", "QUERY_STRING")
 
 
 @require_POST
