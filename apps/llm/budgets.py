@@ -13,14 +13,12 @@ in-flight request. Reservations expire on their own if a process dies.
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import transaction
 from django.db.models import Sum
 from django.db.models.signals import post_delete, post_save
 from redis.exceptions import RedisError
@@ -128,16 +126,8 @@ def limits_version_key() -> str:
     return runtime.key("budgets", "version")
 
 
-def bump_limits_version() -> None:
-    try:
-        runtime.sync_redis().set(limits_version_key(), uuid.uuid4().hex)
-    except RedisError as exc:
-        logger.warning("llm.budget.version_bump_failed", error=str(exc))
-
-
 def _budget_changed(sender, instance, **kwargs):
-    # After the commit: a process that reloads on the new version must read the new row.
-    transaction.on_commit(bump_limits_version)
+    runtime.replace_version(limits_version_key())
 
 
 post_save.connect(_budget_changed, sender="llm.UserBudget", dispatch_uid="llm-user-budget-saved")

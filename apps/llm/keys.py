@@ -33,13 +33,11 @@ from __future__ import annotations
 
 import hashlib
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 from prometheus_client import Counter
 from redis.exceptions import RedisError
@@ -104,18 +102,9 @@ def hash_api_key(raw_key: str) -> str:
 
 
 # --- the version --------------------------------------------------------------------------
-def bump_version() -> None:
-    """Make every web process read its API keys from the database again."""
-    try:
-        runtime.sync_redis().set(version_key(), uuid.uuid4().hex)
-    except RedisError as exc:
-        # Processes then notice within LLM_API_KEY_CACHE_SECONDS (their cache's TTL).
-        logger.warning("llm.api_key.version_bump_failed", error=str(exc))
-
-
 def bump_version_on_commit() -> None:
-    # After the commit: a process that reloads on the new version must see the new row.
-    transaction.on_commit(bump_version)
+    """Make every web process read its API keys from the database again, after the commit."""
+    runtime.replace_version(version_key())
 
 
 def _key_saved(sender, instance, created, **kwargs):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -18,6 +19,12 @@ import aiohttp
 import redis
 import redis.asyncio as aioredis
 from django.conf import settings
+from django.db import transaction
+from redis.exceptions import RedisError
+
+from apps.core.logging import get_logger
+
+logger = get_logger("quire.llm.runtime")
 
 T = TypeVar("T")
 _per_loop: dict[asyncio.AbstractEventLoop, dict[str, Any]] = {}
@@ -98,6 +105,22 @@ def sync_redis() -> redis.Redis:
         client = _sync_redis[settings.REDIS_URL] = redis.Redis.from_url(
             settings.REDIS_URL, retry=Retry(NoBackoff(), 1), **REDIS_TIMEOUTS)
     return client
+
+
+def replace_version(redis_key: str) -> None:
+    """Store a new random token at ``redis_key`` once the current transaction commits (a
+    process that reloads on the new token must read the new rows). Processes that remember
+    what they read under the old token read it again: API keys (:mod:`apps.llm.keys`), user
+    budgets (:mod:`apps.llm.budgets`). If Redis cannot be reached they notice when what they
+    remember expires."""
+
+    def replace() -> None:
+        try:
+            sync_redis().set(redis_key, uuid.uuid4().hex)
+        except RedisError as exc:
+            logger.warning("llm.version_bump_failed", key=redis_key, error=str(exc))
+
+    transaction.on_commit(replace)
 
 
 async def aclose_loop_resources() -> None:
