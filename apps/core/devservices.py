@@ -152,19 +152,13 @@ LEGACY_REDIS_PORT = 6389  # every checkout's port until 2026-11-27
 
 def _redis_dir(port: int) -> str | None:
     """The data directory of the Redis server on ``port`` (``CONFIG GET dir``), if one answers."""
+    import redis
+
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
-            sock.sendall(b"*3\r\n$6\r\nCONFIG\r\n$3\r\nGET\r\n$3\r\ndir\r\n")
-            reply = b""
-            while reply.count(b"\r\n") < 5:  # *2, $3, dir, $n, <path>
-                chunk = sock.recv(4096)
-                if not chunk:
-                    break
-                reply += chunk
-    except OSError:
+        return redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5,
+                           decode_responses=True).config_get("dir").get("dir")
+    except redis.RedisError:
         return None
-    parts = reply.split(b"\r\n")
-    return parts[4].decode(errors="replace") if len(parts) > 4 and parts[0] == b"*2" else None
 
 
 def _stop_legacy_redis(port: int, data_dir: Path) -> None:
