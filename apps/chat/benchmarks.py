@@ -254,6 +254,14 @@ def bench_sse(*, stdout, options):
     return _bench_sse(stdout=stdout, options=options)
 
 
+def bench_question() -> str:
+    """A question no earlier run asked. The proxy's response cache (keyed by the prompt and the
+    reader's permission scope, an hour by default) must not answer it, or the bench times a
+    cache hit instead of a model call: an ``--isolated`` database gives the bench user the same
+    id in every run, so the scope alone does not tell runs apart."""
+    return f"How do glaciers and tides shape the coast? (run {secrets.token_hex(4)})"
+
+
 def _bench_sse(*, stdout, options):
     nofile = _raise_nofile()
     n, hold, interval = options["streams"], options["hold"], options["interval"]
@@ -302,7 +310,7 @@ def _bench_sse(*, stdout, options):
             "base_url": f"http://127.0.0.1:{app_port}",
             "cookies": {settings.SESSION_COOKIE_NAME: session_key, settings.CSRF_COOKIE_NAME: csrf},
             "headers": {"X-CSRFToken": csrf, "Accept": "text/event-stream"},
-            "question": "How do glaciers and tides shape the coast?",
+            "question": bench_question(),
         }
         urls = [f"/chat/{pk}/messages" for pk in conversations]
 
@@ -441,6 +449,8 @@ def _figures(n: int, held: dict | None, rss_before: int | None, rss_during: floa
         "ttft_added_p50_ms": round(chat_p50 - direct_p50, 2) if chat_p50 is not None else None,
         "server_prepare_p50_ms": _p50(first_tokens["prepare_ms"]),
         "server_proxy_ttft_p50_ms": _p50(first_tokens["proxy_ttft_ms"]),
+        # Answers the proxy's cache served (no model call): 0, or the TTFT figures time cache hits.
+        "ttft_cached_answers": first_tokens.get("cached"),
         "ttft_worker_cpu_ms_per_answer": _round(first_tokens.get("worker_cpu_ms")),
         "ttft_machine_cpu_ms_per_answer": _round(first_tokens.get("machine_cpu_ms")),
         "throughput_streams": fast["streams"],

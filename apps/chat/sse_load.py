@@ -190,6 +190,7 @@ async def throughput(spec: dict) -> dict:
 
 async def ttft(spec: dict) -> dict:
     direct, chat, prepare, upstream_ttft = [], [], [], []
+    cached = 0
     body = {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hello"}]}
     async with _session(spec) as session, aiohttp.ClientSession() as upstream:
         for _ in range(spec["samples"]):
@@ -208,7 +209,9 @@ async def ttft(spec: dict) -> dict:
             if stream.done_data:
                 prepare.append(stream.done_data.get("prepare_ms") or 0.0)
                 upstream_ttft.append(stream.done_data.get("upstream_ttft_ms") or 0.0)
-    return {"direct_s": direct, "chat_s": chat, "prepare_ms": prepare, "proxy_ttft_ms": upstream_ttft}
+                cached += bool(stream.done_data.get("cached"))
+    return {"direct_s": direct, "chat_s": chat, "prepare_ms": prepare, "proxy_ttft_ms": upstream_ttft,
+            "cached": cached}
 
 
 def main() -> None:

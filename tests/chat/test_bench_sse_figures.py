@@ -1,7 +1,7 @@
 """bench sse's memory figures: the average over every open stream and the growth from half
 the streams to all of them (what one more stream costs, leaving out one-off growth)."""
 
-from apps.chat.benchmarks import _figures
+from apps.chat.benchmarks import _figures, bench_question
 
 EMPTY_RUN = {"direct_s": [], "chat_s": [], "prepare_ms": [], "proxy_ttft_ms": []}
 NO_THROUGHPUT = dict.fromkeys(("streams", "completed", "events_per_s", "events_per_s_all_live", "window_s",
@@ -30,3 +30,12 @@ def test_throughput_cpu_per_event_reaches_the_json():
     figures = _figures(0, None, None, None, first_tokens=EMPTY_RUN, fast=fast,
                        options={"upstream_pool_limit": 10}, nofile=1024)
     assert figures["throughput_worker_cpu_us_per_event"] == 61.23 and figures["kb_per_stream"] is None
+
+
+def test_every_run_asks_new_questions_and_counts_cache_hits():
+    # Repeated questions would be answered from the proxy's cache: the TTFT would time a cache hit.
+    assert bench_question() != bench_question()
+    first_tokens = {**EMPTY_RUN, "direct_s": [0.0002], "chat_s": [0.006, 0.007], "cached": 2}
+    figures = _figures(0, None, None, None, first_tokens=first_tokens, fast=NO_THROUGHPUT,
+                       options={"upstream_pool_limit": 10}, nofile=1024)
+    assert figures["ttft_cached_answers"] == 2
