@@ -106,6 +106,20 @@ def _transactional(request) -> bool:
 
 
 @pytest.fixture(autouse=True)
+def _async_statements_see_the_tests_transaction(request):
+    """A test inside a transaction (not transactional) has rows no other connection sees: the
+    statements async code runs (apps.core.adb) go through Django's connection there, as
+    DB_ASYNC_POOL = None does; transactional tests and servers in subprocesses use the pool."""
+    in_a_transaction = request.node.get_closest_marker("django_db") is not None or "db" in request.fixturenames
+    if _transactional(request) or not in_a_transaction:
+        yield
+        return
+    settings = request.getfixturevalue("settings")
+    settings.DB_ASYNC_POOL = None
+    yield
+
+
+@pytest.fixture(autouse=True)
 def _queued_tasks_done_before_the_flush(request):
     """A transactional test ends by emptying every table (TRUNCATE). Documents it saved queued
     their embedding, and once a test has started the session's worker, that worker runs

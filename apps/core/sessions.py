@@ -6,7 +6,9 @@ Every request that carries a session cookie reads its session before anything el
 ``db`` engine reads it with ``Session.objects.get(...)``: building, compiling and
 running that query and instantiating the model cost about 0.35 ms of CPU; the same
 read as a prepared statement (:func:`apps.core.db.fetch_prepared`) a fraction of that.
-Everything else (saving, expiring, cycling keys, the async methods) is Django's own.
+The async read (``aload``, used by ``aget_user``) runs the same statement on the event
+loop (:func:`apps.core.adb.afetch_prepared`) instead of in a thread. Everything else
+(saving, expiring, cycling keys) is Django's own.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from django.contrib.auth import BACKEND_SESSION_KEY
 from django.contrib.sessions.backends.db import SessionStore as DatabaseSessionStore
 from django.utils import timezone
 
+from apps.core.adb import afetch_prepared
 from apps.core.db import fetch_prepared
 
 # Sessions signed in before AUTHENTICATION_BACKENDS named apps.core.auth.ModelBackend name
@@ -43,14 +46,21 @@ class SessionStore(DatabaseSessionStore):
     def _get_session_from_db(self):
         """The session row if it exists and has not expired, else None (and the key is
         forgotten, as Django's engine does: the next save makes a new one)."""
-        session_key = self.session_key
-        if session_key:
-            model = self.get_model_class()
-            rows = fetch_prepared(
-                f"SELECT session_data, expire_date FROM {model._meta.db_table} "
-                "WHERE session_key = %s AND expire_date > %s",
-                [session_key, timezone.now()])
-            if rows:
-                return model(session_key=session_key, session_data=rows[0][0], expire_date=rows[0][1])
+        rows = fetch_prepared(*self._row_statement()) if self.session_key else []
+        return self._session_from(rows)
+
+    async def _aget_session_from_db(self):
+        """The same read on the event loop (apps.core.adb), for async views (the chat stream)."""
+        rows = await afetch_prepared(*self._row_statement()) if self.session_key else []
+        return self._session_from(rows)
+
+    def _row_statement(self) -> tuple[str, list]:
+        return (f"SELECT session_data, expire_date FROM {self.get_model_class()._meta.db_table} "
+                "WHERE session_key = %s AND expire_date > %s", [self.session_key, timezone.now()])
+
+    def _session_from(self, rows: list[tuple]):
+        if rows:
+            return self.get_model_class()(session_key=self.session_key, session_data=rows[0][0],
+                                          expire_date=rows[0][1])
         self._session_key = None
         return None

@@ -40,7 +40,13 @@ from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrument
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware as ASGITracing
 from opentelemetry.instrumentation.celery import CeleryInstrumentor
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
-from opentelemetry.instrumentation.psycopg import DatabaseApiIntegration, PsycopgInstrumentor, _new_cursor_factory
+from opentelemetry.instrumentation.psycopg import (
+    DatabaseApiAsyncIntegration,
+    DatabaseApiIntegration,
+    PsycopgInstrumentor,
+    _new_cursor_async_factory,
+    _new_cursor_factory,
+)
 from opentelemetry.instrumentation.psycopg.version import __version__ as psycopg_instrumentation_version
 from opentelemetry.instrumentation.redis import RedisInstrumentor
 from opentelemetry.instrumentation.threading import ThreadingInstrumentor
@@ -52,7 +58,7 @@ from opentelemetry.sdk.trace.sampling import Decision, ParentBased, Sampler, Sam
 from opentelemetry.trace import SpanKind
 from opentelemetry.util.http import parse_excluded_urls, sanitize_method
 
-from apps.core import db
+from apps.core import adb, db
 from apps.core.logging import get_logger, log_trace_ids
 
 logger = get_logger("quire.tracing")
@@ -205,6 +211,7 @@ def _start() -> TracerProvider:
     # (psycopg's pool workers) that request's trace for the rest of its life.
     ThreadingInstrumentor._instrument_thread_pool()
     db.statement_cursor = _traced_statement_cursor(provider)
+    adb.statement_cursor = _traced_statement_cursor(provider, asynchronous=True)
     log_trace_ids(trace.get_current_span)
     return provider
 
@@ -227,15 +234,20 @@ def _service_version() -> str | None:
         return None
 
 
-def _traced_statement_cursor(provider: TracerProvider) -> type[psycopg.Cursor]:
-    """psycopg's server-binding cursor, traced as the instrumentation traces the pool's connections
-    (whose cursor factory is Django's client-binding cursor, which apps.core.db does not use)."""
-    integration = DatabaseApiIntegration(
+def _traced_statement_cursor(provider: TracerProvider, *, asynchronous: bool = False) -> type:
+    """psycopg's server-binding cursor (``AsyncCursor`` for apps.core.adb), traced as the
+    instrumentation traces the pool's connections (whose cursor factory is Django's
+    client-binding cursor, which apps.core.db does not use)."""
+    integration_class = DatabaseApiAsyncIntegration if asynchronous else DatabaseApiIntegration
+    integration = integration_class(
         PsycopgInstrumentor.__module__, PsycopgInstrumentor._DATABASE_SYSTEM,
         connection_attributes=PsycopgInstrumentor._CONNECTION_ATTRIBUTES, version=psycopg_instrumentation_version,
         tracer_provider=provider, connect_module=psycopg,
     )
-    traced = _new_cursor_factory(db_api=integration, base_factory=psycopg.Cursor)
+    if asynchronous:
+        traced = _new_cursor_async_factory(db_api=integration, base_factory=psycopg.AsyncCursor)
+    else:
+        traced = _new_cursor_factory(db_api=integration, base_factory=psycopg.Cursor)
 
     class TracedStatementCursor(traced):
         def __init__(self, connection, *args, **kwargs):

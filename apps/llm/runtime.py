@@ -3,17 +3,14 @@
 aiohttp sessions and asyncio Redis pools belong to one event loop, so they are
 kept per (process, loop): a uvicorn worker has one loop and therefore one
 connection pool to each upstream for its whole life, which is what keeps the
-proxy's added latency low. Code that runs a short-lived loop (``async_to_sync``)
-closes that loop's resources with :func:`aclose_loop_resources`.
+proxy's added latency low (see :mod:`apps.core.loops`). Code that runs a short-lived
+loop (``async_to_sync``) closes that loop's resources with :func:`aclose_loop_resources`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import uuid
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import redis
@@ -23,27 +20,9 @@ from django.db import transaction
 from redis.exceptions import RedisError
 
 from apps.core.logging import get_logger
+from apps.core.loops import aclose_loop_resources, forget_loop_local, loop_local  # noqa: F401 (part of this API)
 
 logger = get_logger("quire.llm.runtime")
-
-T = TypeVar("T")
-_per_loop: dict[asyncio.AbstractEventLoop, dict[str, Any]] = {}
-_lock = threading.Lock()
-
-
-def loop_local(name: str, factory: Callable[[], T]) -> T:
-    """The ``name`` resource of the running loop, created by ``factory`` on first use."""
-    loop = asyncio.get_running_loop()
-    resources = _per_loop.get(loop)
-    if resources is None:
-        with _lock:
-            for stale in [lp for lp in _per_loop if lp.is_closed()]:
-                _per_loop.pop(stale, None)
-            resources = _per_loop.setdefault(loop, {})
-    value = resources.get(name)
-    if value is None:
-        value = resources[name] = factory()
-    return value
 
 
 def http_session() -> aiohttp.ClientSession:
@@ -59,7 +38,7 @@ def http_session() -> aiohttp.ClientSession:
 
     session = loop_local("http", create)
     if session.closed:
-        _per_loop[asyncio.get_running_loop()].pop("http", None)
+        forget_loop_local("http")
         session = loop_local("http", create)
     return session
 
@@ -121,20 +100,6 @@ def replace_version(redis_key: str) -> None:
             logger.warning("llm.version_bump_failed", key=redis_key, error=str(exc))
 
     transaction.on_commit(replace)
-
-
-async def aclose_loop_resources() -> None:
-    """Close this loop's sessions (for code that runs a short-lived loop)."""
-    resources = _per_loop.pop(asyncio.get_running_loop(), {})
-    for value in resources.values():
-        if isinstance(value, asyncio.Task):
-            value.cancel()
-            continue
-        close = getattr(value, "aclose", None) or getattr(value, "close", None)
-        if close is not None:
-            result = close()
-            if asyncio.iscoroutine(result):
-                await result
 
 
 _SHAS: dict[str, str] = {}

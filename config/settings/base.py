@@ -87,6 +87,14 @@ DB_POOL = {
     "max_size": env.int("DB_POOL_MAX_SIZE", default=10),
     "timeout": env.int("DB_POOL_TIMEOUT", default=10),
 }
+# Each event loop's own pool for the statements async views run on the loop (apps/core/adb.py:
+# the chat stream's session, user, bookkeeping and retrieval). None: through Django's connection
+# in a thread instead (tests inside a transaction set that: another connection would not see their rows).
+DB_ASYNC_POOL = {
+    "min_size": env.int("DB_ASYNC_POOL_MIN_SIZE", default=2),
+    "max_size": env.int("DB_ASYNC_POOL_MAX_SIZE", default=8),
+    "timeout": env.int("DB_POOL_TIMEOUT", default=10),
+}
 if env.str("DATABASE_URL", default=""):
     DATABASES = {"default": env.db_url("DATABASE_URL")}
 else:

@@ -107,15 +107,65 @@ def test_a_session_signed_in_through_djangos_model_backend_stays_signed_in():
 
 @pytest.mark.django_db(transaction=True)
 def test_the_async_session_read_renames_the_backend_too():
-    from asgiref.sync import async_to_sync
     from django.contrib.auth import BACKEND_SESSION_KEY, SESSION_KEY
 
     user = UserFactory()
     store = SessionStore()
     store.update({SESSION_KEY: str(user.pk), BACKEND_SESSION_KEY: "django.contrib.auth.backends.ModelBackend"})
     store.save()
-    loaded = async_to_sync(SessionStore(store.session_key).aload)()
+    loaded = _on_a_loop(SessionStore(store.session_key).aload)
     assert loaded[BACKEND_SESSION_KEY] == "apps.core.auth.ModelBackend"
+
+
+def _on_a_loop(coroutine_function, *args):
+    """Run on a short-lived loop, closing its database pool at the end."""
+    from asgiref.sync import async_to_sync
+
+    from apps.core.loops import aclose_loop_resources
+
+    async def run():
+        try:
+            return await coroutine_function(*args)
+        finally:
+            await aclose_loop_resources()
+    return async_to_sync(run)()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_async_reads_run_on_the_loops_pool_and_apply_the_same_rules(monkeypatch):
+    """aget_user (async views): the session and the user read on the event loop's own pool, with
+    Django's rules: expired sessions, inactive users and changed passwords read as signed out."""
+    from django.contrib.auth import aget_user
+    from django.test import Client
+
+    from apps.core import adb, auth, sessions
+
+    active, inactive, changed = UserFactory(first_name="Ada"), UserFactory(), UserFactory()
+    keys = {name: _signed_in(Client(), user) for name, user in
+            (("active", active), ("inactive", inactive), ("changed", changed), ("expired", UserFactory()))}
+    inactive.is_active = False
+    inactive.save()
+    changed.set_password("a-new-password-1")
+    changed.save()
+    Session.objects.filter(session_key=keys["expired"]).update(expire_date=timezone.now() - timedelta(seconds=1))
+    tables = []
+
+    async def pooled(sql, params, **kwargs):
+        tables.append(sql.split(" FROM ")[1].split()[0])
+        assert settings.DB_ASYNC_POOL is not None  # the loop's pool, not Django's connection in a thread
+        return await adb.afetch_prepared(sql, params, **kwargs)
+
+    monkeypatch.setattr(sessions, "afetch_prepared", pooled)
+    monkeypatch.setattr(auth, "afetch_prepared", pooled)
+
+    async def users():
+        return {name: await aget_user(_request_with_session(key)) for name, key in keys.items()}
+
+    found = _on_a_loop(users)
+    assert (found["active"].pk, found["active"].first_name) == (active.pk, "Ada")
+    assert found["inactive"].is_anonymous and found["changed"].is_anonymous and found["expired"].is_anonymous
+    # The session and the user for three readers, the session alone for the expired one.
+    assert tables.count("django_session") == 4 and tables.count('"auth_user"') == 3
 
 
 def test_djangos_model_backend_is_left_alone_where_the_settings_still_list_it(settings):

@@ -293,7 +293,7 @@ from celery import signals
 import config.celery_app
 signals.worker_process_init.send(sender="test")  # what a pool child does first
 import psycopg, redis, opentelemetry.trace
-from apps.core import db
+from apps.core import adb, db
 from apps.core.logging import add_trace_ids
 application = config.asgi.application
 print(json.dumps({
@@ -303,7 +303,7 @@ print(json.dumps({
     "application": getattr(application, "__module__", type(application).__module__),
     "patched": [name for name, f in [("psycopg", psycopg.Connection.connect), ("redis", redis.Redis.execute_command)]
                 if hasattr(f, "__wrapped__")],
-    "statement_cursor": db.statement_cursor is psycopg.Cursor,
+    "statement_cursor": db.statement_cursor is psycopg.Cursor and adb.statement_cursor is psycopg.AsyncCursor,
     "log": add_trace_ids(None, "info", {"event": "x"}),
 }))
 """

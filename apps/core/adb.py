@@ -1,0 +1,89 @@
+"""Prepared statements from async code, on the event loop: :func:`afetch_prepared`.
+
+The async counterpart of :func:`apps.core.db.fetch_prepared`, for the few statements an
+async view runs before its first byte (the chat stream: session, user, bookkeeping,
+retrieval). Django's ORM runs async queries in a thread (``sync_to_async``): each costs
+a hand-off to that thread and back, and the thread and the event loop then take turns on
+the GIL. Here the statement goes out on an ``AsyncConnection`` from this loop's own pool
+(psycopg_pool, ``DB_ASYNC_POOL``), with server-side binding, prepared on the connection;
+``setup`` statements (``SET LOCAL``) go in the same transaction and round trip (pipeline
+mode), as in :func:`~apps.core.db.fetch_prepared`.
+
+Errors are raised as Django's (``django.db.OperationalError``, ``IntegrityError``...), so
+callers catch the same classes either way.
+
+``DB_ASYNC_POOL = None`` sends the statements through Django's own connection in its
+thread instead (``sync_to_async``): what a test inside a transaction needs, as another
+connection would not see its rows; nothing else changes.
+"""
+
+from __future__ import annotations
+
+import psycopg
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import utils
+from psycopg_pool import AsyncConnectionPool
+
+from apps.core.db import database_url, fetch_prepared
+from apps.core.loops import loop_local
+
+# The cursor the statements run on; apps.core.tracing puts a traced subclass here when traces are on.
+statement_cursor: type[psycopg.AsyncCursor] = psycopg.AsyncCursor
+
+# Django's exception classes by psycopg's, most specific first (DatabaseErrorWrapper's order).
+_DJANGO_ERRORS = (utils.DataError, utils.OperationalError, utils.IntegrityError, utils.InternalError,
+                  utils.ProgrammingError, utils.NotSupportedError, utils.DatabaseError, utils.InterfaceError,
+                  utils.Error)
+
+
+def _django_error(exc: psycopg.Error) -> utils.Error:
+    for django_class in _DJANGO_ERRORS:
+        if isinstance(exc, getattr(psycopg, django_class.__name__)):
+            error = django_class(*exc.args)
+            error.__cause__ = exc
+            return error
+    return utils.Error(*exc.args)  # pragma: no cover - every psycopg.Error is a psycopg.Error
+
+
+def _create_pool() -> AsyncConnectionPool:
+    db = settings.DATABASES["default"]
+    options = db.get("OPTIONS") or {}
+    config = settings.DB_ASYNC_POOL
+    return AsyncConnectionPool(
+        conninfo=database_url(db),
+        # As Django's connections: autocommit, and statements prepared unless DB_PREPARED_STATEMENTS is False.
+        kwargs={"autocommit": True, "prepare_threshold": options.get("prepare_threshold")},
+        min_size=config["min_size"], max_size=config["max_size"], timeout=config["timeout"],
+        name="quire-async", open=False,
+    )
+
+
+async def pool() -> AsyncConnectionPool:
+    """This loop's pool, opened on first use (closed with the loop's other resources)."""
+    the_pool = loop_local("db", _create_pool)
+    if the_pool.closed:
+        await the_pool.open()
+    return the_pool
+
+
+async def afetch_prepared(sql: str, params: list, *, setup: tuple[str, list] | None = None) -> list[tuple]:
+    """The rows of ``sql`` run as a prepared statement, after ``setup`` in the same transaction."""
+    if settings.DB_ASYNC_POOL is None:
+        return await sync_to_async(fetch_prepared)(sql, params, setup=setup)
+    the_pool = await pool()
+    try:
+        async with the_pool.connection() as conn:
+            cursor = statement_cursor(conn)
+            try:
+                if setup is None:
+                    await cursor.execute(sql, params, prepare=True)
+                else:
+                    async with conn.pipeline(), conn.transaction():
+                        await cursor.execute(*setup)
+                        await cursor.execute(sql, params, prepare=True)
+                return await cursor.fetchall()
+            finally:
+                await cursor.close()
+    except psycopg.Error as exc:
+        raise _django_error(exc) from exc

@@ -1,0 +1,81 @@
+"""apps.core.adb.afetch_prepared: a prepared statement from async code, on the loop's own pool."""
+
+import pytest
+from asgiref.sync import async_to_sync
+from django.db import IntegrityError, ProgrammingError, connection
+
+from apps.core import adb
+from apps.core.loops import aclose_loop_resources
+
+SETUP = ("SELECT set_config('work_mem', %s, true)", ["7MB"])
+SQL = "SELECT current_setting('work_mem'), %s::int + 1, pg_backend_pid()"
+
+
+def _run(coroutine_function):
+    """Run on a short-lived loop, closing its pool at the end (as async_to_sync callers must)."""
+    async def run():
+        try:
+            return await coroutine_function()
+        finally:
+            await aclose_loop_resources()
+    return async_to_sync(run)()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_statements_run_prepared_on_the_loops_pool_with_their_settings(settings):
+    settings.DB_ASYNC_POOL = {"min_size": 1, "max_size": 1, "timeout": 5}  # every statement on one connection
+
+    async def go():
+        before = (await adb.afetch_prepared("SELECT current_setting('work_mem')", []))[0][0]
+        first = await adb.afetch_prepared(SQL, [41], setup=SETUP)
+        again = await adb.afetch_prepared(SQL, [1], setup=SETUP)
+        after = (await adb.afetch_prepared("SELECT current_setting('work_mem')", []))[0][0]
+        pool = await adb.pool()
+        async with pool.connection() as conn:
+            cursor = await conn.execute("SELECT statement FROM pg_prepared_statements")
+            prepared = [row[0] for row in await cursor.fetchall()]
+        return before, first, again, after, prepared, pool
+
+    before, first, again, after, prepared, pool = _run(go)
+    assert first[0][:2] == ("7MB", 42) and again[0][:2] == ("7MB", 2)
+    assert after == before  # SET LOCAL ended with the statement's transaction
+    # The pool's connection, not Django's: another backend process.
+    assert first[0][2] == again[0][2] != connection.cursor().connection.info.backend_pid
+    assert any("current_setting('work_mem'), $1::int + 1" in s for s in prepared)
+    assert pool.closed  # closed with the loop's other resources
+
+
+@pytest.mark.django_db(transaction=True)
+def test_errors_are_djangos_and_the_pool_stays_usable():
+    connection.cursor().execute("CREATE TABLE t_adb (v int PRIMARY KEY)")
+    try:
+        async def go():
+            with pytest.raises(ProgrammingError):
+                await adb.afetch_prepared("SELECT no_such_column FROM t_adb", [])
+            await adb.afetch_prepared("INSERT INTO t_adb VALUES (%s) RETURNING v", [1])
+            with pytest.raises(IntegrityError):
+                await adb.afetch_prepared("INSERT INTO t_adb VALUES (%s) RETURNING v", [1], setup=SETUP)
+            return await adb.afetch_prepared("SELECT count(*) FROM t_adb", [])
+
+        assert _run(go) == [(1,)]
+    finally:
+        connection.cursor().execute("DROP TABLE t_adb")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_each_loop_has_its_own_pool():
+    async def pools():
+        return await adb.pool(), await adb.pool()
+
+    (first, same), (second, _) = _run(pools), _run(pools)
+    assert first is same  # one pool per loop, reused
+    assert second is not first and first.closed and second.closed
+
+
+@pytest.mark.django_db
+def test_without_a_pool_it_runs_on_djangos_connection_and_sees_its_transaction(settings):
+    settings.DB_ASYNC_POOL = None
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TEMP TABLE t_adb_tx (v int)")
+        cursor.execute("INSERT INTO t_adb_tx VALUES (3)")
+    assert _run(lambda: adb.afetch_prepared("SELECT v FROM t_adb_tx WHERE v = %s", [3], setup=SETUP)) == [(3,)]
