@@ -28,8 +28,8 @@ from apps.chat.serializers import (
     QuestionSerializer,
     TokenEventSerializer,
 )
-from apps.chat.streaming import release_db_connection
 from apps.chat.web import answer_response, session_key_for, start_conversation
+from apps.core.db import release_connection
 
 STREAM_DESCRIPTION = """\
 Asks a question in the conversation and streams the answer as **server-sent events**
@@ -170,5 +170,5 @@ class ConversationMessagesAPI(ChatAPIMixin, generics.GenericAPIView):
         prepared = services.answer_prepare(conversation=conversation, user=request.user,
                                            session_key=self.session_key(), question=data.validated_data["question"],
                                            query_vector=query_vector)
-        release_db_connection()  # the stream may last minutes; the pool is small
+        release_connection()  # the stream may last minutes; the pool is small
         return answer_response(prepared, started=started)

@@ -16,6 +16,7 @@ from rest_framework import status
 
 from apps.core import parsers
 from apps.core.exceptions import QuireAPIError
+from apps.llm.runtime import aredis
 
 
 class ChatLimitExceeded(QuireAPIError):
@@ -70,23 +71,47 @@ def check_conversation_size(asked: int) -> None:
             "Start a new conversation.", details={"max_questions": limit})
 
 
-def take_rate_slot(*, user, session_key: str) -> None:
-    """Count one question against the caller's per-minute allowance, or raise 429."""
+def _rate_window(*, user, session_key: str) -> tuple[str, int, float] | None:
+    """The caller's Redis counter for this minute, their allowance and now; None if unlimited."""
     signed_in = bool(user is not None and user.is_authenticated)
     limit = settings.CHAT_QUESTIONS_PER_MINUTE if signed_in else settings.CHAT_ANON_QUESTIONS_PER_MINUTE
     if not limit:
-        return
+        return None
     who = f"user:{user.pk}" if signed_in else f"session:{session_key}"
     now = time.time()
-    window = int(now // 60)
     prefix = settings.CACHES["default"].get("KEY_PREFIX", "quire")
-    key = f"{prefix}:chat:rate:{who}:{window}"
-    pipe = _redis().pipeline()
-    pipe.incr(key)
-    pipe.expire(key, 70)
-    count, _ = pipe.execute()
+    return f"{prefix}:chat:rate:{who}:{int(now // 60)}", limit, now
+
+
+def _check_count(count: int, limit: int, now: float) -> None:
     if count > limit:
         retry_after = max(1, int(60 - now % 60) + 1)
         raise ChatLimitExceeded(
             f"You asked {limit} questions in the last minute, the most allowed. Try again in {retry_after} s.",
             details={"retry_after": retry_after, "limit_per_minute": limit})
+
+
+def take_rate_slot(*, user, session_key: str) -> None:
+    """Count one question against the caller's per-minute allowance, or raise 429."""
+    window = _rate_window(user=user, session_key=session_key)
+    if window is None:
+        return
+    key, limit, now = window
+    pipe = _redis().pipeline()
+    pipe.incr(key)
+    pipe.expire(key, 70)
+    count, _ = pipe.execute()
+    _check_count(count, limit, now)
+
+
+async def atake_rate_slot(*, user, session_key: str) -> None:
+    """:func:`take_rate_slot` for async code: the same counter, through the loop's Redis client."""
+    window = _rate_window(user=user, session_key=session_key)
+    if window is None:
+        return
+    key, limit, now = window
+    async with aredis().pipeline(transaction=True) as pipe:
+        pipe.incr(key)
+        pipe.expire(key, 70)
+        count, _ = await pipe.execute()
+    _check_count(count, limit, now)

@@ -10,10 +10,12 @@ run while it retrieves; :mod:`apps.chat.streaming` then streams the answer and
 
 from __future__ import annotations
 
+import asyncio
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.exceptions import EmptyResultSet
 from django.db import connection, transaction
@@ -24,10 +26,11 @@ from rest_framework.exceptions import APIException
 from apps.chat import limits, selectors
 from apps.chat.models import Conversation, Message
 from apps.chat.prompts import Prompt, PromptPassage, build_prompt, history_turn
-from apps.core.db import fetch_prepared
+from apps.core.adb import afetch_prepared
+from apps.core.db import fetch_prepared, release_connection
 from apps.core.logging import get_logger
 from apps.documents.selectors import visibility_scope
-from apps.search.services import embed_query_soon, retrieve_passages
+from apps.search.services import aembed_query_soon, aretrieve_passages, embed_query_soon, retrieve_passages
 
 logger = get_logger("quire.chat")
 TITLE_CHARS = 80
@@ -81,8 +84,11 @@ def conversation_delete(*, conversation: Conversation) -> None:
 
 
 def _passages(*, question: str, user, query_vector: Future | None = None) -> list[PromptPassage]:
-    found = retrieve_passages(query=question, user=user, limit=settings.CHAT_RETRIEVAL_LIMIT,
-                              mode=settings.CHAT_RETRIEVAL_MODE, query_vector=query_vector)
+    return _prompt_passages(retrieve_passages(query=question, user=user, limit=settings.CHAT_RETRIEVAL_LIMIT,
+                                              mode=settings.CHAT_RETRIEVAL_MODE, query_vector=query_vector))
+
+
+def _prompt_passages(found) -> list[PromptPassage]:
     return [
         PromptPassage(n=n, document_id=p.document_id, chunk_id=p.chunk_id, title=p.title, url=p.url,
                       text=p.text, heading_path=p.heading_path, text_tokens=p.text_tokens)
@@ -144,6 +150,23 @@ def _bookkeeping(*, conversation: Conversation | int, user, session_key: str | N
                  route: str) -> _Bookkeeping:
     """Check the conversation is the caller's (``Http404``) and not full (``ConversationFull``),
     read its recent turns and save the question with its ``partial`` answer: one round trip."""
+    conversation_id, sql, params, lock = _bookkeeping_statement(conversation=conversation, user=user,
+                                                                session_key=session_key, question=question,
+                                                                route=route)
+    return _bookkeeping_from(conversation_id, fetch_prepared(sql, params, setup=lock))
+
+
+async def _abookkeeping(*, conversation: int, user, session_key: str | None, question: str,
+                        route: str) -> _Bookkeeping:
+    """:func:`_bookkeeping` on the event loop (apps.core.adb), on a pooled connection of its own."""
+    conversation_id, sql, params, lock = _bookkeeping_statement(conversation=conversation, user=user,
+                                                                session_key=session_key, question=question,
+                                                                route=route)
+    return _bookkeeping_from(conversation_id, await afetch_prepared(sql, params, setup=lock))
+
+
+def _bookkeeping_statement(*, conversation: Conversation | int, user, session_key: str | None, question: str,
+                           route: str) -> tuple[int, str, list, tuple[str, list]]:
     conversation_id = conversation.pk if isinstance(conversation, Conversation) else conversation
     if not isinstance(conversation_id, int) or not 0 < conversation_id < 2**63:
         raise Http404("No such conversation.")
@@ -166,8 +189,12 @@ def _bookkeeping(*, conversation: Conversation | int, user, session_key: str | N
     # waits for this one to commit, and its statement, whose snapshot is taken after that, then
     # counts this question. Locked inside the one statement instead, the count would come from a
     # snapshot taken before the wait, and two questions could both take the last free place.
+    # Prepared: the same text every time (apps.core.db).
     lock = (f"SELECT 1 FROM {Conversation._meta.db_table} WHERE id IN ({owned_sql}) FOR UPDATE", list(owned_params))
-    rows = fetch_prepared(sql, params, setup=lock)  # prepared: the same text every time (apps.core.db)
+    return conversation_id, sql, params, lock
+
+
+def _bookkeeping_from(conversation_id: int, rows: list[tuple]) -> _Bookkeeping:
     if not rows:
         raise Http404("No such conversation.")
     asked, ids, recent = rows[0]  # ids: {"user": question id, "assistant": answer id}
@@ -175,15 +202,16 @@ def _bookkeeping(*, conversation: Conversation | int, user, session_key: str | N
         limits.check_conversation_size(asked)  # raises: the limit is why nothing was added
         raise RuntimeError("the question was not saved")  # pragma: no cover - unreachable
     history = [history_turn(role, content) for role, content in (recent or [])]
+    user_role, answer_role = Message.Role.USER.value, Message.Role.ASSISTANT.value
     return _Bookkeeping(conversation_id, history, ids[user_role], ids[answer_role])
 
 
-def _bookkeeping_released(**kwargs) -> _Bookkeeping:
+def _released(function, **kwargs):
+    """``function(**kwargs)`` on a thread that hands its database connection back at the end."""
     try:
-        return _bookkeeping(**kwargs)
+        return function(**kwargs)
     finally:
-        if not connection.in_atomic_block:
-            connection.close()  # back to the pool: this thread may not run again for a while
+        release_connection()  # back to the pool: this thread may not run again for a while
 
 
 def _start_bookkeeping(**kwargs) -> Future:
@@ -196,7 +224,7 @@ def _start_bookkeeping(**kwargs) -> Future:
         except Exception as exc:
             future.set_exception(exc)
         return future
-    return _bookkeeping_threads.submit(_bookkeeping_released, **kwargs)
+    return _bookkeeping_threads.submit(_released, _bookkeeping, **kwargs)
 
 
 def embed_question_soon(question: str) -> Future | None:
@@ -208,6 +236,16 @@ def embed_question_soon(question: str) -> Future | None:
     except APIException:
         return None
     return embed_query_soon(question, mode=settings.CHAT_RETRIEVAL_MODE)
+
+
+def aembed_question_soon(question: str) -> asyncio.Task | None:
+    """:func:`embed_question_soon` for async views: a task on the running loop, for
+    :func:`aanswer_prepare`'s ``query_vector``."""
+    try:
+        question = limits.check_question(question)
+    except APIException:
+        return None
+    return aembed_query_soon(question, mode=settings.CHAT_RETRIEVAL_MODE)
 
 
 def answer_prepare(*, conversation: Conversation | int, user, session_key: str | None,
@@ -225,10 +263,7 @@ def answer_prepare(*, conversation: Conversation | int, user, session_key: str |
     caller that had other work to do first (the embedding then runs meanwhile).
     """
     question = limits.check_question(question)
-    if isinstance(conversation, Conversation):
-        limits.check_conversation_size(conversation.questions_asked)
-    elif not (session_key or getattr(user, "is_authenticated", False)):
-        raise Http404("No such conversation.")  # nobody to own it: not worth a retrieval
+    _check_caller(conversation, user=user, session_key=session_key)
     limits.take_rate_slot(user=user, session_key=session_key or "")
     route = settings.CHAT_ROUTE
     # The conversation is looked up (Http404 if it is not the caller's) and the rows written
@@ -244,6 +279,48 @@ def answer_prepare(*, conversation: Conversation | int, user, session_key: str |
         answer_finish(message_id=saved.message_id, content="", status=Message.Status.ERROR, citations=[],
                       error=f"retrieval failed: {type(exc).__name__}")
         raise
+    return _prepared(saved, question=question, prompt=prompt, route=route, user=user)
+
+
+async def aanswer_prepare(*, conversation: int, user, session_key: str | None, question: str,
+                          query_vector: asyncio.Future | None = None) -> PreparedAnswer:
+    """:func:`answer_prepare` for async views (the chat page's stream), on the event loop.
+
+    The same checks, statements and errors, in the same order; the bookkeeping statement and
+    the retrieval run at once on two pooled connections (:mod:`apps.core.adb`), the per-minute
+    count through the loop's Redis client, the query embedding (``query_vector``: the
+    :func:`aembed_question_soon` task) on the loop too with an HTTP backend: no thread takes
+    turns with the event loop on the GIL.
+    """
+    question = limits.check_question(question)
+    _check_caller(conversation, user=user, session_key=session_key)
+    await limits.atake_rate_slot(user=user, session_key=session_key or "")
+    route = settings.CHAT_ROUTE
+    bookkeeping = asyncio.ensure_future(_abookkeeping(conversation=conversation, user=user, session_key=session_key,
+                                                      question=question, route=route))
+    try:
+        passages = _prompt_passages(await aretrieve_passages(
+            query=question, user=user, limit=settings.CHAT_RETRIEVAL_LIMIT, mode=settings.CHAT_RETRIEVAL_MODE,
+            query_vector=query_vector))
+        saved = await bookkeeping
+        prompt = build_prompt(question=question, passages=passages, history=saved.history, route=route)
+    except Exception as exc:
+        saved = await bookkeeping  # re-raises its own error (404, limits): nothing was saved then
+        await sync_to_async(_released)(answer_finish, message_id=saved.message_id, content="",
+                                        status=Message.Status.ERROR, citations=[],
+                                        error=f"retrieval failed: {type(exc).__name__}")
+        raise
+    return _prepared(saved, question=question, prompt=prompt, route=route, user=user)
+
+
+def _check_caller(conversation: Conversation | int, *, user, session_key: str | None) -> None:
+    if isinstance(conversation, Conversation):
+        limits.check_conversation_size(conversation.questions_asked)
+    elif not (session_key or getattr(user, "is_authenticated", False)):
+        raise Http404("No such conversation.")  # nobody to own it: not worth a retrieval
+
+
+def _prepared(saved: _Bookkeeping, *, question: str, prompt: Prompt, route: str, user) -> PreparedAnswer:
     conversation_id, message_id = saved.conversation_id, saved.message_id
     logger.info("chat.question", conversation_id=conversation_id, message_id=message_id,
                 passages=len(prompt.passages), dropped_passages=prompt.dropped_passages,

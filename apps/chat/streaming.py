@@ -36,12 +36,12 @@ from decimal import Decimal
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import connection
 from prometheus_client import Counter, Histogram
 
 from apps.chat.citations import resolve_citations
 from apps.chat.models import Message
 from apps.chat.services import PreparedAnswer, answer_finish
+from apps.core.db import release_connection
 from apps.core.logging import get_logger
 from apps.core.text import TextBuffer
 from apps.llm.conf import get_provider
@@ -69,22 +69,11 @@ def is_extractive(provider: str) -> bool:
         return False
 
 
-def release_db_connection() -> None:
-    """Hand this thread's database connection back to the pool now.
-
-    Django would close it only at ``request_finished``, i.e. when the stream ends:
-    a thousand open streams would then hold a thousand connections (the pool has
-    ``DB_POOL_MAX_SIZE``). Inside an atomic block (tests) there is nothing to do.
-    """
-    if not connection.in_atomic_block:
-        connection.close()
-
-
 def _finish(**fields) -> None:
     try:
         answer_finish(**fields)
     finally:
-        release_db_connection()
+        release_connection()
 
 
 def sse(event: str, data: dict) -> bytes:

@@ -11,9 +11,8 @@ import json
 import time
 from importlib import import_module
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.contrib.auth import get_user
+from django.contrib.auth import aget_user
 from django.core.exceptions import SuspiciousOperation
 from django.http import Http404, JsonResponse
 from django.http.response import HttpResponseBase
@@ -24,7 +23,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from rest_framework.exceptions import APIException
 
 from apps.chat import selectors, services
-from apps.chat.streaming import is_extractive, release_db_connection
+from apps.chat.streaming import is_extractive
 from apps.chat.web import answer_response, session_key_for, start_conversation
 from apps.core import parsers
 from apps.core.exceptions import envelope, error_response, refused_request_error
@@ -107,34 +106,32 @@ def _early_body_limit() -> int:
     return settings.CHAT_MAX_QUESTION_CHARS * 6 + 1024
 
 
-def _apply_request_middleware(request):
+async def _apply_request_middleware(request):
     """Sessions, auth and CSRF for a request that came through the lean handler
-    (:mod:`apps.chat.asgi`); a no-op for what the regular middleware already did.
-    Returns a response if the request must be refused."""
+    (:mod:`apps.chat.asgi`), on the event loop: the session and the user are read by
+    ``aget_user`` (``apps.core.sessions`` and ``apps.core.auth`` run those reads on the loop's
+    own pool). What the regular middleware already did is reused. Returns a response if the
+    request must be refused."""
     request.get_host()  # ALLOWED_HOSTS, as CommonMiddleware would (DisallowedHost -> 400)
     if not hasattr(request, "session"):
         engine = import_module(settings.SESSION_ENGINE)
         request.session = engine.SessionStore(request.COOKIES.get(settings.SESSION_COOKIE_NAME))
-    if not hasattr(request, "user"):
-        request.user = get_user(request)
+    # AuthenticationMiddleware's lazy ``request.user`` would read in a synchronous call.
+    request.user = await (request.auser() if hasattr(request, "auser") else aget_user(request))
     _csrf.process_request(request)
     return _csrf.process_view(request, message_stream, (), {})
 
 
-def _prepare(request, pk: int, question: str | None, query_vector):
-    """The synchronous half (session, auth, CSRF, ORM, Redis, retrieval), in one thread hop."""
-    try:
-        refused = _apply_request_middleware(request)
-        if refused is not None:
-            return refused
-        user = request.user
-        session_key = session_key_for(request, create=False)
-        # The conversation is looked up while its passages are retrieved (Http404 if it is not the caller's).
-        return services.answer_prepare(conversation=pk, user=user, session_key=session_key,
-                                       question=_question_from(request) if question is None else question,
-                                       query_vector=query_vector)
-    finally:
-        release_db_connection()
+async def _prepare(request, pk: int, question: str | None, query_vector):
+    """Session, auth, CSRF, limits, bookkeeping and retrieval, on the event loop."""
+    refused = await _apply_request_middleware(request)
+    if refused is not None:
+        return refused
+    # The conversation is looked up while its passages are retrieved (Http404 if it is not the caller's).
+    return await services.aanswer_prepare(conversation=pk, user=request.user,
+                                          session_key=session_key_for(request, create=False),
+                                          question=_question_from(request) if question is None else question,
+                                          query_vector=query_vector)
 
 
 # What get_host() and build_absolute_uri() read, and the request line: kept by _forget_request_state.
@@ -151,8 +148,8 @@ def _forget_request_state(request) -> None:
     what ``get_host()`` and ``build_absolute_uri()`` read (an error report sent to Sentry
     during the stream names the URL), the body's stream (``close()`` at the end closes it)
     and the ASGI scope (uvicorn, tracing)."""
-    for name in ("session", "user", "_cached_user", "resolver_match", "COOKIES", "headers", "_post", "_files",
-                 "_body"):
+    for name in ("session", "user", "_cached_user", "auser", "_acached_user", "resolver_match", "COOKIES", "headers",
+                 "_post", "_files", "_body"):
         request.__dict__.pop(name, None)
     request.META = {name: request.META[name] for name in _META_KEPT if name in request.META}
 
@@ -165,17 +162,16 @@ async def message_stream(request, pk: int):
     the JSON error envelope with their HTTP status, for the script to show.
     """
     started = time.perf_counter()
-    # The query embedding needs nothing but the question: it runs while the thread below
-    # loads the session and user and checks the limits. Without a session cookie the
+    # The query embedding needs nothing but the question: it runs (a task on this loop) while
+    # the session and user are read and the limits checked. Without a session cookie the
     # request is refused there (nobody to own the conversation), so none is started; a
-    # body too big to hold a valid question is parsed (and refused) by that thread, not here
-    # on the event loop.
+    # body too big to hold a valid question is parsed (and refused) there.
     question = query_vector = None
     try:
         if settings.SESSION_COOKIE_NAME in request.COOKIES and _content_length(request) <= _early_body_limit():
             question = _question_from(request)
-            query_vector = services.embed_question_soon(question)
-        prepared = await sync_to_async(_prepare)(request, pk, question, query_vector)
+            query_vector = services.aembed_question_soon(question)
+        prepared = await _prepare(request, pk, question, query_vector)
         if isinstance(prepared, HttpResponseBase):  # CSRF refusal
             return prepared
         _forget_request_state(request)

@@ -67,6 +67,20 @@ async def pool() -> AsyncConnectionPool:
     return the_pool
 
 
+async def _in_one_transaction(conn, cursor, setup: tuple[str, list], sql: str, params: list) -> None:
+    """BEGIN, ``setup``, the statement and COMMIT in one round trip (see apps.core.db)."""
+    try:
+        async with conn.pipeline():
+            await conn.execute("BEGIN")
+            await cursor.execute(*setup)
+            await cursor.execute(sql, params, prepare=True)
+            await conn.execute("COMMIT")
+    except BaseException:
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            await conn.execute("ROLLBACK")  # else the pool would find the failed transaction open
+        raise
+
+
 async def afetch_prepared(sql: str, params: list, *, setup: tuple[str, list] | None = None) -> list[tuple]:
     """The rows of ``sql`` run as a prepared statement, after ``setup`` in the same transaction."""
     if settings.DB_ASYNC_POOL is None:
@@ -79,9 +93,7 @@ async def afetch_prepared(sql: str, params: list, *, setup: tuple[str, list] | N
                 if setup is None:
                     await cursor.execute(sql, params, prepare=True)
                 else:
-                    async with conn.pipeline(), conn.transaction():
-                        await cursor.execute(*setup)
-                        await cursor.execute(sql, params, prepare=True)
+                    await _in_one_transaction(conn, cursor, setup, sql, params)
                 return await cursor.fetchall()
             finally:
                 await cursor.close()

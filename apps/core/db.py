@@ -7,7 +7,8 @@ For a small corpus that costs more than running the statement. Here the
 statement is sent with server-side binding and prepared on the connection
 (psycopg keeps up to ``prepared_max`` per connection; pooled connections keep
 theirs), and, when it needs ``SET LOCAL`` settings first, BEGIN, the settings,
-the statement and COMMIT go out together in pipeline mode: one round trip.
+the statement and COMMIT go out together in pipeline mode: one round trip (not
+psycopg's ``transaction()`` block, which syncs the pipeline on entry and exit).
 
 It runs on Django's own connection (same pool, same transaction when inside
 ``atomic``) with Django's error wrapping. Not through its cursor wrapper: it is
@@ -34,6 +35,18 @@ from django.db import connection
 statement_cursor: type[psycopg.Cursor] = psycopg.Cursor
 
 
+def release_connection() -> None:
+    """Hand this thread's database connection back to the pool now.
+
+    Django would close it only at ``request_finished``: for a streamed answer, when the stream
+    ends, so a thousand open streams would hold a thousand connections (the pool has
+    ``DB_POOL_MAX_SIZE``), and a thread that may not run again for a while would hold one.
+    Inside an atomic block (tests) there is nothing to do.
+    """
+    if not connection.in_atomic_block:
+        connection.close()
+
+
 def fetch_prepared(sql: str, params: list, *, setup: tuple[str, list] | None = None) -> list[tuple]:
     """The rows of ``sql`` run as a prepared statement, after ``setup`` (a statement and its
     params, e.g. ``set_config(..., true)``) in the same transaction."""
@@ -46,14 +59,24 @@ def fetch_prepared(sql: str, params: list, *, setup: tuple[str, list] | None = N
             if setup is None:
                 cursor.execute(sql, params, prepare=True)
                 return cursor.fetchall()
-            with raw.pipeline():
-                if connection.in_atomic_block:  # Django's transaction: the settings last until it ends
+            if connection.in_atomic_block:  # Django's transaction: the settings last until it ends
+                with raw.pipeline():
                     cursor.execute(*setup)
                     cursor.execute(sql, params, prepare=True)
-                else:
-                    with raw.transaction():
-                        cursor.execute(*setup)
-                        cursor.execute(sql, params, prepare=True)
+                return cursor.fetchall()
+            try:
+                with raw.pipeline():
+                    # BEGIN and COMMIT go out as statements of the pipeline: one round trip.
+                    # psycopg's transaction() block syncs the pipeline when it opens and when it
+                    # closes: three round trips (0.26 ms instead of 0.09 ms in a loop, hot).
+                    raw.execute("BEGIN")
+                    cursor.execute(*setup)
+                    cursor.execute(sql, params, prepare=True)
+                    raw.execute("COMMIT")
+            except BaseException:
+                if raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                    raw.execute("ROLLBACK")  # the failed transaction would stay open on the connection
+                raise
             return cursor.fetchall()
     finally:
         if connection.queries_logged:

@@ -6,6 +6,7 @@ Public face (used by the pages, the API, evaluation and chat):
 * :func:`hybrid_search` — documents (best chunk per document) with snippet, facets, total;
 * :func:`retrieve_passages` — the best chunks for RAG (at most a few per document);
   :func:`embed_query_soon` starts its query embedding early (chat does, while it loads the session);
+  :func:`aretrieve_passages` and :func:`aembed_query_soon` do the same for async code, on the event loop;
 * :func:`similar_documents` — "more like this" from a document's vectors.
 
 How the keyword side works: ``search_posting`` (kept current by triggers on
@@ -18,6 +19,7 @@ GROUP BY, joined to ``search_document`` (migration 0002) for visibility and filt
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import html
 import re
@@ -35,6 +37,7 @@ from django.urls import reverse
 from django.utils import timezone
 from prometheus_client import Counter, Histogram
 
+from apps.core.adb import afetch_prepared
 from apps.core.db import fetch_prepared
 from apps.core.logging import get_logger
 from apps.documents.models import EMBEDDING_DIMENSIONS, HNSW_INDEX_EXPRESSION
@@ -519,41 +522,41 @@ def embed_query_soon(query: str, *, mode: str = "hybrid") -> Future | None:
     return future
 
 
-def retrieve_passages(*, query: str, user, limit: int = 8, mode: str = "hybrid",
-                      query_vector: Future | None = None) -> list[Passage]:
-    """The best chunks for ``query`` visible to ``user`` (for RAG), best first.
+@dataclass
+class _PassageQuery:
+    parsed: ParsedQuery
+    scope: _Scope
+    mode: str
+    limit: int
+    depth: int
 
-    Not grouped per document, but at most two chunks of any one document.
-    Scores: hybrid = RRF of chunk ranks, keyword = BM25, semantic = cosine similarity.
-    ``query_vector``: the :func:`embed_query_soon` future of this very ``query`` and ``mode``.
-    """
+
+def _passage_query(*, query: str, user, limit: int, mode: str) -> _PassageQuery | None:
+    """What :func:`retrieve_passages` searches for, or None if nothing can match."""
     _check_mode(mode)
     parsed = parse_query(query)
     if parsed.is_empty or limit <= 0:
-        return []
-    if mode == "keyword":
-        vector = None
-    elif query_vector is not None:
-        vector = query_vector.result()
-    else:
-        vector = _embed_query(parsed.text)
-    if mode == "semantic" and vector is None:
-        return []
-    scope = _scope(user, None, parsed)
-    depth = max(PASSAGE_CANDIDATES, limit * 4)
+        return None
+    return _PassageQuery(parsed=parsed, scope=_scope(user, None, parsed), mode=mode, limit=limit,
+                         depth=max(PASSAGE_CANDIDATES, limit * 4))
+
+
+def _passage_statement(q: _PassageQuery, vector) -> tuple[str, list, tuple[str, list] | None] | None:
+    """The one statement (and its hnsw.* settings) retrieving ``q``'s passages, or None if
+    there is no list to rank (semantic mode without a query vector)."""
     ctes, params, lists = [], [], []
-    if mode in ("keyword", "hybrid"):
+    if q.mode in ("keyword", "hybrid"):
         # The query's terms and their idf are read by this same statement: no round trip of their own.
-        sql, p = _keyword_chunks_cte(parsed, scope)
+        sql, p = _keyword_chunks_cte(q.parsed, q.scope)
         ctes.append(sql)
         params += p
         # LIMIT before the window function: a top-N heapsort of the matches instead of a full sort.
         ctes.append(f"""
     kw_top AS (SELECT chunk_id, document_id, score, row_number() OVER (ORDER BY score DESC, chunk_id) AS rnk
-               FROM (SELECT * FROM kw_chunks ORDER BY score DESC, chunk_id LIMIT {int(depth)}) best)""")
+               FROM (SELECT * FROM kw_chunks ORDER BY score DESC, chunk_id LIMIT {int(q.depth)}) best)""")
         lists.append("kw_top")
-    if vector is not None:
-        sql, p = _semantic_chunks_cte(scope, depth)
+    if vector is not None and q.mode != "keyword":
+        sql, p = _semantic_chunks_cte(q.scope, q.depth)
         ctes.append(sql)
         literal = _vector_literal(vector)
         params += [literal, *p, literal]
@@ -563,7 +566,7 @@ def retrieve_passages(*, query: str, user, limit: int = 8, mode: str = "hybrid",
                 FROM sem_chunks WHERE distance < 1)""")
         lists.append("sem_top")
     if not lists:
-        return []
+        return None
     if len(lists) == 2:
         weights, k = settings.SEARCH_RRF_WEIGHTS, int(settings.SEARCH_RRF_K)
         ctes.append(f"""
@@ -583,18 +586,88 @@ def retrieve_passages(*, query: str, user, limit: int = 8, mode: str = "hybrid",
     JOIN documents_document d ON d.id = s.document_id
     WHERE s.per_doc <= {PASSAGES_PER_DOCUMENT}
     ORDER BY s.score DESC, s.chunk_id
-    LIMIT {int(limit)}"""
+    LIMIT {int(q.limit)}"""
     # A prepared statement (the limits are part of its text, so a generic plan knows them), sent
     # with its hnsw.* settings in one round trip: see apps.core.db.
-    setup = None if vector is None else _hnsw_settings(depth=depth, filtered=scope.filtered,
-                                                       ef_search=settings.SEARCH_PASSAGE_EF_SEARCH)
-    rows = fetch_prepared("WITH " + ",".join(ctes) + final, params, setup=setup)
+    setup = None if "sem_top" not in lists else _hnsw_settings(depth=q.depth, filtered=q.scope.filtered,
+                                                                ef_search=settings.SEARCH_PASSAGE_EF_SEARCH)
+    return "WITH " + ",".join(ctes) + final, params, setup
+
+
+def _passages_from(rows: list[tuple]) -> list[Passage]:
     return [
         Passage(document_id=doc_id, chunk_id=chunk_id, title=title, slug=slug,
                 url=reverse("search:document", args=[slug]), heading_path=heading_path, text=text,
                 score=float(score), text_tokens=text_tokens)
         for doc_id, chunk_id, title, slug, heading_path, text, score, text_tokens in rows
     ]
+
+
+def retrieve_passages(*, query: str, user, limit: int = 8, mode: str = "hybrid",
+                      query_vector: Future | None = None) -> list[Passage]:
+    """The best chunks for ``query`` visible to ``user`` (for RAG), best first.
+
+    Not grouped per document, but at most two chunks of any one document.
+    Scores: hybrid = RRF of chunk ranks, keyword = BM25, semantic = cosine similarity.
+    ``query_vector``: the :func:`embed_query_soon` future of this very ``query`` and ``mode``.
+    """
+    q = _passage_query(query=query, user=user, limit=limit, mode=mode)
+    if q is None:
+        return []
+    if mode == "keyword":
+        vector = None
+    elif query_vector is not None:
+        vector = query_vector.result()
+    else:
+        vector = _embed_query(q.parsed.text)
+    statement = _passage_statement(q, vector)
+    return [] if statement is None else _passages_from(fetch_prepared(statement[0], statement[1], setup=statement[2]))
+
+
+async def _aembed_query(text: str) -> list[float] | None:
+    from apps.llm.embeddings import EmbeddingError, get_embedding_backend
+
+    try:
+        return await get_embedding_backend().aembed_query(text)
+    except EmbeddingError as exc:
+        logger.warning("search.embedding_unavailable", error=str(exc))
+        return None
+
+
+async def _aembed_query_compact(text: str) -> array | None:
+    vector = await _aembed_query(text)
+    return None if vector is None else array("d", vector)
+
+
+def aembed_query_soon(query: str, *, mode: str = "hybrid") -> asyncio.Task | None:
+    """:func:`embed_query_soon` for async callers: a task on the running loop, for
+    ``aretrieve_passages(query_vector=...)``. The backend's ``aembed_query`` runs there: an
+    HTTP backend's request goes out on the loop itself, so no thread takes turns with the loop
+    on the GIL meanwhile (a local model still runs in a thread). Returns None when nothing was
+    started (``mode`` has no semantic side, or the query is empty)."""
+    _check_mode(mode)
+    parsed = parse_query(query)
+    if parsed.is_empty or mode == "keyword":
+        return None
+    return asyncio.ensure_future(_aembed_query_compact(parsed.text))
+
+
+async def aretrieve_passages(*, query: str, user, limit: int = 8, mode: str = "hybrid",
+                             query_vector: asyncio.Future | None = None) -> list[Passage]:
+    """:func:`retrieve_passages` for async code: the statement runs on the event loop
+    (:func:`apps.core.adb.afetch_prepared`). ``query_vector``: the :func:`aembed_query_soon`
+    task of this very ``query`` and ``mode``; without one the query is embedded here."""
+    q = _passage_query(query=query, user=user, limit=limit, mode=mode)
+    if q is None:
+        return []
+    if mode == "keyword":
+        vector = None
+    else:
+        vector = await (query_vector if query_vector is not None else _aembed_query(q.parsed.text))
+    statement = _passage_statement(q, vector)
+    if statement is None:
+        return []
+    return _passages_from(await afetch_prepared(statement[0], statement[1], setup=statement[2]))
 
 
 # --- similar_documents -----------------------------------------------------------------

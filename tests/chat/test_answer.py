@@ -163,16 +163,28 @@ def test_without_any_llm_the_extractive_backend_answers_and_says_so(no_llm, read
     assert b"Extractive answer" in page.content
 
 
-@pytest.mark.django_db(transaction=True)
-def test_a_failed_retrieval_keeps_the_question_and_an_error_answer(reader, settings):
-    """Committed rows: the conversation's bookkeeping runs on its own thread and connection."""
+def _prepare_on_the_loop(**kwargs):
+    from apps.chat import services
+    from apps.llm.testing import run
+
+    return run(services.aanswer_prepare, **kwargs)
+
+
+def _prepare_in_a_thread(**kwargs):
     from apps.chat import services
 
+    return services.answer_prepare(**kwargs)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("prepare", [_prepare_in_a_thread, _prepare_on_the_loop], ids=["api", "page"])
+def test_a_failed_retrieval_keeps_the_question_and_an_error_answer(reader, settings, prepare):
+    """Committed rows: the conversation's bookkeeping runs on its own connection (a thread's for
+    the API, the event loop's pool for the page's stream)."""
     settings.CHAT_RETRIEVAL_MODE = "nonsense"  # refused inside retrieve_passages: a real failure of the retrieval
     conversation = ConversationFactory(owner=reader)
     with pytest.raises(ValueError):
-        services.answer_prepare(conversation=conversation.pk, user=reader, session_key=None,
-                                question="What causes tides?")
+        prepare(conversation=conversation.pk, user=reader, session_key=None, question="What causes tides?")
     answer = conversation.messages.get(role=Message.Role.ASSISTANT)
     assert answer.status == Message.Status.ERROR and answer.error == "retrieval failed: ValueError"
     assert conversation.messages.get(role=Message.Role.USER).content == "What causes tides?"

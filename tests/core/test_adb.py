@@ -1,24 +1,14 @@
 """apps.core.adb.afetch_prepared: a prepared statement from async code, on the loop's own pool."""
 
+import psycopg
 import pytest
-from asgiref.sync import async_to_sync
 from django.db import IntegrityError, ProgrammingError, connection
 
 from apps.core import adb
-from apps.core.loops import aclose_loop_resources
+from apps.llm.testing import run
 
 SETUP = ("SELECT set_config('work_mem', %s, true)", ["7MB"])
 SQL = "SELECT current_setting('work_mem'), %s::int + 1, pg_backend_pid()"
-
-
-def _run(coroutine_function):
-    """Run on a short-lived loop, closing its pool at the end (as async_to_sync callers must)."""
-    async def run():
-        try:
-            return await coroutine_function()
-        finally:
-            await aclose_loop_resources()
-    return async_to_sync(run)()
 
 
 @pytest.mark.django_db(transaction=True)
@@ -36,7 +26,7 @@ def test_statements_run_prepared_on_the_loops_pool_with_their_settings(settings)
             prepared = [row[0] for row in await cursor.fetchall()]
         return before, first, again, after, prepared, pool
 
-    before, first, again, after, prepared, pool = _run(go)
+    before, first, again, after, prepared, pool = run(go)
     assert first[0][:2] == ("7MB", 42) and again[0][:2] == ("7MB", 2)
     assert after == before  # SET LOCAL ended with the statement's transaction
     # The pool's connection, not Django's: another backend process.
@@ -46,7 +36,8 @@ def test_statements_run_prepared_on_the_loops_pool_with_their_settings(settings)
 
 
 @pytest.mark.django_db(transaction=True)
-def test_errors_are_djangos_and_the_pool_stays_usable():
+def test_errors_are_djangos_and_the_pool_stays_usable(settings):
+    settings.DB_ASYNC_POOL = {"min_size": 1, "max_size": 1, "timeout": 5}
     connection.cursor().execute("CREATE TABLE t_adb (v int PRIMARY KEY)")
     try:
         async def go():
@@ -55,9 +46,11 @@ def test_errors_are_djangos_and_the_pool_stays_usable():
             await adb.afetch_prepared("INSERT INTO t_adb VALUES (%s) RETURNING v", [1])
             with pytest.raises(IntegrityError):
                 await adb.afetch_prepared("INSERT INTO t_adb VALUES (%s) RETURNING v", [1], setup=SETUP)
+            async with (await adb.pool()).connection() as conn:  # the one connection: its failed transaction ended
+                assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
             return await adb.afetch_prepared("SELECT count(*) FROM t_adb", [])
 
-        assert _run(go) == [(1,)]
+        assert run(go) == [(1,)]
     finally:
         connection.cursor().execute("DROP TABLE t_adb")
 
@@ -67,7 +60,7 @@ def test_each_loop_has_its_own_pool():
     async def pools():
         return await adb.pool(), await adb.pool()
 
-    (first, same), (second, _) = _run(pools), _run(pools)
+    (first, same), (second, _) = run(pools), run(pools)
     assert first is same  # one pool per loop, reused
     assert second is not first and first.closed and second.closed
 
@@ -78,4 +71,4 @@ def test_without_a_pool_it_runs_on_djangos_connection_and_sees_its_transaction(s
     with connection.cursor() as cursor:
         cursor.execute("CREATE TEMP TABLE t_adb_tx (v int)")
         cursor.execute("INSERT INTO t_adb_tx VALUES (3)")
-    assert _run(lambda: adb.afetch_prepared("SELECT v FROM t_adb_tx WHERE v = %s", [3], setup=SETUP)) == [(3,)]
+    assert run(lambda: adb.afetch_prepared("SELECT v FROM t_adb_tx WHERE v = %s", [3], setup=SETUP)) == [(3,)]

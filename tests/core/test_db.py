@@ -1,5 +1,6 @@
 """apps.core.db.fetch_prepared: a prepared statement, with its SET LOCAL settings, in one round trip."""
 
+import psycopg
 import pytest
 from django.db import DatabaseError, connection
 from django.test.utils import CaptureQueriesContext
@@ -43,6 +44,7 @@ def test_without_prepared_statements_nothing_stays_on_the_connection():
 def test_a_failing_statement_raises_a_django_error_and_leaves_the_connection_usable():
     with pytest.raises(DatabaseError):
         fetch_prepared("SELECT 1 / %s::int", [0], setup=SETUP)
+    assert connection.connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE  # rolled back
     assert fetch_prepared("SELECT %s::int", [5]) == [(5,)]
     assert not connection.needs_rollback
 

@@ -13,6 +13,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from apps.core.sessions import SessionStore
+from apps.llm.testing import run
 from tests.factories.chat import ConversationFactory
 from tests.factories.documents import UserFactory
 
@@ -113,22 +114,8 @@ def test_the_async_session_read_renames_the_backend_too():
     store = SessionStore()
     store.update({SESSION_KEY: str(user.pk), BACKEND_SESSION_KEY: "django.contrib.auth.backends.ModelBackend"})
     store.save()
-    loaded = _on_a_loop(SessionStore(store.session_key).aload)
+    loaded = run(SessionStore(store.session_key).aload)
     assert loaded[BACKEND_SESSION_KEY] == "apps.core.auth.ModelBackend"
-
-
-def _on_a_loop(coroutine_function, *args):
-    """Run on a short-lived loop, closing its database pool at the end."""
-    from asgiref.sync import async_to_sync
-
-    from apps.core.loops import aclose_loop_resources
-
-    async def run():
-        try:
-            return await coroutine_function(*args)
-        finally:
-            await aclose_loop_resources()
-    return async_to_sync(run)()
 
 
 @pytest.mark.django_db(transaction=True)
@@ -161,7 +148,7 @@ def test_the_async_reads_run_on_the_loops_pool_and_apply_the_same_rules(monkeypa
     async def users():
         return {name: await aget_user(_request_with_session(key)) for name, key in keys.items()}
 
-    found = _on_a_loop(users)
+    found = run(users)
     assert (found["active"].pk, found["active"].first_name) == (active.pk, "Ada")
     assert found["inactive"].is_anonymous and found["changed"].is_anonymous and found["expired"].is_anonymous
     # The session and the user for three readers, the session alone for the expired one.

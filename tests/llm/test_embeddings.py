@@ -119,6 +119,21 @@ def http_backend(url, **options):
                              API_KEY="sk-test", BACKOFF_BASE=0.01, **options)
 
 
+def _embed_sync(backend, text):
+    return backend.embed_query(text)
+
+
+def _embed_on_the_loop(backend, text):
+    """aembed_query: the same request, retries and errors over the loop's aiohttp session."""
+    from apps.llm.testing import run
+
+    return run(backend.aembed_query, text)
+
+
+# Every query-embedding test runs both ways: httpx in the caller's thread, aiohttp on the event loop.
+embed_query = pytest.mark.parametrize("embed", [_embed_sync, _embed_on_the_loop], ids=["sync", "async"])
+
+
 def test_http_backend_batches_and_normalises(embeddings_server):
     backend = http_backend(embeddings_server.url, BATCH_SIZE=2)
     vectors = backend.embed_documents(["a", "bbb", "cc"])
@@ -129,48 +144,52 @@ def test_http_backend_batches_and_normalises(embeddings_server):
     assert vectors[1][0] > vectors[0][0]  # order kept
 
 
-def test_http_backend_retries_429_honouring_retry_after_then_succeeds(embeddings_server):
+@embed_query
+def test_http_backend_retries_429_honouring_retry_after_then_succeeds(embeddings_server, embed):
     embeddings_server.handler.script = [
         (429, {"Retry-After": "0.3"}, {"error": {"message": "slow down"}}),
         (503, {}, {"error": {"message": "overloaded"}}),
     ]
     backend = http_backend(embeddings_server.url)
-    assert len(backend.embed_query("hello")) == 4
+    assert len(embed(backend, "hello")) == 4
     times = [r["at"] for r in embeddings_server.handler.requests]
     assert len(times) == 3
     assert times[1] - times[0] >= 0.3  # waited as told by Retry-After
 
 
-def test_http_backend_gives_up_with_a_clear_error(embeddings_server):
+@embed_query
+def test_http_backend_gives_up_with_a_clear_error(embeddings_server, embed):
     embeddings_server.handler.script = [(500, {}, {"error": {"message": "boom"}})] * 3
     with pytest.raises(EmbeddingUnavailable, match="HTTP 500: boom") as info:
-        http_backend(embeddings_server.url, MAX_RETRIES=2).embed_query("x")
+        embed(http_backend(embeddings_server.url, MAX_RETRIES=2), "x")
     assert info.value.transient and isinstance(info.value, LLMError)
     assert len(embeddings_server.handler.requests) == 3
 
     embeddings_server.handler.script = [(429, {}, {"error": {"message": "quota"}})]
     with pytest.raises(EmbeddingRateLimited):
-        http_backend(embeddings_server.url, MAX_RETRIES=0).embed_query("x")
+        embed(http_backend(embeddings_server.url, MAX_RETRIES=0), "x")
 
 
-def test_http_backend_does_not_retry_client_errors_or_accept_wrong_dimensions(embeddings_server):
+@embed_query
+def test_http_backend_does_not_retry_client_errors_or_accept_wrong_dimensions(embeddings_server, embed):
     embeddings_server.handler.script = [(400, {}, {"error": {"message": "input too long"}})]
     with pytest.raises(EmbeddingBadResponse, match="HTTP 400: input too long") as info:
-        http_backend(embeddings_server.url).embed_query("x")
+        embed(http_backend(embeddings_server.url), "x")
     assert not info.value.transient
     assert len(embeddings_server.handler.requests) == 1
 
     embeddings_server.handler.script = [(200, {}, {"data": [{"index": 0, "embedding": [1.0, 2.0]}]})]
     with pytest.raises(EmbeddingBadResponse, match="returned 2-d vectors, configured for 4"):
-        http_backend(embeddings_server.url).embed_query("x")
+        embed(http_backend(embeddings_server.url), "x")
 
 
-def test_http_backend_connection_refused_is_unavailable():
+@embed_query
+def test_http_backend_connection_refused_is_unavailable(embed):
     from tests.conftest import free_port
 
     backend = http_backend(f"http://127.0.0.1:{free_port()}/v1", MAX_RETRIES=1)
     with pytest.raises(EmbeddingUnavailable, match="unreachable"):
-        backend.embed_query("x")
+        embed(backend, "x")
 
 
 # --- start-up dimension check ---------------------------------------------------------------
@@ -223,3 +242,16 @@ def test_recent_query_vectors_are_kept_per_process_and_failures_are_not(settings
     settings.EMBEDDING_QUERY_CACHE_SIZE = 0  # off: every query is embedded
     backend.embed_query("volcanoes")
     assert calls() - start == 8
+
+
+def test_the_async_query_embedding_shares_the_kept_vectors(settings, fresh_registry):
+    from apps.llm.embeddings.testing import recorded_calls
+    from apps.llm.testing import run
+
+    settings.EMBEDDING_QUERY_CACHE_SIZE = 2
+    backend = get_embedding_backend()
+    start = recorded_calls("default")["calls"]
+    on_the_loop = run(backend.aembed_query, "tides and the moon")  # the deterministic backend: in a thread
+    assert backend.embed_query("tides and the moon") == on_the_loop == backend.vector("tides and the moon")
+    assert run(backend.aembed_query, "tides and the moon") == on_the_loop
+    assert recorded_calls("default")["calls"] - start == 1

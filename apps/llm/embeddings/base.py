@@ -14,6 +14,7 @@ heavy parts (model weights, HTTP client) load lazily on first use.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from array import array
 from collections import OrderedDict
@@ -65,24 +66,42 @@ class EmbeddingBackend:
         what others just asked, is not embedded again (the local model spends about 10 ms of a
         core per query). Failures are not kept.
         """
-        size = settings.EMBEDDING_QUERY_CACHE_SIZE
-        if size <= 0:
-            return self._embed([text], kind="query")[0]
+        kept = self._kept_query(text)
+        if kept is not None:
+            return kept
+        vector = self._embed([text], kind="query")[0]
+        self._keep_query(text, vector)
+        return vector
+
+    async def aembed_query(self, text: str) -> list[float]:
+        """:meth:`embed_query` for async code (the same kept queries). A backend that calls a
+        service implements :meth:`_aembed` on the event loop; otherwise the model runs in a thread."""
+        kept = self._kept_query(text)
+        if kept is not None:
+            return kept
+        vector = (await self._aembed([text], kind="query"))[0]
+        self._keep_query(text, vector)
+        return vector
+
+    def _kept_query(self, text: str) -> list[float] | None:
+        if settings.EMBEDDING_QUERY_CACHE_SIZE <= 0:
+            return None
         with self._queries_lock:
             kept = self._queries.get(text)
             if kept is not None:
                 self._queries.move_to_end(text)
-        if kept is not None:
-            QUERY_EMBEDDING_CACHE.labels("hit").inc()
-            return kept.tolist()
-        QUERY_EMBEDDING_CACHE.labels("miss").inc()
-        vector = self._embed([text], kind="query")[0]
+        QUERY_EMBEDDING_CACHE.labels("hit" if kept is not None else "miss").inc()
+        return None if kept is None else kept.tolist()
+
+    def _keep_query(self, text: str, vector: list[float]) -> None:
+        size = settings.EMBEDDING_QUERY_CACHE_SIZE
+        if size <= 0:
+            return
         with self._queries_lock:
             self._queries[text] = array("d", vector)
             self._queries.move_to_end(text)
             while len(self._queries) > size:
                 self._queries.popitem(last=False)
-        return vector
 
     def clear_query_cache(self) -> None:
         """Forget the kept query vectors (``evaluate_search`` times every query as a new one)."""
@@ -91,6 +110,9 @@ class EmbeddingBackend:
 
     def _embed(self, texts: list[str], *, kind: str) -> list[list[float]]:
         raise NotImplementedError
+
+    async def _aembed(self, texts: list[str], *, kind: str) -> list[list[float]]:
+        return await asyncio.to_thread(self._embed, texts, kind=kind)
 
     # --- tokens --------------------------------------------------------------------
     def count_tokens(self, text: str) -> int:

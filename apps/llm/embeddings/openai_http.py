@@ -1,5 +1,6 @@
 """OpenAI-compatible ``POST /v1/embeddings`` over httpx (OpenAI, vLLM, Ollama,
-llama.cpp server, text-embeddings-inference...).
+llama.cpp server, text-embeddings-inference...); from async code over the loop's aiohttp
+session (``aembed_query``).
 
 Retries 429 and 5xx (and connection errors / timeouts) with exponential backoff
 and full jitter, honouring ``Retry-After``; every other failure is a clear
@@ -8,14 +9,18 @@ and full jitter, honouring ``Retry-After``; every other failure is a clear
 
 from __future__ import annotations
 
+import asyncio
+import json
 import random
 import threading
 import time
 
+import aiohttp
 import httpx
 from django.core.exceptions import ImproperlyConfigured
 
 from apps.core.logging import get_logger
+from apps.llm import runtime
 from apps.llm.backends.base import parse_retry_after
 from apps.llm.embeddings.base import EmbeddingBackend
 from apps.llm.embeddings.exceptions import (
@@ -86,29 +91,71 @@ class OpenAIHTTPBackend(EmbeddingBackend):
             vectors.extend(self._post_batch(texts[start: start + self.batch_size]))
         return vectors
 
-    def _post_batch(self, batch: list[str]) -> list[list[float]]:
+    def _payload(self, batch: list[str]) -> dict:
         payload: dict = {"model": self.model_id, "input": batch, "encoding_format": "float"}
         if self.send_dimensions:
             payload["dimensions"] = self.dimensions
+        return payload
+
+    def _post_batch(self, batch: list[str]) -> list[list[float]]:
+        payload = self._payload(batch)
         attempt = 0
         while True:
             try:
                 response = self.client.post("/embeddings", json=payload)
-                error = self._error_for(response)
+                error = self._error_for(response.status_code, response.content, response.headers)
             except httpx.TimeoutException as exc:
-                error = EmbeddingTimeout(f"{self.base_url}/embeddings timed out after {self.timeout}s: {exc}",
-                                         backend=self.alias)
+                error = self._timed_out(exc)
             except httpx.HTTPError as exc:
-                error = EmbeddingUnavailable(f"{self.base_url}/embeddings unreachable: {exc}", backend=self.alias)
+                error = self._unreachable(exc)
             if error is None:
-                return self._parse(response, len(batch))
-            if not error.transient or attempt >= self.max_retries:
-                raise error
-            delay = self._backoff(attempt, error.retry_after)
-            logger.warning("embeddings.retry", alias=self.alias, attempt=attempt + 1, delay_s=round(delay, 3),
-                           error=str(error))
-            time.sleep(delay)
+                return self._parse(response.content, len(batch))
+            time.sleep(self._retry_delay(error, attempt))
             attempt += 1
+
+    async def _aembed(self, texts: list[str], *, kind: str) -> list[list[float]]:
+        """On the event loop, through the loop's pooled aiohttp session (the proxy's): a query
+        embedded by an async view waits for no thread (apps.chat.views)."""
+        vectors: list[list[float]] = []
+        for start in range(0, len(texts), self.batch_size):
+            vectors.extend(await self._apost_batch(texts[start: start + self.batch_size]))
+        return vectors
+
+    async def _apost_batch(self, batch: list[str]) -> list[list[float]]:
+        payload = self._payload(batch)
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        timeout = aiohttp.ClientTimeout(total=self.timeout, connect=min(self.timeout, 5.0))
+        attempt = 0
+        while True:
+            try:
+                async with runtime.http_session().post(f"{self.base_url}/embeddings", json=payload, headers=headers,
+                                                       timeout=timeout) as response:
+                    body = await response.read()
+                    error = self._error_for(response.status, body, response.headers)
+            except TimeoutError as exc:
+                error = self._timed_out(exc)
+            except (aiohttp.ClientError, OSError) as exc:
+                error = self._unreachable(exc)
+            if error is None:
+                return self._parse(body, len(batch))
+            await asyncio.sleep(self._retry_delay(error, attempt))
+            attempt += 1
+
+    def _timed_out(self, exc: Exception) -> EmbeddingError:
+        return EmbeddingTimeout(f"{self.base_url}/embeddings timed out after {self.timeout}s: {exc}",
+                                backend=self.alias)
+
+    def _unreachable(self, exc: Exception) -> EmbeddingError:
+        return EmbeddingUnavailable(f"{self.base_url}/embeddings unreachable: {exc}", backend=self.alias)
+
+    def _retry_delay(self, error: EmbeddingError, attempt: int) -> float:
+        """How long to wait before retrying after ``error``; raises it if it is final."""
+        if not error.transient or attempt >= self.max_retries:
+            raise error
+        delay = self._backoff(attempt, error.retry_after)
+        logger.warning("embeddings.retry", alias=self.alias, attempt=attempt + 1, delay_s=round(delay, 3),
+                       error=str(error))
+        return delay
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -116,26 +163,25 @@ class OpenAIHTTPBackend(EmbeddingBackend):
         # Full jitter: uniformly in [0, base * 2^attempt], capped.
         return random.uniform(0, min(self.backoff_max, self.backoff_base * (2 ** attempt)))
 
-    def _error_for(self, response: httpx.Response) -> EmbeddingError | None:
-        if response.status_code < 400:
+    def _error_for(self, status: int, body: bytes, headers) -> EmbeddingError | None:
+        if status < 400:
             return None
         try:
-            body = response.json()
-            message = body.get("error", {}).get("message") if isinstance(body.get("error"), dict) else body.get("error")
-        except ValueError:
+            error = json.loads(body).get("error")
+            message = error.get("message") if isinstance(error, dict) else error
+        except (ValueError, AttributeError):
             message = None
-        message = f"{self.base_url}/embeddings returned HTTP {response.status_code}: {message or response.text[:300]}"
-        retry_after = parse_retry_after(response.headers.get("retry-after"))
-        if response.status_code == 429:
+        message = f"{self.base_url}/embeddings returned HTTP {status}: {message or body[:300].decode(errors='replace')}"
+        retry_after = parse_retry_after(headers.get("retry-after"))
+        if status == 429:
             return EmbeddingRateLimited(message, backend=self.alias, retry_after=retry_after, status=429)
-        if response.status_code >= 500:
-            return EmbeddingUnavailable(message, backend=self.alias, retry_after=retry_after,
-                                        status=response.status_code)
-        return EmbeddingBadResponse(message, backend=self.alias, status=response.status_code)
+        if status >= 500:
+            return EmbeddingUnavailable(message, backend=self.alias, retry_after=retry_after, status=status)
+        return EmbeddingBadResponse(message, backend=self.alias, status=status)
 
-    def _parse(self, response: httpx.Response, expected: int) -> list[list[float]]:
+    def _parse(self, body: bytes, expected: int) -> list[list[float]]:
         try:
-            data = sorted(response.json()["data"], key=lambda item: item["index"])
+            data = sorted(json.loads(body)["data"], key=lambda item: item["index"])
             vectors = [[float(x) for x in item["embedding"]] for item in data]
         except (ValueError, KeyError, TypeError) as exc:
             raise EmbeddingBadResponse(f"{self.base_url}/embeddings: malformed response: {exc}",
