@@ -594,10 +594,15 @@ def _passage_statement(q: _PassageQuery, vector) -> tuple[str, list, tuple[str, 
     return "WITH " + ",".join(ctes) + final, params, setup
 
 
+_SLUG_MARK = "slug-mark"
+
+
 def _passages_from(rows: list[tuple]) -> list[Passage]:
+    # One reverse() for all the rows: a slug is URL-safe as it is (SlugField), so it takes the place of a mark.
+    document_url = reverse("search:document", args=[_SLUG_MARK]) if rows else ""
     return [
         Passage(document_id=doc_id, chunk_id=chunk_id, title=title, slug=slug,
-                url=reverse("search:document", args=[slug]), heading_path=heading_path, text=text,
+                url=document_url.replace(_SLUG_MARK, slug), heading_path=heading_path, text=text,
                 score=float(score), text_tokens=text_tokens)
         for doc_id, chunk_id, title, slug, heading_path, text, score, text_tokens in rows
     ]

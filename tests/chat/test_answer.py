@@ -332,3 +332,37 @@ def test_the_stream_view_lets_go_of_the_request_state_it_no_longer_needs():
     assert (request.method, request.path, request.request_id) == ("POST", "/chat/1/messages", "req-1")
     assert request.build_absolute_uri() == "http://testserver/chat/1/messages"  # what an error report names
     request.close()  # Django's response closes the request at the end of the stream
+
+
+def test_a_conversation_stays_its_owners_once_the_ownership_check_is_compiled(llm, reader):
+    """The bookkeeping statement's ownership rule is compiled once per kind of caller and
+    reused with each caller's own values: another reader still gets a 404, nothing saved."""
+    from django.test import AsyncClient
+
+    from apps.chat import services
+
+    mine = ConversationFactory(owner=reader)
+    ok, _ = ask(f"/chat/{mine.pk}/messages", "What causes tides?", user=reader)
+    assert ok.status_code == 200 and services._OWNED_SQL.get(True)  # compiled and kept
+    refused, events = ask(f"/chat/{mine.pk}/messages", "What causes tides?", user=UserFactory())
+    assert refused.status_code == 404 and events == []
+
+    anonymous = AsyncClient()
+    anonymous.cookies = _anonymous_session_cookie()
+    theirs = ConversationFactory(owner=None, session_key="another-readers-session-key")
+    refused, _ = ask(f"/chat/{theirs.pk}/messages", "What causes tides?", client=anonymous)
+    assert refused.status_code == 404
+    assert mine.messages.count() == 2 and theirs.messages.count() == 0
+
+
+def _anonymous_session_cookie():
+    from http.cookies import SimpleCookie
+
+    from django.conf import settings
+
+    from apps.core.sessions import SessionStore
+
+    session = SessionStore()
+    session["quire_chat"] = True
+    session.save()
+    return SimpleCookie({settings.SESSION_COOKIE_NAME: session.session_key})

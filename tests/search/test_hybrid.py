@@ -93,7 +93,7 @@ def test_retrieve_passages_returns_chunks_at_most_two_per_document():
     passages = retrieve_passages(query="glaciers carve valleys", user=None, limit=8)
     per_doc = [p.document_id for p in passages]
     assert per_doc.count(big.pk) == 2 and other.pk in per_doc
-    assert all(p.text and p.url.startswith("/d/") for p in passages)
+    assert all(p.text and p.url == f"/d/{p.slug}/" for p in passages)
     assert passages == sorted(passages, key=lambda p: -p.score)
 
 
