@@ -69,12 +69,13 @@ async def pool() -> AsyncConnectionPool:
 
 async def _in_one_transaction(conn, cursor, setup: tuple[str, list], sql: str, params: list) -> None:
     """BEGIN, ``setup``, the statement and COMMIT in one round trip (see apps.core.db)."""
+    control = psycopg.AsyncCursor(conn)  # BEGIN and COMMIT (the statement's cursor keeps its rows)
     try:
         async with conn.pipeline():
-            await conn.execute("BEGIN")
+            await control.execute("BEGIN")
             await cursor.execute(*setup)
             await cursor.execute(sql, params, prepare=True)
-            await conn.execute("COMMIT")
+            await control.execute("COMMIT")
     except BaseException:
         if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             await conn.execute("ROLLBACK")  # else the pool would find the failed transaction open

@@ -65,14 +65,14 @@ def fetch_prepared(sql: str, params: list, *, setup: tuple[str, list] | None = N
                     cursor.execute(sql, params, prepare=True)
                 return cursor.fetchall()
             try:
-                with raw.pipeline():
+                with raw.pipeline(), psycopg.Cursor(raw) as control:
                     # BEGIN and COMMIT go out as statements of the pipeline: one round trip.
                     # psycopg's transaction() block syncs the pipeline when it opens and when it
                     # closes: three round trips (0.26 ms instead of 0.09 ms in a loop, hot).
-                    raw.execute("BEGIN")
+                    control.execute("BEGIN")
                     cursor.execute(*setup)
                     cursor.execute(sql, params, prepare=True)
-                    raw.execute("COMMIT")
+                    control.execute("COMMIT")
             except BaseException:
                 if raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                     raw.execute("ROLLBACK")  # the failed transaction would stay open on the connection
