@@ -230,3 +230,18 @@ def test_embedding_outage_degrades_to_keyword_results_instead_of_failing(client)
         assert "Geysers" in page and "semantic search unavailable" in page
     finally:
         fail_embeddings(False)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("mode", ["hybrid", "keyword", "semantic"])
+def test_passages_are_the_same_on_the_event_loop(mode):
+    """aretrieve_passages (the chat page's stream) runs the same statement on the loop's pool."""
+    from apps.llm.testing import run
+    from apps.search.services import aretrieve_passages
+
+    for i in range(4):
+        indexed_document(title=f"Glaciers {i}", body=f"Glaciers carve valleys {'slowly ' * i}in the mountains.")
+    indexed_document(title="Tides", body="Tides follow the moon.")
+    question = "How do glaciers carve valleys?"
+    in_a_thread = retrieve_passages(query=question, user=None, mode=mode)
+    assert in_a_thread and in_a_thread == run(aretrieve_passages, query=question, user=None, mode=mode)
