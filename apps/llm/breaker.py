@@ -88,6 +88,17 @@ class CircuitBreaker:
         BREAKER_STATE.labels(self.alias).set(BREAKER_VALUES[state])
         return Permit(bool(allowed), state, int(failures))
 
+    def closed_permit(self, fields: list) -> Permit | None:
+        """The permit :meth:`allow` would give, from the state hash's ``state`` and ``failures``
+        read by the caller (HMGET, in a round trip it makes anyway), if the breaker is closed:
+        then ``allow`` changes nothing. None otherwise: call ``allow``, whose script decides."""
+        state, failures = fields
+        state = state.decode() if isinstance(state, bytes) else (state or "closed")
+        if state != "closed":
+            return None
+        BREAKER_STATE.labels(self.alias).set(BREAKER_VALUES[state])
+        return Permit(True, state, int(failures or 0))
+
     async def record_success(self, permit: Permit | None = None) -> None:
         if permit is not None and permit.state == "closed" and permit.failures <= 0:
             return  # the common case costs no write

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from apps.core.logging import get_logger
 from apps.llm.backends.base import BackendCall, Delta, Usage
-from apps.llm.breaker import CircuitBreaker
+from apps.llm.breaker import CircuitBreaker, Permit
 from apps.llm.conf import RouteConfig, get_provider
 from apps.llm.exceptions import (
     ContextWindowExceeded,
@@ -71,8 +71,11 @@ async def _completion_as_stream(backend, call: BackendCall) -> AsyncIterator[Del
 
 
 async def walk(route: RouteConfig, *, messages: list[dict], params: dict, passages: list[dict] | None,
-               stream: bool, attempt: Attempt) -> AsyncIterator[str]:
+               stream: bool, attempt: Attempt, first_permit: Permit | None = None) -> AsyncIterator[str]:
     """Yield the answer's text pieces from the first provider that answers.
+
+    ``first_permit``: the first provider's breaker permit, if the caller already has it
+    (:func:`apps.llm.services.stream_chat` reads a closed breaker with the cache).
 
     Raises the last :class:`LLMError` if every provider failed before answering
     (or ``LLMBadRequest`` at once: another provider would reject it too), and
@@ -86,7 +89,7 @@ async def walk(route: RouteConfig, *, messages: list[dict], params: dict, passag
         breaker = CircuitBreaker(link.provider) if backend.model_backed else None
         permit = None
         if breaker is not None:
-            permit = await breaker.allow()
+            permit = first_permit if position == 0 and first_permit is not None else await breaker.allow()
             if not permit.allowed:
                 attempt.failures.append(f"{link.provider}: circuit open")
                 last_error = LLMUnavailable("circuit breaker open", provider=link.provider)

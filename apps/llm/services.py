@@ -58,6 +58,7 @@ from redis.exceptions import RedisError
 from apps.core.logging import get_logger
 from apps.core.text import TextBuffer
 from apps.llm import budgets, cache, keys, ledger, runtime, tokens
+from apps.llm.breaker import CircuitBreaker, Permit
 from apps.llm.conf import RouteConfig, get_provider
 from apps.llm.conf import route_config as _route_config
 from apps.llm.exceptions import LLMError, LLMUnavailable
@@ -217,11 +218,26 @@ def response_cache_key(request: ChatRequest) -> str | None:
     return _cache_key(request, route, _effective_params(route, request.params))
 
 
-async def _cached_answer(request: ChatRequest, key: str, route: str) -> dict | None:
+async def _cached_answer(request: ChatRequest, key: str, route: RouteConfig) -> tuple[dict | None, Permit | None]:
+    """The cached answer (or None), and the first provider's breaker permit if it could be
+    read on the way: the cache GET and a read of that breaker's state go out in one round
+    trip, and a closed breaker (nearly always) then costs no script of its own."""
     read = request.cache_read
-    if read is None:
-        return await cache.get(key, route=route)
-    return cache.decode(read.raw, key=key, route=route)
+    if read is not None:
+        return cache.decode(read.raw, key=key, route=route.name), None
+    first = route.chain[0].provider
+    if not get_provider(first).model_backed:  # pragma: no cover - such a route has no cache key
+        return await cache.get(key, route=route.name), None
+    breaker = CircuitBreaker(first)
+    try:
+        async with runtime.aredis().pipeline(transaction=False) as pipe:
+            pipe.get(key)
+            pipe.hmget(breaker.state_key, "state", "failures")
+            raw, fields = await pipe.execute()
+    except RedisError as exc:
+        logger.warning("llm.cache.redis_unavailable", error=str(exc))
+        return cache.decode(None, key=key, route=route.name), None
+    return cache.decode(raw, key=key, route=route.name), breaker.closed_permit(fields)
 
 
 def _estimate_cost(route: RouteConfig, request: ChatRequest, params: dict) -> Decimal:
@@ -259,8 +275,9 @@ async def stream_chat(request: ChatRequest, *, _stream: bool = True) -> AsyncIte
     try:
         # A read already made (see CacheRead) was of this very request's key: don't hash it again.
         key = request.cache_read.key if request.cache_read is not None else _cache_key(request, route, params)
+        permit = None
         if key is not None:
-            hit = await _cached_answer(request, key, route.name)
+            hit, permit = await _cached_answer(request, key, route)
             if hit is not None:
                 state.cached(hit)
                 yield TokenEvent(hit["text"])
@@ -268,7 +285,7 @@ async def stream_chat(request: ChatRequest, *, _stream: bool = True) -> AsyncIte
                 return
         async with contextlib.aclosing(walk(route, messages=request.messages, params=params,
                                             passages=request.passages, stream=_stream,
-                                            attempt=state.attempt)) as pieces:
+                                            attempt=state.attempt, first_permit=permit)) as pieces:
             async for text in pieces:
                 state.parts.append(text)
                 yield TokenEvent(text)

@@ -215,6 +215,41 @@ def test_breaker_opens_skips_half_opens_and_closes_with_state_shared_by_two_proc
 
 
 @pytest.mark.django_db
+def test_read_with_the_cache_a_closed_breaker_costs_no_script_and_an_open_one_is_obeyed(proxy, monkeypatch, settings):
+    """A cacheable call reads the first provider's breaker state with the cache (one round
+    trip): closed, no breaker script runs; open, the script decides and the provider is skipped."""
+    from apps.llm import runtime
+
+    settings.LLM_BREAKER = {"failure_threshold": 3, "cooldown": 30.0}
+    scripts = []
+    real_script = runtime.run_script
+
+    async def counted(script, keys, args):
+        scripts.append(keys[0])
+        return await real_script(script, keys, args)
+
+    monkeypatch.setattr(runtime, "run_script", counted)
+    cached_ask = lambda text: run(collect, ChatRequest(route="chat", messages=question(text)))  # noqa: E731
+    proxy.primary.configure(text="primary answer")
+    assert cached_ask("closed?")[-1].provider == "primary" and scripts == []
+
+    breaker = CircuitBreaker("primary")
+
+    async def open_it():
+        for _ in range(3):
+            await breaker.record_failure()
+
+    run(open_it)
+    scripts.clear()
+    calls = proxy.primary.calls()
+    assert breaker.state() == "open"
+    assert cached_ask("open?")[-1].provider == "secondary" and proxy.primary.calls() == calls
+    # The allow script decided for the primary; the secondary, reached by fallback, has its own.
+    assert scripts == [breaker.state_key, CircuitBreaker("secondary").state_key]
+    breaker.reset()
+
+
+@pytest.mark.django_db
 def test_half_open_lets_exactly_one_probe_through_and_a_failed_probe_reopens(proxy):
     breaker = CircuitBreaker("primary")
 
