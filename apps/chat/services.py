@@ -354,10 +354,32 @@ def answer_finish(*, message_id: int, content: str, status: str, citations: list
                   cost: Decimal | None = None, ttft_ms: float | None = None, latency_ms: float | None = None,
                   cached: bool = False, usage_record_id: str = "", sources: list[dict] | None = None) -> None:
     """Record the end of a streamed answer (complete, partial or error) and the passages it was shown."""
-    extra = {"sources": sources} if sources is not None else {}
-    Message.objects.filter(pk=message_id).update(
-        **extra, content=content, status=status, citations=citations, error=error[:2000], provider=provider[:64],
-        model=model[:200], prompt_tokens=max(0, int(prompt_tokens or 0)),
-        completion_tokens=max(0, int(completion_tokens or 0)), cost=cost if cost is not None else Decimal("0"),
-        ttft_ms=ttft_ms, latency_ms=latency_ms, cached=cached, usage_record_id=str(usage_record_id or "")[:64],
-    )
+    Message.objects.filter(pk=message_id).update(**_finished(**locals()))
+
+
+async def aanswer_finish(*, message_id: int, **fields) -> None:
+    """:func:`answer_finish` from async code (the end of every stream), as one prepared
+    ``UPDATE`` on the event loop (apps.core.adb): no thread, no query compiled per answer."""
+    values = _finished(message_id=message_id, **fields)
+    names = sorted(values)
+    opts = Message._meta
+    columns = ", ".join(f"{connection.ops.quote_name(opts.get_field(name).column)} = %s" for name in names)
+    # get_db_prep_save: what the ORM's update would send (JSON adapted, Decimal quantised).
+    params = [opts.get_field(name).get_db_prep_save(values[name], connection) for name in names]
+    await afetch_prepared(f"UPDATE {connection.ops.quote_name(opts.db_table)} SET {columns} "
+                          f"WHERE {connection.ops.quote_name(opts.pk.column)} = %s RETURNING 1", [*params, message_id])
+
+
+def _finished(*, message_id: int, content: str, status: str, citations: list[dict], error: str = "",
+              provider: str = "", model: str = "", prompt_tokens: int = 0, completion_tokens: int = 0,
+              cost: Decimal | None = None, ttft_ms: float | None = None, latency_ms: float | None = None,
+              cached: bool = False, usage_record_id: str = "", sources: list[dict] | None = None) -> dict:
+    """The fields an answer's end writes, cut to their columns' sizes (``sources`` only if given)."""
+    return {
+        **({"sources": sources} if sources is not None else {}),
+        "content": content, "status": status, "citations": citations, "error": error[:2000],
+        "provider": provider[:64], "model": model[:200], "prompt_tokens": max(0, int(prompt_tokens or 0)),
+        "completion_tokens": max(0, int(completion_tokens or 0)),
+        "cost": cost if cost is not None else Decimal("0"), "ttft_ms": ttft_ms, "latency_ms": latency_ms,
+        "cached": cached, "usage_record_id": str(usage_record_id or "")[:64],
+    }

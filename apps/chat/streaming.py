@@ -34,14 +34,12 @@ import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from prometheus_client import Counter, Histogram
 
 from apps.chat.citations import resolve_citations
 from apps.chat.models import Message
-from apps.chat.services import PreparedAnswer, answer_finish
-from apps.core.db import release_connection
+from apps.chat.services import PreparedAnswer, aanswer_finish
 from apps.core.logging import get_logger
 from apps.core.text import TextBuffer
 from apps.llm.conf import get_provider
@@ -67,13 +65,6 @@ def is_extractive(provider: str) -> bool:
         return not get_provider(provider).model_backed
     except Exception:
         return False
-
-
-def _finish(**fields) -> None:
-    try:
-        answer_finish(**fields)
-    finally:
-        release_connection()
 
 
 def sse(event: str, data: dict) -> bytes:
@@ -283,7 +274,7 @@ async def _save(prepared: PreparedAnswer, final_event, *, text: str, status: str
     }
     try:
         # Shielded: the client may be gone, the answer must still be recorded.
-        await asyncio.shield(sync_to_async(_finish)(**fields))
+        await asyncio.shield(aanswer_finish(**fields))
     except Exception:
         logger.exception("chat.save_failed", message_id=prepared.message_id)
     logger.info("chat.answer", message_id=prepared.message_id, status=status, provider=fields["provider"],

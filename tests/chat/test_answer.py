@@ -366,3 +366,36 @@ def _anonymous_session_cookie():
     session["quire_chat"] = True
     session.save()
     return SimpleCookie({settings.SESSION_COOKIE_NAME: session.session_key})
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_end_of_an_answer_is_written_the_same_from_the_event_loop(reader):
+    """aanswer_finish (every stream's end) writes what answer_finish writes: sizes cut, JSON,
+    decimals; ``sources`` only when given."""
+    from apps.chat import services
+    from apps.llm.testing import run
+    from tests.factories.chat import MessageFactory
+
+    conversation = ConversationFactory(owner=reader)
+    fields = dict(content="It is the Moon [1].", status="complete", citations=[{"n": 1, "document_id": 7}],
+                  error="x" * 3000, provider="p" * 80, model="gpt-4o-mini", prompt_tokens=12, completion_tokens=-3,
+                  cost=Decimal("0.00012345"), ttft_ms=12.5, latency_ms=80.25, cached=True, usage_record_id="u" * 70,
+                  sources=[{"n": 1, "title": "Tides", "document_id": 7}])
+    written = {}
+    for name, finish in (("thread", services.answer_finish), ("loop", None)):
+        message = MessageFactory(conversation=conversation, role="assistant", content="", status="partial",
+                                 sources=[{"kept": True}])
+        if finish is None:
+            run(services.aanswer_finish, message_id=message.pk, **fields)
+        else:
+            finish(message_id=message.pk, **fields)
+        message.refresh_from_db()
+        written[name] = {f: getattr(message, f) for f in (*fields, "route")}
+    assert written["loop"] == written["thread"]
+    assert len(written["loop"]["error"]) == 2000 and written["loop"]["completion_tokens"] == 0
+    assert written["loop"]["cost"] == Decimal("0.00012345") and written["loop"]["sources"][0]["title"] == "Tides"
+
+    untouched = MessageFactory(conversation=conversation, role="assistant", sources=[{"kept": True}])
+    run(services.aanswer_finish, message_id=untouched.pk, **{**fields, "sources": None})
+    untouched.refresh_from_db()
+    assert untouched.sources == [{"kept": True}] and untouched.content == "It is the Moon [1]."
