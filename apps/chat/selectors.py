@@ -14,10 +14,19 @@ from apps.chat.models import Conversation, Message
 from apps.documents.selectors import visible_documents
 
 
-def _owner_q(*, user, session_key: str | None) -> Q | None:
+def owner_kind(*, user, session_key: str | None) -> str | None:
+    """Which rule decides what the caller owns: "user" (signed in), "session" (anonymous, by
+    session key) or None (nobody to own anything). The rule's SQL differs only by this kind."""
     if user is not None and user.is_authenticated:
+        return "user"
+    return "session" if session_key else None
+
+
+def _owner_q(*, user, session_key: str | None) -> Q | None:
+    kind = owner_kind(user=user, session_key=session_key)
+    if kind == "user":
         return Q(owner=user)
-    if session_key:
+    if kind == "session":
         return Q(owner__isnull=True, session_key=session_key)
     return None
 

@@ -15,9 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.core.exceptions import EmptyResultSet
 from django.db import connection, transaction
 from django.http import Http404
 from django.utils import timezone
@@ -26,7 +24,7 @@ from rest_framework.exceptions import APIException
 from apps.chat import limits, selectors
 from apps.chat.models import Conversation, Message
 from apps.chat.prompts import Prompt, PromptPassage, build_prompt, history_turn
-from apps.core.adb import afetch_prepared
+from apps.core.adb import afetch_prepared, offline_connection
 from apps.core.db import fetch_prepared, release_connection
 from apps.core.logging import get_logger
 from apps.documents.selectors import visibility_scope
@@ -190,26 +188,26 @@ def _bookkeeping_statement(*, conversation: Conversation | int, user, session_ke
     return conversation_id, sql, params, lock
 
 
-# selectors.owned_conversations(...).filter(pk=...) compiled, by kind of caller (signed in or
-# not): compiling it is a third of a millisecond of the event loop's time on every question.
-_OWNED_SQL: dict[bool, str] = {}
+# selectors.owned_conversations(...).filter(pk=...) compiled, by the kind of rule that decides
+# what the caller owns (selectors.owner_kind): compiling it is a third of a millisecond of the
+# event loop's time on every question.
+_OWNED_SQL: dict[str, str] = {}
 
 
 def _owned_conversation_sql(conversation_id: int, *, user, session_key: str | None) -> tuple[str, list]:
     """The conversation ``conversation_id`` if it is the caller's, as SQL selecting its id."""
-    signed_in = bool(user is not None and user.is_authenticated)
-    # The values the selector's rule compares with, in its order: the owner or the session, then the id.
-    expected = [user.pk if signed_in else session_key, conversation_id]
-    sql = _OWNED_SQL.get(signed_in)
+    kind = selectors.owner_kind(user=user, session_key=session_key)
+    if kind is None:  # nobody to own it
+        raise Http404("No such conversation.")
+    # The values the rule compares with, in its order: the owner or the session, then the id.
+    expected = [user.pk if kind == "user" else session_key, conversation_id]
+    sql = _OWNED_SQL.get(kind)
     if sql is not None:
         return sql, expected
     owned = selectors.owned_conversations(user=user, session_key=session_key).filter(pk=conversation_id)
-    try:
-        sql, params = owned.order_by().values("pk").query.sql_with_params()
-    except EmptyResultSet:  # nobody to own it
-        raise Http404("No such conversation.") from None
+    sql, params = owned.order_by().values("pk").query.sql_with_params()
     if list(params) == expected:  # kept only if the values are exactly the parameters (they are today)
-        _OWNED_SQL[signed_in] = sql
+        _OWNED_SQL[kind] = sql
     return sql, list(params)
 
 
@@ -325,9 +323,8 @@ async def aanswer_prepare(*, conversation: int, user, session_key: str | None, q
         prompt = build_prompt(question=question, passages=passages, history=saved.history, route=route)
     except Exception as exc:
         saved = await bookkeeping  # re-raises its own error (404, limits): nothing was saved then
-        await sync_to_async(_released)(answer_finish, message_id=saved.message_id, content="",
-                                        status=Message.Status.ERROR, citations=[],
-                                        error=f"retrieval failed: {type(exc).__name__}")
+        await aanswer_finish(message_id=saved.message_id, content="", status=Message.Status.ERROR, citations=[],
+                             error=f"retrieval failed: {type(exc).__name__}")
         raise
     return _prepared(saved, question=question, prompt=prompt, route=route, user=user)
 
@@ -363,11 +360,13 @@ async def aanswer_finish(*, message_id: int, **fields) -> None:
     values = _finished(message_id=message_id, **fields)
     names = sorted(values)
     opts = Message._meta
-    columns = ", ".join(f"{connection.ops.quote_name(opts.get_field(name).column)} = %s" for name in names)
+    offline = offline_connection()  # not django.db.connection: see offline_connection
+    quote = offline.ops.quote_name
+    columns = ", ".join(f"{quote(opts.get_field(name).column)} = %s" for name in names)
     # get_db_prep_save: what the ORM's update would send (JSON adapted, Decimal quantised).
-    params = [opts.get_field(name).get_db_prep_save(values[name], connection) for name in names]
-    await afetch_prepared(f"UPDATE {connection.ops.quote_name(opts.db_table)} SET {columns} "
-                          f"WHERE {connection.ops.quote_name(opts.pk.column)} = %s RETURNING 1", [*params, message_id])
+    params = [opts.get_field(name).get_db_prep_save(values[name], offline) for name in names]
+    await afetch_prepared(f"UPDATE {quote(opts.db_table)} SET {columns} WHERE {quote(opts.pk.column)} = %s "
+                          "RETURNING 1", [*params, message_id])
 
 
 def _finished(*, message_id: int, content: str, status: str, citations: list[dict], error: str = "",

@@ -124,14 +124,18 @@ async def _apply_request_middleware(request):
 
 async def _prepare(request, pk: int, question: str | None, query_vector):
     """Session, auth, CSRF, limits, bookkeeping and retrieval, on the event loop."""
-    refused = await _apply_request_middleware(request)
-    if refused is not None:
-        return refused
-    # The conversation is looked up while its passages are retrieved (Http404 if it is not the caller's).
-    return await services.aanswer_prepare(conversation=pk, user=request.user,
-                                          session_key=session_key_for(request, create=False),
-                                          question=_question_from(request) if question is None else question,
-                                          query_vector=query_vector)
+    try:
+        refused = await _apply_request_middleware(request)
+        if refused is not None:
+            return refused
+        # The conversation is looked up while its passages are retrieved (Http404 if it is not the caller's).
+        return await services.aanswer_prepare(conversation=pk, user=request.user,
+                                              session_key=session_key_for(request, create=False),
+                                              question=_question_from(request) if question is None else question,
+                                              query_vector=query_vector)
+    finally:
+        if query_vector is not None and not query_vector.done():
+            query_vector.cancel()  # refused before the retrieval read it
 
 
 # What get_host() and build_absolute_uri() read, and the request line: kept by _forget_request_state.

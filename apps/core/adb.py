@@ -19,10 +19,13 @@ connection would not see its rows; nothing else changes.
 
 from __future__ import annotations
 
+import functools
+
 import psycopg
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import utils
+from django.db import DEFAULT_DB_ALIAS, connections, utils
+from django.db.backends.base.base import BaseDatabaseWrapper
 from psycopg_pool import AsyncConnectionPool
 
 from apps.core.db import database_url, fetch_prepared
@@ -44,6 +47,16 @@ def _django_error(exc: psycopg.Error) -> utils.Error:
             error.__cause__ = exc
             return error
     return utils.Error(*exc.args)  # pragma: no cover - every psycopg.Error is a psycopg.Error
+
+
+@functools.cache
+def offline_connection() -> BaseDatabaseWrapper:
+    """A Django connection object for building statements on the event loop (quoting names,
+    adapting values as the ORM does); it never connects. ``django.db.connection`` is per
+    context in async code (asgiref's ``Local``): touched on the loop, it makes a new wrapper
+    for every request, kept as long as the request's task lives (a chat stream: minutes).
+    That was 4 KB per held stream."""
+    return connections.create_connection(DEFAULT_DB_ALIAS)
 
 
 def _create_pool() -> AsyncConnectionPool:
@@ -76,10 +89,12 @@ async def _in_one_transaction(conn, cursor, setup: tuple[str, list], sql: str, p
             await cursor.execute(*setup)
             await cursor.execute(sql, params, prepare=True)
             await control.execute("COMMIT")
-    except BaseException:
+    except psycopg.Error:
         if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             await conn.execute("ROLLBACK")  # else the pool would find the failed transaction open
         raise
+    # Cancelled (the client went away) with the statement in flight: the pool discards or
+    # rolls back the connection when it comes back, as psycopg_pool does with any such one.
 
 
 async def afetch_prepared(sql: str, params: list, *, setup: tuple[str, list] | None = None) -> list[tuple]:

@@ -15,9 +15,9 @@ user model whose default manager filters rows, use Django's ``ModelBackend`` ins
 from __future__ import annotations
 
 from django.contrib.auth import backends, get_user_model
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS
 
-from apps.core.adb import afetch_prepared
+from apps.core.adb import afetch_prepared, offline_connection
 from apps.core.db import fetch_prepared
 
 
@@ -33,12 +33,13 @@ class ModelBackend(backends.ModelBackend):
         if not rows:
             return None
         model = get_user_model()
-        user = model.from_db(connection.alias, [f.attname for f in model._meta.concrete_fields], rows[0])
+        user = model.from_db(DEFAULT_DB_ALIAS, [f.attname for f in model._meta.concrete_fields], rows[0])
         return user if self.user_can_authenticate(user) else None
 
 
 def _user_statement(user_id) -> tuple[str, list]:
     model = get_user_model()
-    columns = ", ".join(connection.ops.quote_name(f.column) for f in model._meta.concrete_fields)
-    return (f"SELECT {columns} FROM {connection.ops.quote_name(model._meta.db_table)} "
-            f"WHERE {connection.ops.quote_name(model._meta.pk.column)} = %s", [user_id])
+    quote = offline_connection().ops.quote_name  # not django.db.connection: see offline_connection
+    columns = ", ".join(quote(f.column) for f in model._meta.concrete_fields)
+    return (f"SELECT {columns} FROM {quote(model._meta.db_table)} WHERE {quote(model._meta.pk.column)} = %s",
+            [user_id])

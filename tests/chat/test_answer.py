@@ -343,7 +343,7 @@ def test_a_conversation_stays_its_owners_once_the_ownership_check_is_compiled(ll
 
     mine = ConversationFactory(owner=reader)
     ok, _ = ask(f"/chat/{mine.pk}/messages", "What causes tides?", user=reader)
-    assert ok.status_code == 200 and services._OWNED_SQL.get(True)  # compiled and kept
+    assert ok.status_code == 200 and services._OWNED_SQL.get("user")  # compiled and kept
     refused, events = ask(f"/chat/{mine.pk}/messages", "What causes tides?", user=UserFactory())
     assert refused.status_code == 404 and events == []
 
@@ -351,7 +351,7 @@ def test_a_conversation_stays_its_owners_once_the_ownership_check_is_compiled(ll
     anonymous.cookies = _anonymous_session_cookie()
     theirs = ConversationFactory(owner=None, session_key="another-readers-session-key")
     refused, _ = ask(f"/chat/{theirs.pk}/messages", "What causes tides?", client=anonymous)
-    assert refused.status_code == 404
+    assert refused.status_code == 404 and services._OWNED_SQL.get("session")
     assert mine.messages.count() == 2 and theirs.messages.count() == 0
 
 
@@ -399,3 +399,37 @@ def test_the_end_of_an_answer_is_written_the_same_from_the_event_loop(reader):
     run(services.aanswer_finish, message_id=untouched.pk, **{**fields, "sources": None})
     untouched.refresh_from_db()
     assert untouched.sources == [{"kept": True}] and untouched.content == "It is the Moon [1]."
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_question_answered_on_the_event_loop_makes_no_django_connection_object(reader, tides, monkeypatch):
+    """django.db.connection is per context in async code: touched on the loop it makes a new
+    connection object for the request, kept for the stream's whole life (4 KB per held stream).
+    Preparing and finishing an answer on the loop must not touch it (once warm)."""
+    from django.contrib.auth import aget_user
+    from django.db import connections
+
+    from apps.chat import services
+    from apps.llm.testing import run
+    from tests.core.test_sessions_auth import _request_with_session, _signed_in
+
+    conversation = ConversationFactory(owner=reader)
+    from django.test import Client
+
+    request = _request_with_session(_signed_in(Client(), reader))
+
+    async def answer(question):
+        user = await aget_user(request)
+        prepared = await services.aanswer_prepare(conversation=conversation.pk, user=user, session_key=None,
+                                                  question=question)
+        await services.aanswer_finish(message_id=prepared.message_id, content="The Moon.", status="complete",
+                                      citations=[])
+        return prepared
+
+    run(answer, "What causes tides?")  # the first one compiles what is kept (the ownership rule)
+    made = []
+    create = connections.create_connection
+    monkeypatch.setattr(connections, "create_connection", lambda alias: made.append(alias) or create(alias))
+    prepared = run(answer, "And the Sun?")
+    assert prepared.prompt.passages and made == []
+    assert conversation.messages.get(pk=prepared.message_id).content == "The Moon."
