@@ -104,11 +104,23 @@ def history_turn(role: str, content: str) -> dict:
     return {"role": role, "content": content}
 
 
-# Token counts of formatted passages whose chunk has no stored count (or whose text had
-# delimiters to neutralise), by a hash of (route, chunk id, text): the same chunks answer
-# many questions. Keys are single ints (no text, no tuple), so the cache stays small.
+# Token counts of passage headers, and of formatted passages whose chunk has no stored count
+# (or whose text had delimiters to neutralise), by a hash of what was counted: the same chunks
+# answer many questions. Keys are single ints (no text, no tuple), so the cache stays small.
 _PASSAGE_COSTS: dict[int, int] = {}
 PASSAGE_COSTS_KEPT = 8192
+
+
+def _counted(route: str, keys: list[int], texts: list[str]) -> list[int]:
+    """The token counts of ``texts`` (hashed as ``keys``), counting in one call only those not kept."""
+    counts = {key: _PASSAGE_COSTS.get(key) for key in keys}
+    missing = [i for i, key in enumerate(keys) if counts[key] is None]
+    if missing:
+        if len(_PASSAGE_COSTS) + len(missing) > PASSAGE_COSTS_KEPT:
+            _PASSAGE_COSTS.clear()  # rare; simpler than LRU bookkeeping on every question
+        for i, count in zip(missing, count_tokens_batch(route, [texts[i] for i in missing]), strict=True):
+            counts[keys[i]] = _PASSAGE_COSTS[keys[i]] = count
+    return [counts[key] for key in keys]
 
 
 def _passage_costs(route: str, passages: list[PromptPassage]) -> list[int]:
@@ -122,20 +134,19 @@ def _passage_costs(route: str, passages: list[PromptPassage]) -> list[int]:
     costs: list[int | None] = [None] * len(passages)
     stored = [i for i, p in enumerate(passages) if p.text_tokens is not None and not _DELIMITER.search(p.text)]
     if stored:
-        headers = count_tokens_batch(route, [_passage_header(passages[i]) for i in stored])
+        headers = [_passage_header(passages[i]) for i in stored]
+        header_costs = _counted(route, [hash((route, "header", h)) for h in headers], headers)
         end = _end_cost(route)
-        for i, header in zip(stored, headers, strict=True):
+        for i, header in zip(stored, header_costs, strict=True):
             costs[i] = header + tokens_with_margin(route, passages[i].text_tokens) + end + 1
-    formatted = {i: format_passage(p) for i, p in enumerate(passages) if costs[i] is None}
-    keys = {i: hash((route, passages[i].chunk_id, len(text), hash(text))) for i, text in formatted.items()}
-    missing = [i for i, key in keys.items() if key not in _PASSAGE_COSTS]
-    if missing:
-        counts = count_tokens_batch(route, [formatted[i] for i in missing])
-        if len(_PASSAGE_COSTS) + len(missing) > PASSAGE_COSTS_KEPT:
-            _PASSAGE_COSTS.clear()  # rare; simpler than LRU bookkeeping on every question
-        for i, count in zip(missing, counts, strict=True):
-            _PASSAGE_COSTS[keys[i]] = count + 1
-    return [cost if cost is not None else _PASSAGE_COSTS[keys[i]] for i, cost in enumerate(costs)]
+    unstored = [i for i, cost in enumerate(costs) if cost is None]
+    if unstored:
+        formatted = [format_passage(passages[i]) for i in unstored]
+        keys = [hash((route, passages[i].chunk_id, len(text), hash(text))) for i, text in zip(unstored, formatted,
+                                                                                             strict=True)]
+        for i, count in zip(unstored, _counted(route, keys, formatted), strict=True):
+            costs[i] = count + 1  # the newline joining it to the next one
+    return costs
 
 
 @lru_cache(maxsize=16)

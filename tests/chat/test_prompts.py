@@ -77,3 +77,26 @@ def test_citation_forms_and_unknown_numbers():
     sources = [{"n": 1, "document_id": 7}, {"n": 2, "document_id": 8}]
     assert resolve_citations("x [2] y [1,5] z [9]", sources) == [{"n": 2, "document_id": 8},
                                                               {"n": 1, "document_id": 7}]
+
+
+def test_passage_counts_are_kept_and_a_full_cache_still_counts_right(window, monkeypatch):
+    """Headers and unstored passages are counted once per process (the same chunks answer many
+    questions); when the kept counts overflow, the cache starts again and the sum is unchanged."""
+    from apps.chat import prompts
+    from apps.llm.tokens import raw_token_count
+
+    window(100_000)
+    stored = [PromptPassage(**{**vars(passage(n)), "text_tokens": raw_token_count(passage(n).text)})
+              for n in range(1, 5)]
+    mixed = [*stored, passage(5), passage(6)]  # two counted whole
+    monkeypatch.setattr(prompts, "_PASSAGE_COSTS", {})
+    first = build_prompt(question="Why?", passages=mixed, history=[])
+    calls = []
+    count = prompts.count_tokens_batch
+    monkeypatch.setattr(prompts, "count_tokens_batch", lambda route, texts: calls.append(len(texts)) or count(route, texts))
+    assert build_prompt(question="Why?", passages=mixed, history=[]).prompt_tokens == first.prompt_tokens
+    assert calls == []  # nothing counted again
+    monkeypatch.setattr(prompts, "_PASSAGE_COSTS", {})
+    monkeypatch.setattr(prompts, "PASSAGE_COSTS_KEPT", 3)  # fewer than one question's parts
+    assert build_prompt(question="Why?", passages=mixed, history=[]).prompt_tokens == first.prompt_tokens
+    assert build_prompt(question="Why?", passages=mixed, history=[]).prompt_tokens == first.prompt_tokens
