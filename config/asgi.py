@@ -36,6 +36,11 @@ if settings.DEBUG:
 
     application = ASGIStaticFilesHandler(application)
 
+# The server's loop lives as long as the process: it keeps its database pool (apps/core/adb.py).
+from apps.core.loops import serving  # noqa: E402
+
+application = serving(application)
+
 # Outermost, so every path has its server span, the lean ones included.
 if settings.TRACING_ENABLED:
     application = tracing.instrument_asgi(application)

@@ -14,7 +14,10 @@ callers catch the same classes either way.
 
 ``DB_ASYNC_POOL = None`` sends the statements through Django's own connection in its
 thread instead (``sync_to_async``): what a test inside a transaction needs, as another
-connection would not see its rows; nothing else changes.
+connection would not see its rows; nothing else changes. So does a loop that does not keep
+resources (:func:`apps.core.loops.keep_resources`: the ASGI server's loop does, see
+config/asgi.py): a short-lived loop (``async_to_sync`` under WSGI, in a command) would never
+finish closing with a pool's background tasks on it.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from psycopg_pool import AsyncConnectionPool
 
 from apps.core.db import database_url, fetch_prepared
-from apps.core.loops import loop_local
+from apps.core.loops import keeps_resources, loop_local
 
 # The cursor the statements run on; apps.core.tracing puts a traced subclass here when traces are on.
 statement_cursor: type[psycopg.AsyncCursor] = psycopg.AsyncCursor
@@ -99,7 +102,7 @@ async def _in_one_transaction(conn, cursor, setup: tuple[str, list], sql: str, p
 
 async def afetch_prepared(sql: str, params: list, *, setup: tuple[str, list] | None = None) -> list[tuple]:
     """The rows of ``sql`` run as a prepared statement, after ``setup`` in the same transaction."""
-    if settings.DB_ASYNC_POOL is None:
+    if settings.DB_ASYNC_POOL is None or not keeps_resources():
         return await sync_to_async(fetch_prepared)(sql, params, setup=setup)
     the_pool = await pool()
     try:

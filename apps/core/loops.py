@@ -32,6 +32,30 @@ def loop_local(name: str, factory: Callable[[], T]) -> T:
     return value
 
 
+def keep_resources() -> None:
+    """Say that the running loop may keep resources with background tasks of their own (a
+    database pool): it lives as long as the process (an ASGI server's, see config/asgi.py),
+    or its owner closes them with :func:`aclose_loop_resources` before it ends. A loop nobody
+    marked (``async_to_sync`` under WSGI, in a command) gets none: a pool's tasks would keep
+    it from ever finishing its shutdown."""
+    loop_local("keeps-resources", lambda: True)
+
+
+def keeps_resources() -> bool:
+    """Whether :func:`keep_resources` was said of the running loop."""
+    return bool(_per_loop.get(asyncio.get_running_loop(), {}).get("keeps-resources"))
+
+
+def serving(application):
+    """An ASGI ``application`` whose server's loop keeps resources (:func:`keep_resources`)."""
+
+    async def served(scope, receive, send):
+        keep_resources()
+        return await application(scope, receive, send)
+
+    return served
+
+
 def forget_loop_local(name: str) -> None:
     """Drop the running loop's ``name`` resource (it is closed: the next use makes a new one)."""
     _per_loop.get(asyncio.get_running_loop(), {}).pop(name, None)

@@ -2,6 +2,7 @@
 
 import psycopg
 import pytest
+from asgiref.sync import async_to_sync
 from django.db import IntegrityError, ProgrammingError, connection
 
 from apps.core import adb
@@ -72,3 +73,25 @@ def test_without_a_pool_it_runs_on_djangos_connection_and_sees_its_transaction(s
         cursor.execute("CREATE TEMP TABLE t_adb_tx (v int)")
         cursor.execute("INSERT INTO t_adb_tx VALUES (3)")
     assert run(lambda: adb.afetch_prepared("SELECT v FROM t_adb_tx WHERE v = %s", [3], setup=SETUP)) == [(3,)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_short_lived_loop_gets_no_pool_and_still_finishes():
+    """async_to_sync under WSGI or in a command runs a loop of its own and closes it at once:
+    a pool's background tasks would keep that loop from ever finishing. Such a loop's
+    statements go through Django's connection in a thread."""
+    import threading
+
+    results = []
+
+    def wsgi_like():
+        try:
+            for i in range(8):  # a pool left on such a loop hung its shutdown within a few calls
+                results.append(async_to_sync(adb.afetch_prepared)("SELECT %s::int + 1", [i]))
+        finally:
+            connection.close()  # this thread's, as a WSGI request's end closes it
+
+    worker = threading.Thread(target=wsgi_like, daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    assert not worker.is_alive() and results == [[(i + 1,)] for i in range(8)]

@@ -311,7 +311,7 @@ print(json.dumps({
                             timeout=60)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report == {"imported": [], "tracer_provider": "None", "application": "apps.chat.asgi", "patched": [],
+    assert report == {"imported": [], "tracer_provider": "None", "application": "apps.core.loops", "patched": [],
                       "statement_cursor": True, "log": {"event": "x"}}
 
 

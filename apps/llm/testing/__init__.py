@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from asgiref.sync import async_to_sync
 
+from apps.core.loops import keep_resources
+
 
 def openai_provider(upstream, *, model: str = "fake-model", **options) -> dict:
     """An ``LLM_PROVIDERS`` entry for an OpenAI-compatible fake upstream."""
@@ -28,6 +30,7 @@ def run(async_fn, *args, **kwargs):
     from apps.llm.services import drain_pending_records
 
     async def wrapper():
+        keep_resources()  # closed below, so the loop may keep a database pool meanwhile
         try:
             return await async_fn(*args, **kwargs)
         finally:
