@@ -244,14 +244,23 @@ def test_recent_query_vectors_are_kept_per_process_and_failures_are_not(settings
     assert calls() - start == 8
 
 
-def test_the_async_query_embedding_shares_the_kept_vectors(settings, fresh_registry):
+def test_the_async_query_embedding_shares_the_kept_vectors(settings, fresh_registry, monkeypatch):
     from apps.llm.embeddings.testing import recorded_calls
     from apps.llm.testing import run
 
     settings.EMBEDDING_QUERY_CACHE_SIZE = 2
     backend = get_embedding_backend()
     start = recorded_calls("default")["calls"]
-    on_the_loop = run(backend.aembed_query, "tides and the moon")  # the deterministic backend: in a thread
+    threads = []
+    embed = type(backend)._embed
+
+    def recorded(self, texts, *, kind):
+        threads.append(threading.current_thread().name)
+        return embed(self, texts, kind=kind)
+
+    monkeypatch.setattr(type(backend), "_embed", recorded)
+    on_the_loop = run(backend.aembed_query, "tides and the moon")  # a model in this process: in its threads
+    assert threads and threads[0].startswith("embedding-model")
     assert backend.embed_query("tides and the moon") == on_the_loop == backend.vector("tides and the moon")
     assert run(backend.aembed_query, "tides and the moon") == on_the_loop
     assert recorded_calls("default")["calls"] - start == 1

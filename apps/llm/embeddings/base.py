@@ -15,9 +15,12 @@ heavy parts (model weights, HTTP client) load lazily on first use.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import threading
 from array import array
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
 from django.conf import settings
@@ -25,6 +28,10 @@ from django.core.exceptions import ImproperlyConfigured
 
 from apps.core.backends import backend_class, reject_unknown_options
 from apps.llm.metrics import QUERY_EMBEDDING_CACHE
+
+# Where async callers' embeddings run when the backend has no async client of its own (a model
+# in this process): at most four at once, as the query embeddings started ahead (apps.search).
+_MODEL_THREADS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="embedding-model")
 
 
 class EmbeddingBackend:
@@ -112,7 +119,10 @@ class EmbeddingBackend:
         raise NotImplementedError
 
     async def _aembed(self, texts: list[str], *, kind: str) -> list[list[float]]:
-        return await asyncio.to_thread(self._embed, texts, kind=kind)
+        """The model in one of a few threads of its own (the loop's default executor would let
+        a burst of questions run six at once on this machine's two cores)."""
+        run = functools.partial(contextvars.copy_context().run, self._embed, texts, kind=kind)  # logs, traces
+        return await asyncio.get_running_loop().run_in_executor(_MODEL_THREADS, run)
 
     # --- tokens --------------------------------------------------------------------
     def count_tokens(self, text: str) -> int:
