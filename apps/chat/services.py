@@ -168,7 +168,7 @@ def _bookkeeping_statement(*, conversation: Conversation | int, user, session_ke
     conversation_id = conversation.pk if isinstance(conversation, Conversation) else conversation
     if not isinstance(conversation_id, int) or not 0 < conversation_id < 2**63:
         raise Http404("No such conversation.")
-    owned_sql, owned_params = _owned_conversation_sql(conversation_id, user=user, session_key=session_key)
+    owned_sql, owned_params = selectors.owned_conversation_sql(conversation_id, user=user, session_key=session_key)
     title = question if len(question) <= TITLE_CHARS else question[: TITLE_CHARS - 1] + "…"
     now = timezone.now()
     sql = _RECORD_QUESTION.format(message=Message._meta.db_table, conversation=Conversation._meta.db_table,
@@ -186,29 +186,6 @@ def _bookkeeping_statement(*, conversation: Conversation | int, user, session_ke
     # Prepared: the same text every time (apps.core.db).
     lock = (f"SELECT 1 FROM {Conversation._meta.db_table} WHERE id IN ({owned_sql}) FOR UPDATE", list(owned_params))
     return conversation_id, sql, params, lock
-
-
-# selectors.owned_conversations(...).filter(pk=...) compiled, by the kind of rule that decides
-# what the caller owns (selectors.owner_kind): compiling it is a third of a millisecond of the
-# event loop's time on every question.
-_OWNED_SQL: dict[str, str] = {}
-
-
-def _owned_conversation_sql(conversation_id: int, *, user, session_key: str | None) -> tuple[str, list]:
-    """The conversation ``conversation_id`` if it is the caller's, as SQL selecting its id."""
-    kind = selectors.owner_kind(user=user, session_key=session_key)
-    if kind is None:  # nobody to own it
-        raise Http404("No such conversation.")
-    # The values the rule compares with, in its order: the owner or the session, then the id.
-    expected = [user.pk if kind == "user" else session_key, conversation_id]
-    sql = _OWNED_SQL.get(kind)
-    if sql is not None:
-        return sql, expected
-    owned = selectors.owned_conversations(user=user, session_key=session_key).filter(pk=conversation_id)
-    sql, params = owned.order_by().values("pk").query.sql_with_params()
-    if list(params) == expected:  # kept only if the values are exactly the parameters (they are today)
-        _OWNED_SQL[kind] = sql
-    return sql, list(params)
 
 
 def _bookkeeping_from(conversation_id: int, rows: list[tuple]) -> _Bookkeeping:
@@ -248,21 +225,22 @@ def embed_question_soon(question: str) -> Future | None:
     """Start the question's query embedding now (see :func:`answer_prepare`'s ``query_vector``),
     or None if none was started (the question would be refused anyway, or see
     :func:`apps.search.services.embed_query_soon`)."""
-    try:
-        question = limits.check_question(question)
-    except APIException:
-        return None
-    return embed_query_soon(question, mode=settings.CHAT_RETRIEVAL_MODE)
+    question = _valid_question(question)
+    return None if question is None else embed_query_soon(question, mode=settings.CHAT_RETRIEVAL_MODE)
 
 
 def aembed_question_soon(question: str) -> asyncio.Task | None:
     """:func:`embed_question_soon` for async views: a task on the running loop, for
     :func:`aanswer_prepare`'s ``query_vector``."""
+    question = _valid_question(question)
+    return None if question is None else aembed_query_soon(question, mode=settings.CHAT_RETRIEVAL_MODE)
+
+
+def _valid_question(question) -> str | None:
     try:
-        question = limits.check_question(question)
+        return limits.check_question(question)
     except APIException:
         return None
-    return aembed_query_soon(question, mode=settings.CHAT_RETRIEVAL_MODE)
 
 
 def answer_prepare(*, conversation: Conversation | int, user, session_key: str | None,

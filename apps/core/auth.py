@@ -14,6 +14,8 @@ user model whose default manager filters rows, use Django's ``ModelBackend`` ins
 
 from __future__ import annotations
 
+import functools
+
 from django.contrib.auth import backends, get_user_model
 from django.db import DEFAULT_DB_ALIAS
 
@@ -38,8 +40,13 @@ class ModelBackend(backends.ModelBackend):
 
 
 def _user_statement(user_id) -> tuple[str, list]:
+    return _user_select(), [user_id]
+
+
+@functools.cache
+def _user_select() -> str:
+    """The user row's statement, built once (it is on every signed-in request's path)."""
     model = get_user_model()
     quote = offline_connection().ops.quote_name  # not django.db.connection: see offline_connection
     columns = ", ".join(quote(f.column) for f in model._meta.concrete_fields)
-    return (f"SELECT {columns} FROM {quote(model._meta.db_table)} WHERE {quote(model._meta.pk.column)} = %s",
-            [user_id])
+    return f"SELECT {columns} FROM {quote(model._meta.db_table)} WHERE {quote(model._meta.pk.column)} = %s"

@@ -500,6 +500,13 @@ def _embed_query_compact(text: str) -> array | None:
     return None if vector is None else array("d", vector)  # 3 KB instead of 384 float objects (12 KB)
 
 
+def _text_to_embed(query: str, mode: str) -> str | None:
+    """What retrieval would embed for ``query`` in ``mode``, or None (no semantic side, empty query)."""
+    _check_mode(mode)
+    parsed = parse_query(query)
+    return None if parsed.is_empty or mode == "keyword" else parsed.text
+
+
 def embed_query_soon(query: str, *, mode: str = "hybrid") -> Future | None:
     """Start embedding ``query`` as :func:`retrieve_passages` would, on a worker thread.
 
@@ -509,12 +516,11 @@ def embed_query_soon(query: str, *, mode: str = "hybrid") -> Future | None:
     then degrades as usual). Returns None when nothing was started: ``mode`` has no
     semantic side, the query is empty, or QUERY_EMBEDDINGS_AHEAD are held already.
     """
-    _check_mode(mode)
-    parsed = parse_query(query)
-    if parsed.is_empty or mode == "keyword" or not _ahead_slots.acquire(blocking=False):
+    text = _text_to_embed(query, mode)
+    if text is None or not _ahead_slots.acquire(blocking=False):
         return None
     try:
-        future = _embedding_threads.submit(_embed_query_compact, parsed.text)
+        future = _embedding_threads.submit(_embed_query_compact, text)
     except BaseException:
         _ahead_slots.release()
         raise
@@ -650,11 +656,8 @@ def aembed_query_soon(query: str, *, mode: str = "hybrid") -> asyncio.Task | Non
     HTTP backend's request goes out on the loop itself, so no thread takes turns with the loop
     on the GIL meanwhile (a local model still runs in a thread). Returns None when nothing was
     started (``mode`` has no semantic side, or the query is empty)."""
-    _check_mode(mode)
-    parsed = parse_query(query)
-    if parsed.is_empty or mode == "keyword":
-        return None
-    return asyncio.ensure_future(_aembed_query_compact(parsed.text))
+    text = _text_to_embed(query, mode)
+    return None if text is None else asyncio.ensure_future(_aembed_query_compact(text))
 
 
 async def aretrieve_passages(*, query: str, user, limit: int = 8, mode: str = "hybrid",

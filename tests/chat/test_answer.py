@@ -339,11 +339,11 @@ def test_a_conversation_stays_its_owners_once_the_ownership_check_is_compiled(ll
     reused with each caller's own values: another reader still gets a 404, nothing saved."""
     from django.test import AsyncClient
 
-    from apps.chat import services
+    from apps.chat import selectors
 
     mine = ConversationFactory(owner=reader)
     ok, _ = ask(f"/chat/{mine.pk}/messages", "What causes tides?", user=reader)
-    assert ok.status_code == 200 and services._OWNED_SQL.get("user")  # compiled and kept
+    assert ok.status_code == 200 and selectors._OWNED_SQL.get("user")  # compiled and kept
     refused, events = ask(f"/chat/{mine.pk}/messages", "What causes tides?", user=UserFactory())
     assert refused.status_code == 404 and events == []
 
@@ -351,7 +351,7 @@ def test_a_conversation_stays_its_owners_once_the_ownership_check_is_compiled(ll
     anonymous.cookies = _anonymous_session_cookie()
     theirs = ConversationFactory(owner=None, session_key="another-readers-session-key")
     refused, _ = ask(f"/chat/{theirs.pk}/messages", "What causes tides?", client=anonymous)
-    assert refused.status_code == 404 and services._OWNED_SQL.get("session")
+    assert refused.status_code == 404 and selectors._OWNED_SQL.get("session")
     assert mine.messages.count() == 2 and theirs.messages.count() == 0
 
 
