@@ -101,6 +101,8 @@ class DoneEventSerializer(serializers.Serializer):
     latency_ms = serializers.FloatField()
     upstream_ttft_ms = serializers.FloatField(allow_null=True)
     prepare_ms = serializers.FloatField(allow_null=True, help_text="Limits, retrieval and prompt before the call")
+    retrieval_ms = serializers.FloatField(
+        allow_null=True, help_text="Of prepare_ms: the passages retrieved, with the wait for the question's vector")
 
 
 class ErrorEventSerializer(serializers.Serializer):

@@ -11,6 +11,7 @@ run while it retrieves; :mod:`apps.chat.streaming` then streams the answer and
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -46,6 +47,7 @@ class PreparedAnswer:
     scope: str  # the cache permission scope of ``user``
     sources: list[dict] = field(default_factory=list)  # what the reader may see of each passage (no text)
     prepare_ms: float | None = None  # request received -> ready to call the model (limits, retrieval, rows)
+    retrieval_ms: float | None = None  # of which: the passages retrieved (with the wait for the query vector)
 
 
 def conversation_create(*, user, session_key: str | None, title: str = "") -> Conversation:
@@ -266,7 +268,9 @@ def answer_prepare(*, conversation: Conversation | int, user, session_key: str |
     bookkeeping = _start_bookkeeping(conversation=conversation, user=user, session_key=session_key,
                                      question=question, route=route)
     try:
+        retrieving = time.perf_counter()
         passages = _passages(question=question, user=user, query_vector=query_vector)
+        retrieval_ms = _elapsed_ms(retrieving)
         saved = bookkeeping.result()
         prompt = build_prompt(question=question, passages=passages, history=saved.history, route=route)
     except Exception as exc:
@@ -274,7 +278,7 @@ def answer_prepare(*, conversation: Conversation | int, user, session_key: str |
         answer_finish(message_id=saved.message_id, content="", status=Message.Status.ERROR, citations=[],
                       error=f"retrieval failed: {type(exc).__name__}")
         raise
-    return _prepared(saved, question=question, prompt=prompt, route=route, user=user)
+    return _prepared(saved, question=question, prompt=prompt, route=route, user=user, retrieval_ms=retrieval_ms)
 
 
 async def aanswer_prepare(*, conversation: int, user, session_key: str | None, question: str,
@@ -294,9 +298,11 @@ async def aanswer_prepare(*, conversation: int, user, session_key: str | None, q
     bookkeeping = asyncio.ensure_future(_abookkeeping(conversation=conversation, user=user, session_key=session_key,
                                                       question=question, route=route))
     try:
+        retrieving = time.perf_counter()
         passages = _prompt_passages(await aretrieve_passages(
             query=question, user=user, limit=settings.CHAT_RETRIEVAL_LIMIT, mode=settings.CHAT_RETRIEVAL_MODE,
             query_vector=query_vector))
+        retrieval_ms = _elapsed_ms(retrieving)
         saved = await bookkeeping
         prompt = build_prompt(question=question, passages=passages, history=saved.history, route=route)
     except Exception as exc:
@@ -304,7 +310,11 @@ async def aanswer_prepare(*, conversation: int, user, session_key: str | None, q
         await aanswer_finish(message_id=saved.message_id, content="", status=Message.Status.ERROR, citations=[],
                              error=f"retrieval failed: {type(exc).__name__}")
         raise
-    return _prepared(saved, question=question, prompt=prompt, route=route, user=user)
+    return _prepared(saved, question=question, prompt=prompt, route=route, user=user, retrieval_ms=retrieval_ms)
+
+
+def _elapsed_ms(since: float) -> float:
+    return round((time.perf_counter() - since) * 1000, 2)
 
 
 def _check_caller(conversation: Conversation | int, *, user, session_key: str | None) -> None:
@@ -314,14 +324,15 @@ def _check_caller(conversation: Conversation | int, *, user, session_key: str | 
         raise Http404("No such conversation.")  # nobody to own it: not worth a retrieval
 
 
-def _prepared(saved: _Bookkeeping, *, question: str, prompt: Prompt, route: str, user) -> PreparedAnswer:
+def _prepared(saved: _Bookkeeping, *, question: str, prompt: Prompt, route: str, user,
+              retrieval_ms: float) -> PreparedAnswer:
     conversation_id, message_id = saved.conversation_id, saved.message_id
     logger.info("chat.question", conversation_id=conversation_id, message_id=message_id,
                 passages=len(prompt.passages), dropped_passages=prompt.dropped_passages,
-                dropped_turns=prompt.dropped_turns, prompt_tokens=prompt.prompt_tokens)
+                dropped_turns=prompt.dropped_turns, prompt_tokens=prompt.prompt_tokens, retrieval_ms=retrieval_ms)
     return PreparedAnswer(conversation_id=conversation_id, question_id=saved.question_id, message_id=message_id,
                           question=question, prompt=prompt, route=route, user=user, scope=visibility_scope(user),
-                          sources=[p.source() for p in prompt.passages])
+                          sources=[p.source() for p in prompt.passages], retrieval_ms=retrieval_ms)
 
 
 def answer_finish(*, message_id: int, content: str, status: str, citations: list[dict], error: str = "",

@@ -189,7 +189,7 @@ async def throughput(spec: dict) -> dict:
 
 
 async def ttft(spec: dict) -> dict:
-    direct, chat, prepare, upstream_ttft = [], [], [], []
+    direct, chat, prepare, retrieval, upstream_ttft = [], [], [], [], []
     cached = 0
     body = {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hello"}]}
     async with _session(spec) as session, aiohttp.ClientSession() as upstream:
@@ -208,9 +208,11 @@ async def ttft(spec: dict) -> dict:
                 chat.append(stream.tokens[0] - stream.sent)
             if stream.done_data:
                 prepare.append(stream.done_data.get("prepare_ms") or 0.0)
+                retrieval.append(stream.done_data.get("retrieval_ms") or 0.0)
                 upstream_ttft.append(stream.done_data.get("upstream_ttft_ms") or 0.0)
                 cached += bool(stream.done_data.get("cached"))
-    return {"direct_s": direct, "chat_s": chat, "prepare_ms": prepare, "proxy_ttft_ms": upstream_ttft,
+    return {"direct_s": direct, "chat_s": chat, "prepare_ms": prepare, "retrieval_ms": retrieval,
+            "proxy_ttft_ms": upstream_ttft,
             "cached": cached}
 
 

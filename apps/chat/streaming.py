@@ -253,6 +253,7 @@ def _done_payload(prepared: PreparedAnswer, event, first_token_at: float | None,
         "latency_ms": round((time.perf_counter() - started) * 1000, 2),
         "upstream_ttft_ms": getattr(event, "ttft_ms", None),
         "prepare_ms": prepared.prepare_ms,
+        "retrieval_ms": prepared.retrieval_ms,
     }
 
 

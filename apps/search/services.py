@@ -69,6 +69,12 @@ SEARCH_LATENCY = Histogram(
     ["mode"],
     buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
 )
+PASSAGES_LATENCY = Histogram(
+    "quire_search_passages_seconds",
+    "Passage retrieval (chat's RAG), by stage: the wait for the query vector, then the statement",
+    ["stage"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1, 5),
+)
 
 
 @dataclass
@@ -625,14 +631,28 @@ def retrieve_passages(*, query: str, user, limit: int = 8, mode: str = "hybrid",
     q = _passage_query(query=query, user=user, limit=limit, mode=mode)
     if q is None:
         return []
+    started = time.perf_counter()
     if mode == "keyword":
         vector = None
     elif query_vector is not None:
         vector = query_vector.result()
     else:
         vector = _embed_query(q.parsed.text)
+    started = _observe_passages("vector", started, mode)
     statement = _passage_statement(q, vector)
-    return [] if statement is None else _passages_from(fetch_prepared(statement[0], statement[1], setup=statement[2]))
+    if statement is None:
+        return []
+    rows = fetch_prepared(statement[0], statement[1], setup=statement[2])
+    _observe_passages("statement", started)
+    return _passages_from(rows)
+
+
+def _observe_passages(stage: str, since: float, mode: str | None = None) -> float:
+    """Record a stage of a passage retrieval (no vector stage in keyword mode); returns now."""
+    now = time.perf_counter()
+    if mode != "keyword":
+        PASSAGES_LATENCY.labels(stage).observe(now - since)
+    return now
 
 
 async def _aembed_query(text: str) -> list[float] | None:
@@ -668,14 +688,18 @@ async def aretrieve_passages(*, query: str, user, limit: int = 8, mode: str = "h
     q = _passage_query(query=query, user=user, limit=limit, mode=mode)
     if q is None:
         return []
+    started = time.perf_counter()
     if mode == "keyword":
         vector = None
     else:
         vector = await (query_vector if query_vector is not None else _aembed_query(q.parsed.text))
+    started = _observe_passages("vector", started, mode)
     statement = _passage_statement(q, vector)
     if statement is None:
         return []
-    return _passages_from(await afetch_prepared(statement[0], statement[1], setup=statement[2]))
+    rows = await afetch_prepared(statement[0], statement[1], setup=statement[2])
+    _observe_passages("statement", started)
+    return _passages_from(rows)
 
 
 # --- similar_documents -----------------------------------------------------------------

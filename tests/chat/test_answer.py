@@ -24,9 +24,16 @@ def tides():
     return indexed_document(title="Tides", body="Tides are caused by the gravity of the Moon and the Sun.")
 
 
+def _passage_statements() -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("quire_search_passages_seconds_count", {"stage": "statement"}) or 0.0
+
+
 def test_answer_streams_and_is_saved_with_tokens_and_cost(llm, reader, tides):
     llm.configure(text="The Moon pulls the oceans [1].")
     conversation = ConversationFactory(owner=reader)
+    statements_before = _passage_statements()
     response, events = ask(f"/chat/{conversation.pk}/messages", "What causes tides?", user=reader)
 
     assert response["Content-Type"].startswith("text/event-stream")
@@ -39,6 +46,9 @@ def test_answer_streams_and_is_saved_with_tokens_and_cost(llm, reader, tides):
     assert meta["sources"][0]["document_id"] == tides.pk
     done = first(events, "done")
     assert done["usage"]["completion_tokens"] == 6 and Decimal(done["cost"]) > 0
+    # Where the time before the model call went: the retrieval is part of the preparation.
+    assert 0 < done["retrieval_ms"] < done["prepare_ms"]
+    assert _passage_statements() == statements_before + 1
 
     answer = Message.objects.get(pk=meta["message_id"])
     assert answer.status == Message.Status.COMPLETE

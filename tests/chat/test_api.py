@@ -106,7 +106,8 @@ def test_api_streams_the_answer_for_an_event_stream_client(reader, llm):
     response, events = ask(f"/api/v1/chat/conversations/{conversation.pk}/messages", "Say hello", user=reader)
     assert response["Content-Type"].startswith("text/event-stream")
     assert [k for k, _ in events] == ["meta", "token", "token", "citations", "done"]
-    assert first(events, "done")["status"] == "complete"
+    done = first(events, "done")
+    assert done["status"] == "complete" and 0 < done["retrieval_ms"] < done["prepare_ms"]
 
 
 def test_question_length_is_limited_with_a_clear_error(reader, settings, llm):
