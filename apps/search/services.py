@@ -71,7 +71,7 @@ SEARCH_LATENCY = Histogram(
 )
 PASSAGES_LATENCY = Histogram(
     "quire_search_passages_seconds",
-    "Passage retrieval (chat's RAG), by stage: the wait for the query vector, then the statement",
+    "Passage retrieval (chat's RAG), by stage: the wait for the query vector, then the statement (built and run)",
     ["stage"],
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1, 5),
 )
@@ -631,14 +631,10 @@ def retrieve_passages(*, query: str, user, limit: int = 8, mode: str = "hybrid",
     q = _passage_query(query=query, user=user, limit=limit, mode=mode)
     if q is None:
         return []
-    started = time.perf_counter()
-    if mode == "keyword":
-        vector = None
-    elif query_vector is not None:
-        vector = query_vector.result()
-    else:
-        vector = _embed_query(q.parsed.text)
-    started = _observe_passages("vector", started, mode)
+    started, vector = time.perf_counter(), None
+    if mode != "keyword":
+        vector = query_vector.result() if query_vector is not None else _embed_query(q.parsed.text)
+        started = _observe_passages("vector", started)
     statement = _passage_statement(q, vector)
     if statement is None:
         return []
@@ -647,11 +643,10 @@ def retrieve_passages(*, query: str, user, limit: int = 8, mode: str = "hybrid",
     return _passages_from(rows)
 
 
-def _observe_passages(stage: str, since: float, mode: str | None = None) -> float:
-    """Record a stage of a passage retrieval (no vector stage in keyword mode); returns now."""
+def _observe_passages(stage: str, since: float) -> float:
+    """Record a stage of a passage retrieval (PASSAGES_LATENCY); returns now."""
     now = time.perf_counter()
-    if mode != "keyword":
-        PASSAGES_LATENCY.labels(stage).observe(now - since)
+    PASSAGES_LATENCY.labels(stage).observe(now - since)
     return now
 
 
@@ -688,12 +683,10 @@ async def aretrieve_passages(*, query: str, user, limit: int = 8, mode: str = "h
     q = _passage_query(query=query, user=user, limit=limit, mode=mode)
     if q is None:
         return []
-    started = time.perf_counter()
-    if mode == "keyword":
-        vector = None
-    else:
+    started, vector = time.perf_counter(), None
+    if mode != "keyword":
         vector = await (query_vector if query_vector is not None else _aembed_query(q.parsed.text))
-    started = _observe_passages("vector", started, mode)
+        started = _observe_passages("vector", started)
     statement = _passage_statement(q, vector)
     if statement is None:
         return []

@@ -245,3 +245,20 @@ def test_passages_are_the_same_on_the_event_loop(mode):
     question = "How do glaciers carve valleys?"
     in_a_thread = retrieve_passages(query=question, user=None, mode=mode)
     assert in_a_thread and in_a_thread == run(aretrieve_passages, query=question, user=None, mode=mode)
+
+
+@pytest.mark.parametrize(("mode", "stages"), [("hybrid", {"vector", "statement"}), ("keyword", {"statement"})])
+def test_passage_retrieval_times_its_stages(mode, stages):
+    """quire_search_passages_seconds: the wait for the query vector (none in keyword mode), then the statement."""
+    from prometheus_client import REGISTRY
+
+    def counts():
+        return {stage: REGISTRY.get_sample_value("quire_search_passages_seconds_count", {"stage": stage}) or 0.0
+                for stage in ("vector", "statement")}
+
+    indexed_document(title="Glaciers", body="Glaciers carve U-shaped valleys over millennia.")
+    before = counts()
+    assert retrieve_passages(query="glacier valleys", user=None, limit=4, mode=mode)
+    after = counts()
+    assert {stage for stage in after if after[stage] == before[stage] + 1} == stages
+    assert all(after[stage] == before[stage] for stage in after.keys() - stages)
