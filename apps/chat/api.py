@@ -6,8 +6,10 @@ are scoped to their session cookie. Someone else's conversation is a 404.
 
 from __future__ import annotations
 
+import functools
 import time
 
+from asgiref.sync import sync_to_async
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, PolymorphicProxySerializer, extend_schema
 from rest_framework import generics, permissions, status
 from rest_framework.response import Response
@@ -28,7 +30,14 @@ from apps.chat.serializers import (
     QuestionSerializer,
     TokenEventSerializer,
 )
-from apps.chat.web import answer_response, session_key_for, start_conversation
+from apps.chat.web import (
+    answer_response,
+    apply_session_and_user,
+    forget_request_state,
+    session_key_for,
+    start_conversation,
+)
+from apps.core.adb import run_sync
 from apps.core.db import release_connection
 
 STREAM_DESCRIPTION = """\
@@ -172,3 +181,37 @@ class ConversationMessagesAPI(ChatAPIMixin, generics.GenericAPIView):
                                            query_vector=query_vector)
         release_connection()  # the stream may last minutes; the pool is small
         return answer_response(prepared, started=started)
+
+
+_messages_api = ConversationMessagesAPI.as_view()
+
+
+def _rendered(view, request, **kwargs):
+    response = view(request, **kwargs)
+    if callable(getattr(response, "render", None)):
+        response.render()  # an error envelope: rendered here, not in another thread hop
+    return response
+
+
+# functools.wraps keeps the DRF view's attributes (cls, initkwargs, csrf_exempt): the schema
+# documents this URL from ConversationMessagesAPI, and CSRF stays DRF's to check.
+@functools.wraps(_messages_api)
+async def conversation_messages(request, pk: int):
+    """``/api/v1/chat/conversations/<pk>/messages``: :class:`ConversationMessagesAPI`, entered on
+    the event loop.
+
+    A question (POST) usually comes through the lean handler (:mod:`apps.chat.asgi`), as the
+    chat page's does: no middleware thread, and no thread kept for the request's lifetime (Django's
+    regular handler keeps one per request until the response ends; for a streamed answer,
+    minutes). The session and the user are read here on the loop, then the DRF view
+    (authentication by token or session with its CSRF check, throttles, validation, the
+    preparation) runs in a pooled thread (:func:`apps.core.adb.run_sync`) and returns the stream.
+    Other methods are the DRF view's as usual.
+    """
+    if request.method != "POST":
+        return await sync_to_async(_messages_api)(request, pk=pk)
+    await apply_session_and_user(request)
+    response = await run_sync(_rendered, _messages_api, request, pk=pk)
+    if response.streaming:
+        forget_request_state(request)  # kept by the handler as long as the stream lasts
+    return response

@@ -20,7 +20,8 @@ import re
 
 from apps.llm.asgi import ProxyASGIHandler
 
-CHAT_STREAM_PATH = re.compile(r"^/chat/\d+/messages$")
+# The chat page's stream and the chat API's (apps.chat.api.conversation_messages).
+CHAT_STREAM_PATH = re.compile(r"^/(?:chat|api/v1/chat/conversations)/\d+/messages$")
 
 
 def with_chat_stream_path(application):

@@ -53,6 +53,10 @@ TOPICS = [
 ]
 
 
+# The streaming endpoints --route chooses between: the page's (its async view) and the API's (DRF).
+STREAM_ROUTES = {"page": "/chat/{pk}/messages", "api": "/api/v1/chat/conversations/{pk}/messages"}
+
+
 def _arguments(parser):
     parser.add_argument("--streams", type=int, default=2000, help="held connections (run a)")
     parser.add_argument("--hold", type=float, default=30.0, help="seconds every stream is held (run a)")
@@ -67,6 +71,9 @@ def _arguments(parser):
     parser.add_argument("--isolated", action="store_true",
                         help="run against a fresh database holding only the bench's 8 documents (created, migrated "
                              "and dropped by the bench), not the development database: reproducible figures")
+    parser.add_argument("--route", choices=sorted(STREAM_ROUTES), default="page",
+                        help="which streaming endpoint answers: the chat page's (POST /chat/<id>/messages) or the "
+                             "API's (POST /api/v1/chat/conversations/<id>/messages, DRF)")
     parser.add_argument("--only", default="held,throughput,ttft",
                         help="comma-separated runs to do (held, throughput, ttft); figures of skipped runs are null")
     parser.add_argument("--tracemalloc", type=int, default=0, metavar="FRAMES",
@@ -294,6 +301,7 @@ def _bench_sse(*, stdout, options):
             "EMBEDDING_PROVIDER": "openai", "EMBEDDING_API_BASE": upstream + "/v1", "EMBEDDING_MODEL": "fake-embedding",
             "EMBEDDING_DIMENSIONS": "384", "EMBEDDING_MAX_TOKENS": "256",
             "CHAT_QUESTIONS_PER_MINUTE": "0", "CHAT_ANON_QUESTIONS_PER_MINUTE": "0",
+            "API_THROTTLE_USER": "100000000/day",  # the API route's DRF throttle: every stream is the bench user's
         }
         if options["upstream_pool_limit"]:
             app_env["LLM_HTTP_POOL_LIMIT"] = str(options["upstream_pool_limit"])
@@ -312,7 +320,7 @@ def _bench_sse(*, stdout, options):
             "headers": {"X-CSRFToken": csrf, "Accept": "text/event-stream"},
             "question": bench_question(),
         }
-        urls = [f"/chat/{pk}/messages" for pk in conversations]
+        urls = [STREAM_ROUTES[options["route"]].format(pk=pk) for pk in conversations]
 
         # Warm-up: imports, pools, tokenizer, first queries.
         _configure_upstream(upstream, tokens=5, token_delay=0.0)
@@ -468,6 +476,7 @@ def _figures(n: int, held: dict | None, rss_before: int | None, rss_during: floa
         "throughput_errors": fast["errors"],
         "throughput_worker_cpu_us_per_event": _round(fast.get("worker_cpu_us_per_event")),
         **options.get("corpus", {}),
+        "route": options.get("route", "page"),
         "upstream_pool_limit": options["upstream_pool_limit"] or settings.LLM_HTTP_POOL_LIMIT,
         "nofile_limit": nofile,
         "traced_kb_per_stream": None,  # --tracemalloc: the Python heap one more held stream costs

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import time
-from importlib import import_module
 
 from django.conf import settings
-from django.contrib.auth import aget_user
 from django.core.exceptions import SuspiciousOperation
 from django.http import Http404, JsonResponse
 from django.http.response import HttpResponseBase
@@ -24,7 +22,13 @@ from rest_framework.exceptions import APIException
 
 from apps.chat import selectors, services
 from apps.chat.streaming import is_extractive
-from apps.chat.web import answer_response, session_key_for, start_conversation
+from apps.chat.web import (
+    answer_response,
+    apply_session_and_user,
+    forget_request_state,
+    session_key_for,
+    start_conversation,
+)
 from apps.core import parsers
 from apps.core.exceptions import envelope, error_response, refused_request_error
 from apps.llm.services import route_config
@@ -108,16 +112,9 @@ def _early_body_limit() -> int:
 
 async def _apply_request_middleware(request):
     """Sessions, auth and CSRF for a request that came through the lean handler
-    (:mod:`apps.chat.asgi`), on the event loop: the session and the user are read by
-    ``aget_user`` (``apps.core.sessions`` and ``apps.core.auth`` run those reads on the loop's
-    own pool). What the regular middleware already did is reused. Returns a response if the
-    request must be refused."""
-    request.get_host()  # ALLOWED_HOSTS, as CommonMiddleware would (DisallowedHost -> 400)
-    if not hasattr(request, "session"):
-        engine = import_module(settings.SESSION_ENGINE)
-        request.session = engine.SessionStore(request.COOKIES.get(settings.SESSION_COOKIE_NAME))
-    # AuthenticationMiddleware's lazy ``request.user`` would read in a synchronous call.
-    request.user = await (request.auser() if hasattr(request, "auser") else aget_user(request))
+    (:mod:`apps.chat.asgi`), on the event loop (see :func:`apps.chat.web.apply_session_and_user`).
+    Returns a response if the request must be refused."""
+    await apply_session_and_user(request)
     _csrf.process_request(request)
     return _csrf.process_view(request, message_stream, (), {})
 
@@ -136,26 +133,6 @@ async def _prepare(request, pk: int, question: str | None, query_vector):
     finally:
         if query_vector is not None and not query_vector.done():
             query_vector.cancel()  # refused before the retrieval read it
-
-
-# What get_host() and build_absolute_uri() read, and the request line: kept by _forget_request_state.
-_META_KEPT = ("HTTP_HOST", "HTTP_X_FORWARDED_HOST", "HTTP_X_FORWARDED_PORT", "SERVER_NAME", "SERVER_PORT",
-              "REMOTE_ADDR", "REQUEST_METHOD", "SCRIPT_NAME", "PATH_INFO", "QUERY_STRING")
-
-
-def _forget_request_state(request) -> None:
-    """Let go of what the stream no longer needs from the request (the handler keeps the
-    request itself until the stream ends): the session and its decoded data, the user
-    (``prepared`` has it), the resolved URL, and the request's headers, cookies and body in
-    all their parsed forms, about 4 KB per open stream. What is read after the view returns
-    stays: ``method``, ``path`` and ``request_id`` (the request-id middleware's log line),
-    what ``get_host()`` and ``build_absolute_uri()`` read (an error report sent to Sentry
-    during the stream names the URL), the body's stream (``close()`` at the end closes it)
-    and the ASGI scope (uvicorn, tracing)."""
-    for name in ("session", "user", "_cached_user", "auser", "_acached_user", "resolver_match", "COOKIES", "headers",
-                 "_post", "_files", "_body"):
-        request.__dict__.pop(name, None)
-    request.META = {name: request.META[name] for name in _META_KEPT if name in request.META}
 
 
 @require_POST
@@ -178,7 +155,7 @@ async def message_stream(request, pk: int):
         prepared = await _prepare(request, pk, question, query_vector)
         if isinstance(prepared, HttpResponseBase):  # CSRF refusal
             return prepared
-        _forget_request_state(request)
+        forget_request_state(request)
     except Http404:
         return JsonResponse(envelope("not_found", "No such conversation.", request=request), status=404)
     except SuspiciousOperation as exc:  # a body Django refused to read (too big, too many fields)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from importlib import import_module
 
+from django.conf import settings
+from django.contrib.auth import aget_user
 from django.http import StreamingHttpResponse
 
 from apps.chat.services import PreparedAnswer, conversation_create
@@ -25,6 +28,40 @@ def start_conversation(request, *, title: str = ""):
     if not request.user.is_authenticated:
         request.session[SESSION_CONVERSATIONS] = [*request.session.get(SESSION_CONVERSATIONS, []), conversation.pk]
     return conversation
+
+
+async def apply_session_and_user(request) -> None:
+    """What SessionMiddleware and AuthenticationMiddleware give a view, for a request that came
+    through the lean handler (:mod:`apps.chat.asgi`), on the event loop: the session and the
+    user are read by ``aget_user`` (``apps.core.sessions`` and ``apps.core.auth`` run those reads
+    on the loop's own pool). The host is checked against ALLOWED_HOSTS, as CommonMiddleware
+    would (DisallowedHost: 400). What the regular middleware already did is reused."""
+    request.get_host()
+    if not hasattr(request, "session"):
+        engine = import_module(settings.SESSION_ENGINE)
+        request.session = engine.SessionStore(request.COOKIES.get(settings.SESSION_COOKIE_NAME))
+    # AuthenticationMiddleware's lazy ``request.user`` would read in a synchronous call.
+    request.user = await (request.auser() if hasattr(request, "auser") else aget_user(request))
+
+
+# What get_host() and build_absolute_uri() read, and the request line: kept by forget_request_state.
+_META_KEPT = ("HTTP_HOST", "HTTP_X_FORWARDED_HOST", "HTTP_X_FORWARDED_PORT", "SERVER_NAME", "SERVER_PORT",
+              "REMOTE_ADDR", "REQUEST_METHOD", "SCRIPT_NAME", "PATH_INFO", "QUERY_STRING")
+
+
+def forget_request_state(request) -> None:
+    """Let go of what the stream no longer needs from the request (the handler keeps the
+    request itself until the stream ends): the session and its decoded data, the user
+    (``prepared`` has it) and DRF's ``auth`` (the API token's row), the resolved URL, and the request's headers, cookies and body in
+    all their parsed forms, about 4 KB per open stream. What is read after the view returns
+    stays: ``method``, ``path`` and ``request_id`` (the request-id middleware's log line),
+    what ``get_host()`` and ``build_absolute_uri()`` read (an error report sent to Sentry
+    during the stream names the URL), the body's stream (``close()`` at the end closes it)
+    and the ASGI scope (uvicorn, tracing)."""
+    for name in ("session", "user", "auth", "_cached_user", "auser", "_acached_user", "resolver_match", "COOKIES",
+                 "headers", "_post", "_files", "_body"):
+        request.__dict__.pop(name, None)
+    request.META = {name: request.META[name] for name in _META_KEPT if name in request.META}
 
 
 def session_key_for(request, *, create: bool) -> str | None:

@@ -31,7 +31,7 @@ from django.db import DEFAULT_DB_ALIAS, connections, utils
 from django.db.backends.base.base import BaseDatabaseWrapper
 from psycopg_pool import AsyncConnectionPool
 
-from apps.core.db import database_url, fetch_prepared
+from apps.core.db import database_url, fetch_prepared, release_connection
 from apps.core.loops import keeps_resources, loop_local
 
 # The cursor the statements run on; apps.core.tracing puts a traced subclass here when traces are on.
@@ -100,9 +100,37 @@ async def _in_one_transaction(conn, cursor, setup: tuple[str, list], sql: str, p
     # rolls back the connection when it comes back, as psycopg_pool does with any such one.
 
 
+def _on_server_loop() -> bool:
+    """Whether the running loop is the server's, with its pool (not a test transaction's, not short-lived)."""
+    return settings.DB_ASYNC_POOL is not None and keeps_resources()
+
+
+async def run_sync(func, /, *args, **kwargs):
+    """``func(*args, **kwargs)``, blocking code that may use Django's connection, from async code.
+
+    On the server's loop it runs in a pooled thread (the loop's default executor) that is free
+    again when it returns, and that thread's connection goes back to Django's pool then: not on
+    asgiref's one shared thread, where every caller would wait for the one before, nor on a
+    thread kept for the caller's whole request, as Django's regular handler keeps one (its
+    ``ThreadSensitiveContext``) until the response ends - for a streamed answer, minutes.
+    Elsewhere (``DB_ASYNC_POOL = None``: tests inside a transaction; a short-lived loop) it runs
+    in the caller's thread, as ``sync_to_async`` does, so it sees the caller's transaction.
+    """
+    if not _on_server_loop():
+        return await sync_to_async(func)(*args, **kwargs)
+
+    def call():
+        try:
+            return func(*args, **kwargs)
+        finally:
+            release_connection()
+
+    return await sync_to_async(call, thread_sensitive=False)()
+
+
 async def afetch_prepared(sql: str, params: list, *, setup: tuple[str, list] | None = None) -> list[tuple]:
     """The rows of ``sql`` run as a prepared statement, after ``setup`` in the same transaction."""
-    if settings.DB_ASYNC_POOL is None or not keeps_resources():
+    if not _on_server_loop():
         return await sync_to_async(fetch_prepared)(sql, params, setup=setup)
     the_pool = await pool()
     try:

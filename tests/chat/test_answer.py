@@ -327,17 +327,18 @@ def test_the_stream_view_lets_go_of_the_request_state_it_no_longer_needs():
     dropped when the view returns, and what is read afterwards stays."""
     from django.test import AsyncRequestFactory
 
-    from apps.chat.views import _forget_request_state
+    from apps.chat.web import forget_request_state
 
     request = AsyncRequestFactory().post("/chat/1/messages", data=b'{"question": "tides?"}',
                                     content_type="application/json",
                                          headers={"cookie": "sessionid=abc; csrftoken=x", "x-csrftoken": "x"})
     request.request_id = "req-1"
+    request.auth = object()  # what DRF's token authentication leaves on the request
     assert request.COOKIES["sessionid"] == "abc" and request.headers["X-CSRFToken"] == "x"
     assert request.body and not request.POST
-    _forget_request_state(request)
+    forget_request_state(request)
     assert not {"HTTP_COOKIE", "HTTP_X_CSRFTOKEN", "CONTENT_TYPE", "CONTENT_LENGTH"} & set(request.META)
-    assert not {"COOKIES", "headers", "_post", "_files", "_body"} & set(request.__dict__)
+    assert not {"COOKIES", "headers", "auth", "_post", "_files", "_body"} & set(request.__dict__)
     assert request.COOKIES == {}  # read again from nothing, if anything asks
     assert (request.method, request.path, request.request_id) == ("POST", "/chat/1/messages", "req-1")
     assert request.build_absolute_uri() == "http://testserver/chat/1/messages"  # what an error report names

@@ -143,3 +143,80 @@ def test_the_page_stream_path_still_enforces_csrf_and_ownership(app_server, fake
             kinds = [kind for _, kind, _ in _events(response.iter_text())]
     assert kinds[0] == "meta" and kinds[-1] == "done"
     assert fake_upstream.calls() == 1
+
+
+def _threads(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return int(next(line for line in status if line.startswith("Threads:")).split()[1])
+
+
+def test_the_api_stream_answers_token_callers_and_keeps_the_envelope(app_server, fake_upstream):
+    """The API's question goes through the lean path (apps.chat.asgi), DRF's checks still apply."""
+    from rest_framework.authtoken.models import Token
+
+    fake_upstream.configure(tokens=3, token_delay=0.0)
+    indexed_document(title="Tides", body="The Moon's gravity raises the tides.")
+    reader, stranger = UserFactory(), UserFactory()
+    token = Token.objects.create(user=reader)
+    mine, theirs = ConversationFactory(owner=reader), ConversationFactory(owner=stranger)
+    auth = {"Authorization": f"Token {token.key}", "accept": "text/event-stream"}
+    with httpx.Client(base_url=app_server.url, timeout=10) as client:
+        with client.stream("POST", f"/api/v1/chat/conversations/{mine.pk}/messages", json={"question": "tides?"},
+                           headers=auth) as response:
+            assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+            kinds = [kind for _, kind, _ in _events(response.iter_text())]
+        assert kinds[0] == "meta" and kinds.count("token") == 3 and kinds[-1] == "done"
+        assert mine.messages.filter(role=Message.Role.ASSISTANT, status=Message.Status.COMPLETE).count() == 1
+
+        other = client.post(f"/api/v1/chat/conversations/{theirs.pk}/messages", json={"question": "hi"}, headers=auth)
+        assert other.status_code == 404 and other.json()["error"]["code"] == "not_found"
+        empty = client.post(f"/api/v1/chat/conversations/{mine.pk}/messages", json={"question": ""}, headers=auth)
+        assert empty.status_code == 400 and empty.json()["error"]["code"] == "empty_question"
+        bad_token = client.post(f"/api/v1/chat/conversations/{mine.pk}/messages", json={"question": "hi"},
+                                headers={"Authorization": "Token nope"})
+        assert bad_token.status_code == 401 and bad_token.json()["error"]["code"] == "authentication_failed"
+        listed = client.get(f"/api/v1/chat/conversations/{mine.pk}/messages", headers=auth)
+        assert listed.status_code == 200 and [m["role"] for m in listed.json()["results"]] == ["user", "assistant"]
+
+
+def test_an_open_api_stream_keeps_no_thread(app_server, fake_upstream):
+    """Django's regular handler keeps a thread per request until its response ends: for a
+    streamed answer, as long as the answer lasts. The API's questions take the lean path."""
+    import asyncio
+
+    from rest_framework.authtoken.models import Token
+
+    fake_upstream.configure(tokens=40, token_delay=0.25)
+    callers = []  # a reader each: the per-minute question limit is per reader
+    for _ in range(32):
+        reader = UserFactory()
+        callers.append((ConversationFactory(owner=reader).pk, Token.objects.create(user=reader).key))
+
+    async def hold(client, caller, first_token: asyncio.Event, release: asyncio.Event):
+        pk, key = caller
+        async with client.stream("POST", f"/api/v1/chat/conversations/{pk}/messages", json={"question": "hold"},
+                                 headers={"Authorization": f"Token {key}", "accept": "text/event-stream"}) as response:
+            assert response.status_code == 200, await response.aread()
+            async for text in response.aiter_text():
+                if "event: token" in text:
+                    break
+            first_token.set()
+            await release.wait()
+
+    async def main():
+        release = asyncio.Event()
+        async with httpx.AsyncClient(base_url=app_server.url, timeout=30,
+                                     limits=httpx.Limits(max_connections=64)) as client:
+            started, counts = [], []
+            for batch in (callers[:8], callers[8:]):
+                events = [asyncio.Event() for _ in batch]
+                started += [asyncio.create_task(hold(client, caller, event, release))
+                            for caller, event in zip(batch, events, strict=True)]
+                await asyncio.wait_for(asyncio.gather(*(event.wait() for event in events)), 20)
+                counts.append(_threads(app_server.proc.pid))
+            release.set()
+            await asyncio.gather(*started)
+            return counts
+
+    with_8, with_32 = asyncio.run(main())
+    assert with_32 - with_8 < 12, (with_8, with_32)  # the regular handler: one more thread per stream (24)
