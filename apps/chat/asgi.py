@@ -1,17 +1,19 @@
-"""A lean path through Django for the chat stream (``POST /chat/<id>/messages``).
+"""A lean path through Django for the chat streams: the page's (``POST /chat/<id>/messages``)
+and the API's (``POST /api/v1/chat/conversations/<id>/messages``).
 
 Under Django's regular ASGI handler every ``MiddlewareMixin`` middleware runs
 its hooks in a thread, and each request gets its own ``ThreadSensitiveContext``
 — a thread that lives as long as the request. For a stream that lasts a
-minute, that is one parked OS thread per open answer. The stream view needs
-only three of those middlewares (sessions, auth, CSRF), so on this path it
-applies them itself, in the one synchronous hop it makes anyway
-(:func:`apps.chat.views.message_stream`), and the request goes to the same
-lean handler the LLM proxy uses for ``/v1/`` (same URLconf, views and error
-handlers; only the request-id middleware). The other middlewares have nothing
-to do for this response: it sets no cookie, is never framed, never redirected
-(the host is still checked against ALLOWED_HOSTS by the view); the chat's own
-Prometheus metrics count these requests instead of django-prometheus.
+minute, that is one parked OS thread per open answer. The stream views need
+only three of those middlewares (sessions, auth, CSRF), so on this path they
+apply them themselves, on the event loop (:func:`apps.chat.web.apply_session_and_user`;
+CSRF: the page's view, or DRF's session authentication for the API), and the request goes
+to the same lean handler the LLM proxy uses for ``/v1/`` (same URLconf, views and error
+handlers; the request-id middleware, and Django's security middleware's hooks on the loop:
+HTTPS redirect, HSTS, ``nosniff``). The other middlewares have nothing to do for this
+response: it sets no cookie and is never framed (the host is still checked against
+ALLOWED_HOSTS by the views); the chat's own Prometheus metrics count these requests
+instead of django-prometheus.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Request id on every log line of a request and in the ``X-Request-ID`` header."""
+"""Request id on every log line of a request and in the ``X-Request-ID`` header; Django's
+security headers on the lean handlers' responses."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import uuid
 
 import structlog
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.middleware.security import SecurityMiddleware
 
 from apps.core.logging import get_logger
 
@@ -60,3 +62,24 @@ class RequestIDMiddleware:
         started = self._start(request)
         response = await self.get_response(request)
         return self._finish(request, response, started)
+
+
+class LoopSecurityMiddleware:
+    """Django's SecurityMiddleware (the HTTPS redirect, HSTS, ``nosniff``, the referrer and
+    cross-origin opener policies) for the lean handlers (apps.llm.asgi, apps.chat.asgi), on the
+    event loop. Its two hooks only read settings and headers, so they are called here directly,
+    without the thread hop ``MiddlewareMixin`` makes for each under ASGI."""
+
+    sync_capable = False
+    async_capable = True
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+        self.security = SecurityMiddleware(get_response)  # its settings and hooks, not its __call__
+        markcoroutinefunction(self)
+
+    async def __call__(self, request):
+        response = self.security.process_request(request)
+        if response is None:
+            response = await self.get_response(request)
+        return self.security.process_response(request, response)
