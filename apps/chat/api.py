@@ -10,6 +10,9 @@ import functools
 import time
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.http import HttpResponse
+from django.http.response import HttpResponseBase
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, PolymorphicProxySerializer, extend_schema
 from rest_framework import generics, permissions, status
 from rest_framework.response import Response
@@ -31,14 +34,17 @@ from apps.chat.serializers import (
     TokenEventSerializer,
 )
 from apps.chat.web import (
+    REFUSALS,
     answer_response,
     apply_session_and_user,
     forget_request_state,
+    question_from,
+    readable_early,
+    refusal_response,
     session_key_for,
     start_conversation,
 )
 from apps.core.adb import run_sync
-from apps.core.db import release_connection
 
 STREAM_DESCRIPTION = """\
 Asks a question in the conversation and streams the answer as **server-sent events**
@@ -168,19 +174,37 @@ class ConversationMessagesAPI(ChatAPIMixin, generics.GenericAPIView):
         },
     )
     def post(self, request, pk: int):
+        # Authenticated, throttled (DRF, before this method) and validated here; the answer is
+        # prepared and streamed by conversation_messages, on the event loop.
         started = time.perf_counter()
-        # The caller is authenticated: embed the question while its conversation is read
-        # (None if the question is not valid; the serializer below says why).
-        question = request.data.get("question") if isinstance(request.data, dict) else None
-        query_vector = services.embed_question_soon(question) if isinstance(question, str) else None
-        conversation = self.get_conversation(count_questions=True)
         data = QuestionSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        prepared = services.answer_prepare(conversation=conversation, user=request.user,
-                                           session_key=self.session_key(), question=data.validated_data["question"],
-                                           query_vector=query_vector)
-        release_connection()  # the stream may last minutes; the pool is small
-        return answer_response(prepared, started=started)
+        return QuestionAccepted(question=data.validated_data["question"], user=request.user,
+                                session_key=self.session_key(), started=started)
+
+
+class QuestionAccepted(HttpResponse):
+    """What :meth:`ConversationMessagesAPI.post` returns for a question DRF let through (never
+    sent): :func:`conversation_messages` then prepares the answer on the event loop, as the
+    page's question is (:func:`apps.chat.services.aanswer_prepare`: the conversation is checked,
+    404 if it is not the caller's, and its rows written while the passages are retrieved), and
+    answers with the stream, or with the envelope of a refusal."""
+
+    def __init__(self, *, question: str, user, session_key: str | None, started: float):
+        super().__init__(status=202)
+        self.question, self.user, self.session_key, self.started = question, user, session_key, started
+
+    async def answer(self, request, pk: int, query_vector) -> HttpResponseBase:
+        try:
+            prepared = await services.aanswer_prepare(conversation=pk, user=self.user, session_key=self.session_key,
+                                                      question=self.question, query_vector=query_vector)
+        except REFUSALS as exc:
+            return refusal_response(exc, request)
+        response = answer_response(prepared, started=self.started)
+        for header in ("Allow", "Vary"):  # what DRF's view added
+            if header in self:
+                response[header] = self[header]
+        return response
 
 
 _messages_api = ConversationMessagesAPI.as_view()
@@ -204,14 +228,29 @@ async def conversation_messages(request, pk: int):
     chat page's does: no middleware thread, and no thread kept for the request's lifetime (Django's
     regular handler keeps one per request until the response ends; for a streamed answer,
     minutes). The session and the user are read here on the loop, then the DRF view
-    (authentication by token or session with its CSRF check, throttles, validation, the
-    preparation) runs in a pooled thread (:func:`apps.core.adb.run_sync`) and returns the stream.
+    (authentication by token or session with its CSRF check, throttles, validation) runs in a
+    pooled thread (:func:`apps.core.adb.run_sync`), free again as soon as it has accepted or
+    refused the question; the answer is prepared back on the loop (:class:`QuestionAccepted`).
     Other methods are the DRF view's as usual.
     """
     if request.method != "POST":
         return await sync_to_async(_messages_api)(request, pk=pk)
-    await apply_session_and_user(request)
-    response = await run_sync(_rendered, _messages_api, request, pk=pk)
+    # The query embedding needs nothing but the question: it runs (a task on this loop) while
+    # the caller is authenticated, throttled and checked, as on the page. Only a caller with
+    # credentials (a session cookie, an Authorization header) and a JSON body that can hold a
+    # valid question gets one started.
+    query_vector = None
+    if ((settings.SESSION_COOKIE_NAME in request.COOKIES or "authorization" in request.headers)
+            and request.content_type == "application/json" and readable_early(request)):
+        query_vector = services.aembed_question_soon(question_from(request))
+    try:
+        await apply_session_and_user(request)
+        response = await run_sync(_rendered, _messages_api, request, pk=pk)
+        if isinstance(response, QuestionAccepted):
+            response = await response.answer(request, pk, query_vector)
+    finally:
+        if query_vector is not None and not query_vector.done():
+            query_vector.cancel()  # refused before the retrieval read it
     if response.streaming:
         forget_request_state(request)  # kept by the handler as long as the stream lasts
     return response

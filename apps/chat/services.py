@@ -1,23 +1,22 @@
-"""Writes of the chat app and the synchronous half of answering a question.
+"""Writes of the chat app and the half of answering a question before the model is called.
 
-Answering happens in two halves. :func:`answer_prepare` (synchronous) checks
-the limits, saves the question plus an assistant message in state ``partial``
-and builds the prompt from passages retrieved under the asking user's
-visibility — the conversation's reads and writes on a thread of their own, so they
-run while it retrieves; :mod:`apps.chat.streaming` then streams the answer and
-:func:`answer_finish` records how it ended (with the passages shown).
+:func:`aanswer_prepare` (on the event loop, for both the chat page's stream and the API's)
+checks the limits, saves the question plus an assistant message in state ``partial`` and
+builds the prompt from passages retrieved under the asking user's visibility - the
+conversation's read and writes on a pooled connection of their own while it retrieves;
+:mod:`apps.chat.streaming` then streams the answer and :func:`aanswer_finish` records how it
+ended (with the passages shown).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.http import Http404
 from django.utils import timezone
 from rest_framework.exceptions import APIException
@@ -26,10 +25,9 @@ from apps.chat import limits, selectors
 from apps.chat.models import Conversation, Message
 from apps.chat.prompts import Prompt, PromptPassage, build_prompt, history_turn
 from apps.core.adb import afetch_prepared, offline_connection
-from apps.core.db import fetch_prepared, release_connection
 from apps.core.logging import get_logger
 from apps.documents.selectors import visibility_scope
-from apps.search.services import aembed_query_soon, aretrieve_passages, embed_query_soon, retrieve_passages
+from apps.search.services import aembed_query_soon, aretrieve_passages
 
 logger = get_logger("quire.chat")
 TITLE_CHARS = 80
@@ -83,24 +81,12 @@ def conversation_delete(*, conversation: Conversation) -> None:
     conversation.delete()
 
 
-def _passages(*, question: str, user, query_vector: Future | None = None) -> list[PromptPassage]:
-    return _prompt_passages(retrieve_passages(query=question, user=user, limit=settings.CHAT_RETRIEVAL_LIMIT,
-                                              mode=settings.CHAT_RETRIEVAL_MODE, query_vector=query_vector))
-
-
 def _prompt_passages(found) -> list[PromptPassage]:
     return [
         PromptPassage(n=n, document_id=p.document_id, chunk_id=p.chunk_id, title=p.title, url=p.url,
                       text=p.text, heading_path=p.heading_path, text_tokens=p.text_tokens)
         for n, p in enumerate(found, start=1)
     ]
-
-
-# The conversation's bookkeeping (is it the caller's, how many questions, the recent
-# turns, the question and answer rows) runs on a thread of its own with its own pooled
-# connection while the asking thread retrieves: retrieval is what the first token
-# waits for, so it goes on at once instead of waiting for another thread to wake up.
-_bookkeeping_threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="chat-bookkeeping")
 
 
 @dataclass
@@ -111,12 +97,12 @@ class _Bookkeeping:
     message_id: int
 
 
-# One statement (after the row lock, see _bookkeeping), one round trip, one transaction: is the
+# One statement (after the row lock, see _bookkeeping_statement), one round trip, one transaction: is the
 # conversation the caller's (the ``owned`` subquery is selectors.owned_conversations, compiled),
 # how many questions it holds,
 # its recent turns (read before the new rows: same snapshot; failed and empty answers left out,
 # a partial one kept: it is what the reader saw), and, if the limit allows, the question and its
-# assistant message (``partial`` until answer_finish) plus the conversation's title and
+# assistant message (``partial`` until aanswer_finish) plus the conversation's title and
 # updated_at. The ORM would make six round trips of it (a read, the history, BEGIN, INSERT,
 # UPDATE, COMMIT), on the path to the first token.
 _RECORD_QUESTION = """
@@ -146,28 +132,20 @@ SELECT conv.asked, (SELECT json_object_agg(role, id) FROM added),
 FROM conv"""
 
 
-def _bookkeeping(*, conversation: Conversation | int, user, session_key: str | None, question: str,
-                 route: str) -> _Bookkeeping:
-    """Check the conversation is the caller's (``Http404``) and not full (``ConversationFull``),
-    read its recent turns and save the question with its ``partial`` answer: one round trip."""
-    conversation_id, sql, params, lock = _bookkeeping_statement(conversation=conversation, user=user,
-                                                                session_key=session_key, question=question,
-                                                                route=route)
-    return _bookkeeping_from(conversation_id, fetch_prepared(sql, params, setup=lock))
-
-
 async def _abookkeeping(*, conversation: int, user, session_key: str | None, question: str,
                         route: str) -> _Bookkeeping:
-    """:func:`_bookkeeping` on the event loop (apps.core.adb), on a pooled connection of its own."""
+    """Check the conversation is the caller's (``Http404``) and not full (``ConversationFull``),
+    read its recent turns and save the question with its ``partial`` answer: one round trip, on
+    the event loop (apps.core.adb), on a pooled connection of its own."""
     conversation_id, sql, params, lock = _bookkeeping_statement(conversation=conversation, user=user,
                                                                 session_key=session_key, question=question,
                                                                 route=route)
     return _bookkeeping_from(conversation_id, await afetch_prepared(sql, params, setup=lock))
 
 
-def _bookkeeping_statement(*, conversation: Conversation | int, user, session_key: str | None, question: str,
+def _bookkeeping_statement(*, conversation: int, user, session_key: str | None, question: str,
                            route: str) -> tuple[int, str, list, tuple[str, list]]:
-    conversation_id = conversation.pk if isinstance(conversation, Conversation) else conversation
+    conversation_id = conversation
     if not isinstance(conversation_id, int) or not 0 < conversation_id < 2**63:
         raise Http404("No such conversation.")
     owned_sql, owned_params = selectors.owned_conversation_sql(conversation_id, user=user, session_key=session_key)
@@ -202,38 +180,10 @@ def _bookkeeping_from(conversation_id: int, rows: list[tuple]) -> _Bookkeeping:
     return _Bookkeeping(conversation_id, history, ids[user_role], ids[answer_role])
 
 
-def _released(function, **kwargs):
-    """``function(**kwargs)`` on a thread that hands its database connection back at the end."""
-    try:
-        return function(**kwargs)
-    finally:
-        release_connection()  # back to the pool: this thread may not run again for a while
-
-
-def _start_bookkeeping(**kwargs) -> Future:
-    future: Future = Future()
-    if connection.in_atomic_block:
-        # Inside a transaction (e.g. ATOMIC_REQUESTS, tests) another connection
-        # would not see its rows: do it on this one, first.
-        try:
-            future.set_result(_bookkeeping(**kwargs))
-        except Exception as exc:
-            future.set_exception(exc)
-        return future
-    return _bookkeeping_threads.submit(_released, _bookkeeping, **kwargs)
-
-
-def embed_question_soon(question: str) -> Future | None:
-    """Start the question's query embedding now (see :func:`answer_prepare`'s ``query_vector``),
-    or None if none was started (the question would be refused anyway, or see
-    :func:`apps.search.services.embed_query_soon`)."""
-    question = _valid_question(question)
-    return None if question is None else embed_query_soon(question, mode=settings.CHAT_RETRIEVAL_MODE)
-
-
 def aembed_question_soon(question: str) -> asyncio.Task | None:
-    """:func:`embed_question_soon` for async views: a task on the running loop, for
-    :func:`aanswer_prepare`'s ``query_vector``."""
+    """Start the question's query embedding now, as a task on the running loop, for
+    :func:`aanswer_prepare`'s ``query_vector``; None if none was started (the question would be
+    refused anyway, or see :func:`apps.search.services.aembed_query_soon`)."""
     question = _valid_question(question)
     return None if question is None else aembed_query_soon(question, mode=settings.CHAT_RETRIEVAL_MODE)
 
@@ -245,54 +195,23 @@ def _valid_question(question) -> str | None:
         return None
 
 
-def answer_prepare(*, conversation: Conversation | int, user, session_key: str | None,
-                   question: str, query_vector: Future | None = None) -> PreparedAnswer:
-    """Check limits, save the question, retrieve and build the prompt.
-
-    Raises the :mod:`apps.chat.limits` errors (shown in the envelope) before
-    anything is saved or any model is called. ``conversation`` is the caller's
-    conversation as read by ``selectors.conversation_get(..., count_questions=True)``,
-    or its id: then it is looked up (``Http404`` if it is not the
-    caller's) while the passages are already being retrieved, after the
-    per-minute limit counted the question. If retrieval fails after the rows
-    were saved, the answer is recorded as an error and the exception propagates.
-    ``query_vector``: :func:`embed_question_soon` of this ``question``, started by a
-    caller that had other work to do first (the embedding then runs meanwhile).
-    """
-    question = limits.check_question(question)
-    _check_caller(conversation, user=user, session_key=session_key)
-    limits.take_rate_slot(user=user, session_key=session_key or "")
-    route = settings.CHAT_ROUTE
-    # The conversation is looked up (Http404 if it is not the caller's) and the rows written
-    # while this thread retrieves, as the asking user: visibility is decided inside the search SQL.
-    bookkeeping = _start_bookkeeping(conversation=conversation, user=user, session_key=session_key,
-                                     question=question, route=route)
-    try:
-        retrieving = time.perf_counter()
-        passages = _passages(question=question, user=user, query_vector=query_vector)
-        retrieval_ms = _elapsed_ms(retrieving)
-        saved = bookkeeping.result()
-        prompt = build_prompt(question=question, passages=passages, history=saved.history, route=route)
-    except Exception as exc:
-        saved = bookkeeping.result()  # re-raises its own error (404, limits): nothing was saved then
-        answer_finish(message_id=saved.message_id, content="", status=Message.Status.ERROR, citations=[],
-                      error=f"retrieval failed: {type(exc).__name__}")
-        raise
-    return _prepared(saved, question=question, prompt=prompt, route=route, user=user, retrieval_ms=retrieval_ms)
-
-
 async def aanswer_prepare(*, conversation: int, user, session_key: str | None, question: str,
                           query_vector: asyncio.Future | None = None) -> PreparedAnswer:
-    """:func:`answer_prepare` for async views (the chat page's stream), on the event loop.
+    """Check the limits, save the question, retrieve and build the prompt, on the event loop
+    (the chat page's stream; the API's, from its DRF view's thread through ``async_to_sync``).
 
-    The same checks, statements and errors, in the same order; the bookkeeping statement and
-    the retrieval run at once on two pooled connections (:mod:`apps.core.adb`), the per-minute
-    count through the loop's Redis client, the query embedding (``query_vector``: the
-    :func:`aembed_question_soon` task) on the loop too with an HTTP backend: no thread takes
-    turns with the event loop on the GIL.
+    Raises the :mod:`apps.chat.limits` errors (shown in the envelope) before anything is saved
+    or any model is called. ``conversation`` (an id) is looked up (``Http404`` if it is not the
+    caller's) while the passages are already being retrieved, after the per-minute limit
+    counted the question: the bookkeeping statement and the retrieval run at once on two
+    pooled connections (:mod:`apps.core.adb`), the per-minute count through the loop's Redis
+    client, the query embedding (``query_vector``: the :func:`aembed_question_soon` task, started
+    by a caller that had other work to do first) on the loop too with an HTTP backend. If
+    retrieval fails after the rows were saved, the answer is recorded as an error and the
+    exception propagates.
     """
     question = limits.check_question(question)
-    _check_caller(conversation, user=user, session_key=session_key)
+    _check_caller(user=user, session_key=session_key)
     await limits.atake_rate_slot(user=user, session_key=session_key or "")
     route = settings.CHAT_ROUTE
     bookkeeping = asyncio.ensure_future(_abookkeeping(conversation=conversation, user=user, session_key=session_key,
@@ -317,10 +236,8 @@ def _elapsed_ms(since: float) -> float:
     return round((time.perf_counter() - since) * 1000, 2)
 
 
-def _check_caller(conversation: Conversation | int, *, user, session_key: str | None) -> None:
-    if isinstance(conversation, Conversation):
-        limits.check_conversation_size(conversation.questions_asked)
-    elif not (session_key or getattr(user, "is_authenticated", False)):
+def _check_caller(*, user, session_key: str | None) -> None:
+    if not (session_key or getattr(user, "is_authenticated", False)):
         raise Http404("No such conversation.")  # nobody to own it: not worth a retrieval
 
 
@@ -335,17 +252,10 @@ def _prepared(saved: _Bookkeeping, *, question: str, prompt: Prompt, route: str,
                           sources=[p.source() for p in prompt.passages], retrieval_ms=retrieval_ms)
 
 
-def answer_finish(*, message_id: int, content: str, status: str, citations: list[dict], error: str = "",
-                  provider: str = "", model: str = "", prompt_tokens: int = 0, completion_tokens: int = 0,
-                  cost: Decimal | None = None, ttft_ms: float | None = None, latency_ms: float | None = None,
-                  cached: bool = False, usage_record_id: str = "", sources: list[dict] | None = None) -> None:
-    """Record the end of a streamed answer (complete, partial or error) and the passages it was shown."""
-    Message.objects.filter(pk=message_id).update(**_finished(**locals()))
-
-
 async def aanswer_finish(*, message_id: int, **fields) -> None:
-    """:func:`answer_finish` from async code (the end of every stream), as one prepared
-    ``UPDATE`` on the event loop (apps.core.adb): no thread, no query compiled per answer."""
+    """Record the end of a streamed answer (complete, partial or error) and the passages it was
+    shown (:func:`_finished`), as one prepared ``UPDATE`` on the event loop (apps.core.adb): no
+    thread, no query compiled per answer."""
     values = _finished(message_id=message_id, **fields)
     names = sorted(values)
     opts = Message._meta

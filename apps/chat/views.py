@@ -11,26 +11,26 @@ import json
 import time
 
 from django.conf import settings
-from django.core.exceptions import SuspiciousOperation
-from django.http import Http404, JsonResponse
+from django.http import JsonResponse
 from django.http.response import HttpResponseBase
 from django.middleware.csrf import CsrfViewMiddleware
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
-from rest_framework.exceptions import APIException
 
 from apps.chat import selectors, services
 from apps.chat.streaming import is_extractive
 from apps.chat.web import (
+    REFUSALS,
     answer_response,
     apply_session_and_user,
     forget_request_state,
+    question_from,
+    readable_early,
+    refusal_response,
     session_key_for,
     start_conversation,
 )
-from apps.core import parsers
-from apps.core.exceptions import envelope, error_response, refused_request_error
 from apps.llm.services import route_config
 
 CONVERSATIONS_SHOWN = 50
@@ -83,31 +83,7 @@ def chat_delete(request, pk: int):
     return redirect("chat:index")
 
 
-def _question_from(request):
-    """The question as sent (a JSON body's may be any type: ``limits.check_question`` says what is wrong)."""
-    if request.content_type == "application/json":
-        try:
-            body = parsers.loads(request.body or b"{}")
-        except ValueError:
-            return ""
-        return body.get("question", "") if isinstance(body, dict) else ""
-    return request.POST.get("question", "")
-
-
 _csrf = CsrfViewMiddleware(lambda request: None)
-
-
-def _content_length(request) -> float:
-    """The declared body size; unknown counts as too big to read early."""
-    try:
-        return int(request.META["CONTENT_LENGTH"])
-    except (KeyError, ValueError):
-        return float("inf")
-
-
-def _early_body_limit() -> int:
-    """The largest body that can hold a question of CHAT_MAX_QUESTION_CHARS (JSON-escaped)."""
-    return settings.CHAT_MAX_QUESTION_CHARS * 6 + 1024
 
 
 async def _apply_request_middleware(request):
@@ -128,7 +104,7 @@ async def _prepare(request, pk: int, question: str | None, query_vector):
         # The conversation is looked up while its passages are retrieved (Http404 if it is not the caller's).
         return await services.aanswer_prepare(conversation=pk, user=request.user,
                                               session_key=session_key_for(request, create=False),
-                                              question=_question_from(request) if question is None else question,
+                                              question=question_from(request) if question is None else question,
                                               query_vector=query_vector)
     finally:
         if query_vector is not None and not query_vector.done():
@@ -149,17 +125,13 @@ async def message_stream(request, pk: int):
     # body too big to hold a valid question is parsed (and refused) there.
     question = query_vector = None
     try:
-        if settings.SESSION_COOKIE_NAME in request.COOKIES and _content_length(request) <= _early_body_limit():
-            question = _question_from(request)
+        if settings.SESSION_COOKIE_NAME in request.COOKIES and readable_early(request):
+            question = question_from(request)
             query_vector = services.aembed_question_soon(question)
         prepared = await _prepare(request, pk, question, query_vector)
         if isinstance(prepared, HttpResponseBase):  # CSRF refusal
             return prepared
         forget_request_state(request)
-    except Http404:
-        return JsonResponse(envelope("not_found", "No such conversation.", request=request), status=404)
-    except SuspiciousOperation as exc:  # a body Django refused to read (too big, too many fields)
-        return error_response(refused_request_error(exc), request)
-    except APIException as exc:
-        return error_response(exc, request)
+    except REFUSALS as exc:  # not the caller's conversation, a limit, a body Django refused to read
+        return refusal_response(exc, request)
     return answer_response(prepared, started=started)

@@ -8,10 +8,14 @@ from importlib import import_module
 
 from django.conf import settings
 from django.contrib.auth import aget_user
-from django.http import StreamingHttpResponse
+from django.core.exceptions import SuspiciousOperation
+from django.http import Http404, JsonResponse, StreamingHttpResponse
+from rest_framework.exceptions import APIException
 
 from apps.chat.services import PreparedAnswer, conversation_create
 from apps.chat.streaming import answer_events
+from apps.core import parsers
+from apps.core.exceptions import envelope, error_response, refused_request_error
 
 SESSION_MARK = "quire_chat"
 
@@ -64,6 +68,29 @@ def forget_request_state(request) -> None:
     request.META = {name: request.META[name] for name in _META_KEPT if name in request.META}
 
 
+def question_from(request):
+    """The question as sent (a JSON body's may be any type: ``limits.check_question`` says what is wrong)."""
+    if request.content_type == "application/json":
+        try:
+            body = parsers.loads(request.body or b"{}")
+        except ValueError:
+            return ""
+        return body.get("question", "") if isinstance(body, dict) else ""
+    return request.POST.get("question", "")
+
+
+def readable_early(request) -> bool:
+    """Whether the body may be read before the caller is authenticated, to start the question's
+    query embedding meanwhile: its declared size could hold a valid question (a bigger one, or
+    one of unknown size, is read and refused by the view as usual)."""
+    try:
+        length = int(request.META["CONTENT_LENGTH"])
+    except (KeyError, ValueError):
+        return False
+    # The largest body that can hold a question of CHAT_MAX_QUESTION_CHARS (JSON-escaped).
+    return length <= settings.CHAT_MAX_QUESTION_CHARS * 6 + 1024
+
+
 def session_key_for(request, *, create: bool) -> str | None:
     """The anonymous caller's session key (created on demand so conversations can be scoped to it)."""
     session = request.session
@@ -85,6 +112,21 @@ def event_stream_response(events: AsyncIterator[bytes]) -> StreamingHttpResponse
     response["X-Accel-Buffering"] = "no"
     response["Content-Encoding"] = "identity"
     return response
+
+
+# What a question may be refused with before its stream starts: not the caller's conversation, a
+# limit or an invalid question (APIException), a body Django would not read (SuspiciousOperation).
+REFUSALS = (Http404, APIException, SuspiciousOperation)
+
+
+def refusal_response(exc: Exception, request) -> JsonResponse:
+    """The JSON envelope answering one of :data:`REFUSALS` (the stream's script and API clients
+    read it), with its status."""
+    if isinstance(exc, Http404):
+        return JsonResponse(envelope("not_found", "No such conversation.", request=request), status=404)
+    if isinstance(exc, SuspiciousOperation):
+        return error_response(refused_request_error(exc), request)
+    return error_response(exc, request)
 
 
 def answer_response(prepared: PreparedAnswer, *, started: float | None = None) -> StreamingHttpResponse:

@@ -22,6 +22,8 @@ finish closing with a pool's background tasks on it.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import functools
 
 import psycopg
@@ -112,7 +114,11 @@ async def run_sync(func, /, *args, **kwargs):
     again when it returns, and that thread's connection goes back to Django's pool then: not on
     asgiref's one shared thread, where every caller would wait for the one before, nor on a
     thread kept for the caller's whole request, as Django's regular handler keeps one (its
-    ``ThreadSensitiveContext``) until the response ends - for a streamed answer, minutes.
+    ``ThreadSensitiveContext``) until the response ends - for a streamed answer, minutes. It
+    runs in a copy of the caller's context (log fields, traces) that is dropped afterwards:
+    ``sync_to_async`` would copy the thread's context variables back into the caller's, and
+    Django's connection object is one of them (per context in async code): a request that
+    then streams for minutes would keep it, about 4 KB.
     Elsewhere (``DB_ASYNC_POOL = None``: tests inside a transaction; a short-lived loop) it runs
     in the caller's thread, as ``sync_to_async`` does, so it sees the caller's transaction.
     """
@@ -125,7 +131,7 @@ async def run_sync(func, /, *args, **kwargs):
         finally:
             release_connection()
 
-    return await sync_to_async(call, thread_sensitive=False)()
+    return await asyncio.get_running_loop().run_in_executor(None, contextvars.copy_context().run, call)
 
 
 async def afetch_prepared(sql: str, params: list, *, setup: tuple[str, list] | None = None) -> list[tuple]:

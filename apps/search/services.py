@@ -5,8 +5,8 @@ Public face (used by the pages, the API, evaluation and chat):
 
 * :func:`hybrid_search` — documents (best chunk per document) with snippet, facets, total;
 * :func:`retrieve_passages` — the best chunks for RAG (at most a few per document);
-  :func:`embed_query_soon` starts its query embedding early (chat does, while it loads the session);
-  :func:`aretrieve_passages` and :func:`aembed_query_soon` do the same for async code, on the event loop;
+  :func:`aretrieve_passages` does the same for async code, on the event loop, and
+  :func:`aembed_query_soon` starts its query embedding early (chat does, while it checks the caller);
 * :func:`similar_documents` — "more like this" from a document's vectors.
 
 How the keyword side works: ``search_posting`` (kept current by triggers on
@@ -23,11 +23,8 @@ import asyncio
 import contextlib
 import html
 import re
-import threading
 import time
-import weakref
 from array import array
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
 
@@ -491,47 +488,11 @@ def hybrid_search(
 
 
 # --- retrieve_passages -----------------------------------------------------------------
-# Query embeddings started ahead of the retrieval (see embed_query_soon): an HTTP round
-# trip or a model run that needs nothing of the caller but the text.
-_embedding_threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="query-embedding")
-# At most this many of them held at once (started, and not yet dropped by their request).
-# Under a backlog, requests wait for the thread that loads their session, each holding its
-# vector, which was ready long before it is read: past the bound they embed inline instead.
-QUERY_EMBEDDINGS_AHEAD = 32
-_ahead_slots = threading.BoundedSemaphore(QUERY_EMBEDDINGS_AHEAD)
-
-
-def _embed_query_compact(text: str) -> array | None:
-    vector = _embed_query(text)
-    return None if vector is None else array("d", vector)  # 3 KB instead of 384 float objects (12 KB)
-
-
 def _text_to_embed(query: str, mode: str) -> str | None:
     """What retrieval would embed for ``query`` in ``mode``, or None (no semantic side, empty query)."""
     _check_mode(mode)
     parsed = parse_query(query)
     return None if parsed.is_empty or mode == "keyword" else parsed.text
-
-
-def embed_query_soon(query: str, *, mode: str = "hybrid") -> Future | None:
-    """Start embedding ``query`` as :func:`retrieve_passages` would, on a worker thread.
-
-    For a caller that still has work to do before it can retrieve (chat loads the
-    session and user meanwhile): pass the future as ``retrieve_passages(query_vector=...)``.
-    Its result is the vector, or None if the embedding backend is unavailable (retrieval
-    then degrades as usual). Returns None when nothing was started: ``mode`` has no
-    semantic side, the query is empty, or QUERY_EMBEDDINGS_AHEAD are held already.
-    """
-    text = _text_to_embed(query, mode)
-    if text is None or not _ahead_slots.acquire(blocking=False):
-        return None
-    try:
-        future = _embedding_threads.submit(_embed_query_compact, text)
-    except BaseException:
-        _ahead_slots.release()
-        raise
-    weakref.finalize(future, _ahead_slots.release)  # when the request lets go of it
-    return future
 
 
 @dataclass
@@ -620,20 +581,18 @@ def _passages_from(rows: list[tuple]) -> list[Passage]:
     ]
 
 
-def retrieve_passages(*, query: str, user, limit: int = 8, mode: str = "hybrid",
-                      query_vector: Future | None = None) -> list[Passage]:
+def retrieve_passages(*, query: str, user, limit: int = 8, mode: str = "hybrid") -> list[Passage]:
     """The best chunks for ``query`` visible to ``user`` (for RAG), best first.
 
     Not grouped per document, but at most two chunks of any one document.
     Scores: hybrid = RRF of chunk ranks, keyword = BM25, semantic = cosine similarity.
-    ``query_vector``: the :func:`embed_query_soon` future of this very ``query`` and ``mode``.
     """
     q = _passage_query(query=query, user=user, limit=limit, mode=mode)
     if q is None:
         return []
     started, vector = time.perf_counter(), None
     if mode != "keyword":
-        vector = query_vector.result() if query_vector is not None else _embed_query(q.parsed.text)
+        vector = _embed_query(q.parsed.text)
         started = _observe_passages("vector", started)
     statement = _passage_statement(q, vector)
     if statement is None:
@@ -666,11 +625,14 @@ async def _aembed_query_compact(text: str) -> array | None:
 
 
 def aembed_query_soon(query: str, *, mode: str = "hybrid") -> asyncio.Task | None:
-    """:func:`embed_query_soon` for async callers: a task on the running loop, for
-    ``aretrieve_passages(query_vector=...)``. The backend's ``aembed_query`` runs there: an
-    HTTP backend's request goes out on the loop itself, so no thread takes turns with the loop
-    on the GIL meanwhile (a local model still runs in a thread). Returns None when nothing was
-    started (``mode`` has no semantic side, or the query is empty)."""
+    """Start embedding ``query`` as :func:`aretrieve_passages` would, as a task on the running
+    loop, for a caller that still has work to do before it can retrieve (chat checks the caller
+    meanwhile): pass it as ``aretrieve_passages(query_vector=...)``. Its result is the vector, or
+    None if the embedding backend is unavailable (retrieval then degrades as usual). The
+    backend's ``aembed_query`` runs on the loop: an HTTP backend's request goes out there, so no
+    thread takes turns with the loop on the GIL meanwhile (a local model runs in threads of its
+    own). Returns None when nothing was started (``mode`` has no semantic side, or the query is
+    empty)."""
     text = _text_to_embed(query, mode)
     return None if text is None else asyncio.ensure_future(_aembed_query_compact(text))
 

@@ -45,9 +45,10 @@ def first(events, kind: str):
     return next(data for event, data in events if event == kind)
 
 
-def ask(path: str, question: str | None, *, user=None, client: AsyncClient | None = None, body: str | None = None):
-    """POST ``question`` (or the raw JSON ``body``) in-process; returns ``(response, events)``
-    (events empty for JSON errors)."""
+def ask(path: str, question: str | None, *, user=None, client: AsyncClient | None = None, body: str | None = None,
+        headers: dict | None = None):
+    """POST ``question`` (or the raw JSON ``body``) in-process, with ``headers`` (e.g. an API token's
+    Authorization); returns ``(response, events)`` (events empty for JSON errors)."""
 
     async def go():
         nonlocal client
@@ -56,7 +57,7 @@ def ask(path: str, question: str | None, *, user=None, client: AsyncClient | Non
             await client.aforce_login(user)
         response = await client.post(path, {"question": question} if body is None else body,
                                      content_type="application/json",
-                                     headers={"accept": "text/event-stream"})
+                                     headers={"accept": "text/event-stream", **(headers or {})})
         if not response.streaming:
             return response, []
         raw = b"".join([chunk async for chunk in response.streaming_content])

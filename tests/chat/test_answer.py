@@ -173,28 +173,22 @@ def test_without_any_llm_the_extractive_backend_answers_and_says_so(no_llm, read
     assert b"Extractive answer" in page.content
 
 
-def _prepare_on_the_loop(**kwargs):
+def _prepare(**kwargs):
+    """What both streams (the page's and the API's) run before the model is called."""
     from apps.chat import services
     from apps.llm.testing import run
 
     return run(services.aanswer_prepare, **kwargs)
 
 
-def _prepare_in_a_thread(**kwargs):
-    from apps.chat import services
-
-    return services.answer_prepare(**kwargs)
-
-
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.parametrize("prepare", [_prepare_in_a_thread, _prepare_on_the_loop], ids=["api", "page"])
-def test_a_failed_retrieval_keeps_the_question_and_an_error_answer(reader, settings, prepare):
-    """Committed rows: the conversation's bookkeeping runs on its own connection (a thread's for
-    the API, the event loop's pool for the page's stream)."""
+def test_a_failed_retrieval_keeps_the_question_and_an_error_answer(reader, settings):
+    """Committed rows: the conversation's bookkeeping runs on its own connection (the event
+    loop's pool)."""
     settings.CHAT_RETRIEVAL_MODE = "nonsense"  # refused inside retrieve_passages: a real failure of the retrieval
     conversation = ConversationFactory(owner=reader)
     with pytest.raises(ValueError):
-        prepare(conversation=conversation.pk, user=reader, session_key=None, question="What causes tides?")
+        _prepare(conversation=conversation.pk, user=reader, session_key=None, question="What causes tides?")
     answer = conversation.messages.get(role=Message.Role.ASSISTANT)
     assert answer.status == Message.Status.ERROR and answer.error == "retrieval failed: ValueError"
     assert conversation.messages.get(role=Message.Role.USER).content == "What causes tides?"
@@ -204,11 +198,9 @@ def test_a_failed_retrieval_keeps_the_question_and_an_error_answer(reader, setti
 def test_someone_elses_conversation_is_refused_before_anything_is_saved(reader, tides):
     from django.http import Http404
 
-    from apps.chat import services
-
     theirs = ConversationFactory(owner=UserFactory())
     with pytest.raises(Http404):
-        services.answer_prepare(conversation=theirs.pk, user=reader, session_key=None, question="What causes tides?")
+        _prepare(conversation=theirs.pk, user=reader, session_key=None, question="What causes tides?")
     assert not Message.objects.exists()
 
 
@@ -218,7 +210,6 @@ def test_the_conversation_is_checked_read_and_written_in_one_statement(reader, t
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    from apps.chat import services
     from tests.factories.chat import MessageFactory
 
     settings.CHAT_HISTORY_MESSAGES = 3
@@ -230,8 +221,8 @@ def test_the_conversation_is_checked_read_and_written_in_one_statement(reader, t
         MessageFactory(conversation=conversation, role=role, content=content, status=status)
 
     with CaptureQueriesContext(connection) as queries:
-        prepared = services.answer_prepare(conversation=conversation.pk, user=reader, session_key=None,
-                                           question="What causes tides?")
+        prepared = _prepare(conversation=conversation.pk, user=reader, session_key=None,
+                            question="What causes tides?")
     assert len(queries) == 2, [q["sql"][:60] for q in queries]  # retrieval (terms included), the conversation
     assert [(t["role"], t["content"]) for t in prepared.prompt.history] == [
         ("user", "why?"), ("user", "last question"), ("assistant", "Last answer.")]  # no error, no empty turn
@@ -244,7 +235,6 @@ def test_the_conversation_is_checked_read_and_written_in_one_statement(reader, t
 
 
 def test_a_full_conversation_refuses_the_question_and_writes_nothing(reader, tides, settings):
-    from apps.chat import services
     from apps.chat.limits import ConversationFull
     from tests.factories.chat import MessageFactory
 
@@ -252,7 +242,7 @@ def test_a_full_conversation_refuses_the_question_and_writes_nothing(reader, tid
     conversation = ConversationFactory(owner=reader)
     MessageFactory(conversation=conversation, role="user", content="first")
     with pytest.raises(ConversationFull):
-        services.answer_prepare(conversation=conversation.pk, user=reader, session_key=None, question="second")
+        _prepare(conversation=conversation.pk, user=reader, session_key=None, question="second")
     assert conversation.messages.count() == 1
     conversation.refresh_from_db()
     assert conversation.title == ""
@@ -270,6 +260,7 @@ def test_two_questions_racing_for_the_last_place_admit_one(reader, settings):
     from apps.chat import services
     from apps.chat.limits import ConversationFull
     from apps.chat.models import Conversation
+    from apps.llm.testing import run
     from tests.factories.chat import MessageFactory
 
     settings.CHAT_MAX_QUESTIONS_PER_CONVERSATION = 2
@@ -289,8 +280,8 @@ def test_two_questions_racing_for_the_last_place_admit_one(reader, settings):
 
     def ask(question):
         try:
-            outcomes.append(services._bookkeeping(conversation=conversation.pk, user=reader, session_key=None,
-                                                  question=question, route="chat"))
+            outcomes.append(run(services._abookkeeping, conversation=conversation.pk, user=reader, session_key=None,
+                                question=question, route="chat"))
         except ConversationFull as exc:
             outcomes.append(exc)
         finally:
@@ -393,7 +384,10 @@ def test_the_end_of_an_answer_is_written_the_same_from_the_event_loop(reader):
                   cost=Decimal("0.00012345"), ttft_ms=12.5, latency_ms=80.25, cached=True, usage_record_id="u" * 70,
                   sources=[{"n": 1, "title": "Tides", "document_id": 7}])
     written = {}
-    for name, finish in (("thread", services.answer_finish), ("loop", None)):
+    def orm_update(*, message_id, **fields):  # what the ORM writes of the same values
+        Message.objects.filter(pk=message_id).update(**services._finished(message_id=message_id, **fields))
+
+    for name, finish in (("orm", orm_update), ("loop", None)):
         message = MessageFactory(conversation=conversation, role="assistant", content="", status="partial",
                                  sources=[{"kept": True}])
         if finish is None:
@@ -402,7 +396,7 @@ def test_the_end_of_an_answer_is_written_the_same_from_the_event_loop(reader):
             finish(message_id=message.pk, **fields)
         message.refresh_from_db()
         written[name] = {f: getattr(message, f) for f in (*fields, "route")}
-    assert written["loop"] == written["thread"]
+    assert written["loop"] == written["orm"]
     assert len(written["loop"]["error"]) == 2000 and written["loop"]["completion_tokens"] == 0
     assert written["loop"]["cost"] == Decimal("0.00012345") and written["loop"]["sources"][0]["title"] == "Tides"
 

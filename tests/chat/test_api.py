@@ -239,3 +239,41 @@ def test_openapi_describes_the_stream_and_its_events(client):
         assert event in post["description"]
     components = schema["components"]["schemas"]
     assert {"MetaEvent", "TokenEvent", "CitationsEvent", "DoneEvent", "ErrorEvent"} <= set(components)
+
+
+def test_the_api_question_is_embedded_while_the_caller_is_checked(reader, llm, monkeypatch):
+    """As on the page, the question's query embedding starts before DRF authenticates and
+    checks the caller, and the retrieval uses that very vector; a caller without credentials
+    gets none started (its request is refused or anonymous, nothing to overlap)."""
+    from rest_framework.authtoken.models import Token
+
+    from apps.chat import services
+    from tests.factories.search import indexed_document
+
+    started = []
+    real = services.aembed_question_soon
+
+    def spy(question):
+        task = real(question)
+        started.append((question, task))
+        return task
+
+    monkeypatch.setattr(services, "aembed_question_soon", spy)
+    tides = indexed_document(title="Tides", body="Tides are caused by the gravity of the Moon and the Sun.")
+    llm.configure(text="The Moon [1].")
+    conversation = ConversationFactory(owner=reader)
+    token = Token.objects.create(user=reader)
+    auth = {"authorization": f"Token {token.key}"}
+    response, events = ask(f"/api/v1/chat/conversations/{conversation.pk}/messages", "What causes tides?",
+                           headers=auth)
+    assert response.status_code == 200, response.content
+    assert first(events, "meta")["sources"][0]["document_id"] == tides.pk
+    assert [question for question, _ in started] == ["What causes tides?"]
+    assert started[0][1].done() and not started[0][1].cancelled()  # read by the retrieval
+
+    refused = ask(f"/api/v1/chat/conversations/{ConversationFactory(owner=UserFactory()).pk}/messages",
+                  "What causes tides?", headers=auth)[0]
+    assert refused.status_code == 404 and started[-1][1].done()  # not the caller's: nothing left pending
+    anonymous = ask(f"/api/v1/chat/conversations/{conversation.pk}/messages", "tides?")[0]
+    assert anonymous.status_code == 404  # no credentials: an anonymous caller without a session owns nothing
+    assert len(started) == 2

@@ -1,7 +1,6 @@
 """Semantic side, fusion, filters, facets, passages and the HNSW plan."""
 
 import datetime as dt
-import time
 
 import pytest
 from django.db import connection
@@ -9,7 +8,6 @@ from django.db import connection
 from apps.search.services import (
     PASSAGE_CANDIDATES,
     SearchFilters,
-    embed_query_soon,
     hybrid_search,
     retrieve_passages,
     similar_documents,
@@ -97,30 +95,24 @@ def test_retrieve_passages_returns_chunks_at_most_two_per_document():
     assert passages == sorted(passages, key=lambda p: -p.score)
 
 
-def test_retrieve_passages_takes_an_embedding_started_ahead():
+@pytest.mark.django_db(transaction=True)
+def test_aretrieve_passages_takes_an_embedding_started_ahead():
+    from apps.llm.testing import run
+    from apps.search.services import aembed_query_soon, aretrieve_passages
+
     indexed_document(title="Glaciers", body="Glaciers carve U-shaped valleys over millennia.")
     indexed_document(title="Tides", body="Tides follow the moon.")
     question = "How do glaciers shape valleys?"
-    ahead = embed_query_soon(question)
-    assert [p.chunk_id for p in retrieve_passages(query=question, user=None, query_vector=ahead)] == \
-        [p.chunk_id for p in retrieve_passages(query=question, user=None)]
-    assert embed_query_soon(question, mode="keyword") is None  # nothing to embed for keyword mode
 
+    async def ahead(mode):
+        task = aembed_query_soon(question, mode=mode)
+        passages = await aretrieve_passages(query=question, user=None, mode=mode, query_vector=task)
+        return task, passages
 
-def test_embeddings_started_ahead_are_bounded_and_released_with_their_request():
-    import gc
-
-    from apps.search import services
-
-    gc.collect()  # futures of earlier requests caught in reference cycles let go of their slots
-    held = [embed_query_soon(f"glaciers {i}") for i in range(services.QUERY_EMBEDDINGS_AHEAD)]
-    assert all(held) and embed_query_soon("one too many") is None  # the caller embeds inline then
-    assert len(held[0].result()) == 384
-    del held[0]  # a request letting go of its future frees its slot (once the worker thread has too)
-    deadline = time.monotonic() + 2
-    while (room := embed_query_soon("now there is room")) is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert room is not None
+    task, passages = run(ahead, "hybrid")
+    assert task.done() and len(task.result()) == 384
+    assert [p.chunk_id for p in passages] == [p.chunk_id for p in retrieve_passages(query=question, user=None)]
+    assert run(ahead, "keyword")[0] is None  # nothing to embed for keyword mode
 
 
 def test_hybrid_with_no_query_term_in_the_corpus_ranks_and_scores_as_semantic():
