@@ -175,8 +175,12 @@ def test_the_api_stream_answers_token_callers_and_keeps_the_envelope(app_server,
         bad_token = client.post(f"/api/v1/chat/conversations/{mine.pk}/messages", json={"question": "hi"},
                                 headers={"Authorization": "Token nope"})
         assert bad_token.status_code == 401 and bad_token.json()["error"]["code"] == "authentication_failed"
+        form = client.post(f"/api/v1/chat/conversations/{mine.pk}/messages", data={"question": "tides, again?"},
+                           headers=auth)  # a form body: DRF parses it, no early embedding
+        assert form.status_code == 200 and "event: done" in form.text
         listed = client.get(f"/api/v1/chat/conversations/{mine.pk}/messages", headers=auth)
-        assert listed.status_code == 200 and [m["role"] for m in listed.json()["results"]] == ["user", "assistant"]
+        assert listed.status_code == 200
+        assert [m["role"] for m in listed.json()["results"]] == ["user", "assistant", "user", "assistant"]
 
 
 def test_an_open_api_stream_keeps_no_thread(app_server, fake_upstream):
