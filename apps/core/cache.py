@@ -29,3 +29,13 @@ class RedisCache(DjangoRedisCache):
             if client is None:
                 client = _clients[key] = self._class(self._servers, **self._options)
         return client
+
+    def count(self, key: str, timeout: int) -> int:
+        """Add one to the counter ``key`` (made if missing, expiring ``timeout`` seconds after
+        its latest count) and return it: INCR and EXPIRE in one round trip (rate limits)."""
+        key = self.make_and_validate_key(key)
+        with self._cache.get_client(key, write=True).pipeline(transaction=False) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, int(timeout))
+            value, _ = pipe.execute()
+        return int(value)
