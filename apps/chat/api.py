@@ -95,9 +95,9 @@ class ChatAPIMixin:
             return None
         return session_key_for(self.request, create=create)
 
-    def get_conversation(self, *, count_questions: bool = False):
+    def get_conversation(self):
         return selectors.conversation_get(conversation_id=self.kwargs["pk"], user=self.request.user,
-                                          session_key=self.session_key(), count_questions=count_questions)
+                                          session_key=self.session_key())
 
 
 @extend_schema(tags=["chat"])
@@ -211,9 +211,11 @@ _messages_api = ConversationMessagesAPI.as_view()
 
 
 def _rendered(view, request, **kwargs):
+    """``view``'s response, rendered if it is DRF's (a refusal's envelope): in the view's thread,
+    not in the extra thread hop Django's handler would make for it."""
     response = view(request, **kwargs)
     if callable(getattr(response, "render", None)):
-        response.render()  # an error envelope: rendered here, not in another thread hop
+        response.render()
     return response
 
 

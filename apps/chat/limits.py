@@ -8,9 +8,7 @@ id, an anonymous reader by session key.
 from __future__ import annotations
 
 import time
-from functools import cache
 
-import redis
 from django.conf import settings
 from rest_framework import status
 
@@ -34,11 +32,6 @@ class ConversationFull(QuireAPIError):
     status_code = status.HTTP_409_CONFLICT
     default_code = "conversation_full"
     default_detail = "This conversation has reached its message limit; start a new one."
-
-
-@cache
-def _redis() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL)
 
 
 def check_question(question) -> str:
@@ -91,21 +84,9 @@ def _check_count(count: int, limit: int, now: float) -> None:
             details={"retry_after": retry_after, "limit_per_minute": limit})
 
 
-def take_rate_slot(*, user, session_key: str) -> None:
-    """Count one question against the caller's per-minute allowance, or raise 429."""
-    window = _rate_window(user=user, session_key=session_key)
-    if window is None:
-        return
-    key, limit, now = window
-    pipe = _redis().pipeline()
-    pipe.incr(key)
-    pipe.expire(key, 70)
-    count, _ = pipe.execute()
-    _check_count(count, limit, now)
-
-
 async def atake_rate_slot(*, user, session_key: str) -> None:
-    """:func:`take_rate_slot` for async code: the same counter, through the loop's Redis client."""
+    """Count one question against the caller's per-minute allowance, or raise 429 (through the
+    loop's Redis client)."""
     window = _rate_window(user=user, session_key=session_key)
     if window is None:
         return

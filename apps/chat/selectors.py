@@ -65,22 +65,13 @@ def conversation_list(*, user, session_key: str | None) -> QuerySet[Conversation
     return owned_conversations(user=user, session_key=session_key).annotate(message_count=Count("messages"))
 
 
-def conversation_get(*, conversation_id: int, user, session_key: str | None,
-                     count_questions: bool = False) -> Conversation:
-    """The caller's conversation ``conversation_id``, or ``Http404``.
-
-    ``count_questions``: also read the questions asked so far, as ``questions_asked``
-    (same query; answering a question checks it against the limit).
-    """
+def conversation_get(*, conversation_id: int, user, session_key: str | None) -> Conversation:
+    """The caller's conversation ``conversation_id``, or ``Http404``."""
     owner = _owner_q(user=user, session_key=session_key)
     if owner is None:
         raise Http404("No such conversation.")
-    conversations = Conversation.objects.all()
-    if count_questions:
-        conversations = conversations.annotate(
-            questions_asked=Count("messages", filter=Q(messages__role=Message.Role.USER)))
     try:
-        return conversations.get(owner, pk=conversation_id)
+        return Conversation.objects.get(owner, pk=conversation_id)
     except (Conversation.DoesNotExist, ValueError, TypeError, OverflowError):
         raise Http404("No such conversation.") from None
 

@@ -56,8 +56,8 @@ _META_KEPT = ("HTTP_HOST", "HTTP_X_FORWARDED_HOST", "HTTP_X_FORWARDED_PORT", "SE
 def forget_request_state(request) -> None:
     """Let go of what the stream no longer needs from the request (the handler keeps the
     request itself until the stream ends): the session and its decoded data, the user
-    (``prepared`` has it) and DRF's ``auth`` (the API token's row), the resolved URL, and the request's headers, cookies and body in
-    all their parsed forms, about 4 KB per open stream. What is read after the view returns
+    (``prepared`` has it) and DRF's ``auth`` (the API token's row), the resolved URL, and the
+    request's headers, cookies and body in all their parsed forms, about 4 KB per open stream. What is read after the view returns
     stays: ``method``, ``path`` and ``request_id`` (the request-id middleware's log line),
     what ``get_host()`` and ``build_absolute_uri()`` read (an error report sent to Sentry
     during the stream names the URL), the body's stream (``close()`` at the end closes it)
