@@ -224,3 +224,30 @@ def test_an_open_api_stream_keeps_no_thread(app_server, fake_upstream):
 
     with_8, with_32 = asyncio.run(main())
     assert with_32 - with_8 < 12, (with_8, with_32)  # the regular handler: one more thread per stream (24)
+
+
+def test_a_signed_in_session_needs_csrf_on_the_api_stream_too(app_server, fake_upstream):
+    """On the lean path the API's session authentication still checks CSRF (DRF's check, on the
+    user read on the loop): a cookie alone cannot make a signed-in reader ask."""
+    from django.conf import settings
+    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+
+    from apps.core.sessions import SessionStore
+
+    fake_upstream.configure(tokens=2, token_delay=0.0)
+    reader = UserFactory()
+    session = SessionStore()
+    session.update({SESSION_KEY: str(reader.pk), BACKEND_SESSION_KEY: settings.AUTHENTICATION_BACKENDS[0],
+                    HASH_SESSION_KEY: reader.get_session_auth_hash()})
+    session.save()
+    conversation = ConversationFactory(owner=reader)
+    url = f"{app_server.url}/api/v1/chat/conversations/{conversation.pk}/messages"
+    csrf = "a" * 32
+    cookies = {settings.SESSION_COOKIE_NAME: session.session_key, settings.CSRF_COOKIE_NAME: csrf}
+    forged = httpx.post(url, json={"question": "tides?"}, cookies=cookies, timeout=10)
+    assert forged.status_code == 403 and forged.json()["error"]["code"] == "permission_denied"
+    assert "CSRF" in forged.json()["error"]["message"]
+    asked = httpx.post(url, json={"question": "tides?"}, cookies=cookies, timeout=10,
+                       headers={"X-CSRFToken": csrf, "Referer": app_server.url + "/chat/", "accept": "text/event-stream"})
+    assert asked.status_code == 200 and "event: done" in asked.text
+    assert conversation.messages.filter(role=Message.Role.USER).count() == 1  # only the one with its token
