@@ -31,9 +31,12 @@ def test_without_prepared_statements_nothing_stays_on_the_connection():
     """DB_PREPARED_STATEMENTS=False leaves OPTIONS without prepare_threshold: Django's None."""
     connection.ensure_connection()
     raw = connection.connection
+    # Before prepared statements are switched off: psycopg then forgets the ones it made here too
+    # (with them off it would not, and a later test reusing this pooled connection would run a
+    # statement psycopg believes prepared and the server no longer has).
+    raw.execute("DEALLOCATE ALL")
     threshold, raw.prepare_threshold = raw.prepare_threshold, None
     try:
-        raw.execute("DEALLOCATE ALL")
         assert fetch_prepared(SQL, [1], setup=SETUP) == [("7MB", 2)]
         assert _prepared_statements() == []
     finally:
