@@ -34,13 +34,10 @@ from apps.chat.serializers import (
     TokenEventSerializer,
 )
 from apps.chat.web import (
-    REFUSALS,
-    answer_response,
     apply_session_and_user,
-    forget_request_state,
-    question_from,
-    readable_early,
-    refusal_response,
+    drop_unread,
+    embed_early,
+    prepared_stream,
     session_key_for,
     start_conversation,
 )
@@ -195,15 +192,13 @@ class QuestionAccepted(HttpResponse):
         self.question, self.user, self.session_key, self.started = question, user, session_key, started
 
     async def answer(self, request, pk: int, query_vector) -> HttpResponseBase:
-        try:
-            prepared = await services.aanswer_prepare(conversation=pk, user=self.user, session_key=self.session_key,
-                                                      question=self.question, query_vector=query_vector)
-        except REFUSALS as exc:
-            return refusal_response(exc, request)
-        response = answer_response(prepared, started=self.started)
-        for header in ("Allow", "Vary"):  # what DRF's view added
-            if header in self:
-                response[header] = self[header]
+        response = await prepared_stream(request, started=self.started, conversation=pk, user=self.user,
+                                         session_key=self.session_key, question=self.question,
+                                         query_vector=query_vector)
+        if response.streaming:
+            for header in ("Allow", "Vary"):  # what DRF's view added
+                if header in self:
+                    response[header] = self[header]
         return response
 
 
@@ -241,18 +236,13 @@ async def conversation_messages(request, pk: int):
     # the caller is authenticated, throttled and checked, as on the page. Only a caller with
     # credentials (a session cookie, an Authorization header) and a JSON body that can hold a
     # valid question gets one started.
-    query_vector = None
-    if ((settings.SESSION_COOKIE_NAME in request.COOKIES or "authorization" in request.headers)
-            and request.content_type == "application/json" and readable_early(request)):
-        query_vector = services.aembed_question_soon(question_from(request))
+    credentials = settings.SESSION_COOKIE_NAME in request.COOKIES or "authorization" in request.headers
+    _, query_vector = embed_early(request, credentials=credentials and request.content_type == "application/json")
     try:
         await apply_session_and_user(request)
         response = await run_sync(_rendered, _messages_api, request, pk=pk)
         if isinstance(response, QuestionAccepted):
             response = await response.answer(request, pk, query_vector)
     finally:
-        if query_vector is not None and not query_vector.done():
-            query_vector.cancel()  # refused before the retrieval read it
-    if response.streaming:
-        forget_request_state(request)  # kept by the handler as long as the stream lasts
+        drop_unread(query_vector)
     return response

@@ -12,7 +12,6 @@ import time
 
 from django.conf import settings
 from django.http import JsonResponse
-from django.http.response import HttpResponseBase
 from django.middleware.csrf import CsrfViewMiddleware
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -22,11 +21,11 @@ from apps.chat import selectors, services
 from apps.chat.streaming import is_extractive
 from apps.chat.web import (
     REFUSALS,
-    answer_response,
     apply_session_and_user,
-    forget_request_state,
+    drop_unread,
+    embed_early,
+    prepared_stream,
     question_from,
-    readable_early,
     refusal_response,
     session_key_for,
     start_conversation,
@@ -95,22 +94,6 @@ async def _apply_request_middleware(request):
     return _csrf.process_view(request, message_stream, (), {})
 
 
-async def _prepare(request, pk: int, question: str | None, query_vector):
-    """Session, auth, CSRF, limits, bookkeeping and retrieval, on the event loop."""
-    try:
-        refused = await _apply_request_middleware(request)
-        if refused is not None:
-            return refused
-        # The conversation is looked up while its passages are retrieved (Http404 if it is not the caller's).
-        return await services.aanswer_prepare(conversation=pk, user=request.user,
-                                              session_key=session_key_for(request, create=False),
-                                              question=question_from(request) if question is None else question,
-                                              query_vector=query_vector)
-    finally:
-        if query_vector is not None and not query_vector.done():
-            query_vector.cancel()  # refused before the retrieval read it
-
-
 @require_POST
 async def message_stream(request, pk: int):
     """``POST /chat/<id>/messages``: the answer as ``text/event-stream`` (see apps.chat.streaming).
@@ -123,15 +106,18 @@ async def message_stream(request, pk: int):
     # the session and user are read and the limits checked. Without a session cookie the
     # request is refused there (nobody to own the conversation), so none is started; a
     # body too big to hold a valid question is parsed (and refused) there.
-    question = query_vector = None
+    query_vector = None
     try:
-        if settings.SESSION_COOKIE_NAME in request.COOKIES and readable_early(request):
-            question = question_from(request)
-            query_vector = services.aembed_question_soon(question)
-        prepared = await _prepare(request, pk, question, query_vector)
-        if isinstance(prepared, HttpResponseBase):  # CSRF refusal
-            return prepared
-        forget_request_state(request)
+        question, query_vector = embed_early(request, credentials=settings.SESSION_COOKIE_NAME in request.COOKIES)
+        refused = await _apply_request_middleware(request)
+        if refused is not None:  # CSRF
+            return refused
+        # The conversation is looked up while its passages are retrieved (Http404 if it is not the caller's).
+        return await prepared_stream(request, started=started, conversation=pk, user=request.user,
+                                     session_key=session_key_for(request, create=False),
+                                     question=question_from(request) if question is None else question,
+                                     query_vector=query_vector)
     except REFUSALS as exc:  # not the caller's conversation, a limit, a body Django refused to read
         return refusal_response(exc, request)
-    return answer_response(prepared, started=started)
+    finally:
+        drop_unread(query_vector)

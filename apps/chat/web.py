@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from importlib import import_module
@@ -10,8 +11,10 @@ from django.conf import settings
 from django.contrib.auth import aget_user
 from django.core.exceptions import SuspiciousOperation
 from django.http import Http404, JsonResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from rest_framework.exceptions import APIException
 
+from apps.chat import services
 from apps.chat.services import PreparedAnswer, conversation_create
 from apps.chat.streaming import answer_events
 from apps.core import parsers
@@ -131,3 +134,33 @@ def refusal_response(exc: Exception, request) -> JsonResponse:
 
 def answer_response(prepared: PreparedAnswer, *, started: float | None = None) -> StreamingHttpResponse:
     return event_stream_response(answer_events(prepared, started=started or time.perf_counter()))
+
+
+def embed_early(request, *, credentials: bool) -> tuple[str | None, asyncio.Task | None]:
+    """The question, read before the caller is checked, and its query embedding started (a task
+    on this loop) to run meanwhile; ``(None, None)`` unless the caller brings ``credentials``
+    (without them it is refused or owns nothing: no embedding to overlap) and the body's
+    declared size can hold a valid question. Pass the task to :func:`prepared_stream` and to
+    :func:`drop_unread` once done."""
+    if not (credentials and readable_early(request)):
+        return None, None
+    question = question_from(request)
+    return question, services.aembed_question_soon(question)
+
+
+def drop_unread(query_vector: asyncio.Task | None) -> None:
+    """Cancel an early embedding that the retrieval never read (the question was refused)."""
+    if query_vector is not None and not query_vector.done():
+        query_vector.cancel()
+
+
+async def prepared_stream(request, *, started: float, **prepare) -> HttpResponseBase:
+    """:func:`apps.chat.services.aanswer_prepare` with ``prepare``, then the answer's stream,
+    having let go of the request's state the stream does not need; the refusal's envelope if
+    the question is refused (the chat page's and the API's questions alike)."""
+    try:
+        prepared = await services.aanswer_prepare(**prepare)
+    except REFUSALS as exc:
+        return refusal_response(exc, request)
+    forget_request_state(request)  # the handler keeps the request as long as the stream lasts
+    return answer_response(prepared, started=started)
