@@ -319,6 +319,8 @@ elif EMBEDDING_PROVIDER == "openai":
                 "MAX_TOKENS": env.int("EMBEDDING_MAX_TOKENS", default=256),
                 "TIMEOUT": env.float("EMBEDDING_TIMEOUT", default=30.0),
                 "BATCH_SIZE": env.int("EMBEDDING_BATCH_SIZE", default=64),
+                # base64 (float32 bytes, OpenAI's SDK default) or float (JSON numbers).
+                "ENCODING_FORMAT": env.str("EMBEDDING_ENCODING_FORMAT", default="base64"),
             },
         }
     }

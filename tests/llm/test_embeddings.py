@@ -4,7 +4,9 @@ start-up dimension check."""
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 import subprocess
 import sys
 import threading
@@ -140,6 +142,8 @@ def test_http_backend_batches_and_normalises(embeddings_server):
     assert len(embeddings_server.handler.requests) == 2  # batches of 2
     assert embeddings_server.handler.requests[0]["payload"]["input"] == ["a", "bbb"]
     assert embeddings_server.handler.requests[0]["auth"] == "Bearer sk-test"
+    # base64 asked for, as OpenAI's SDK does; this server ignores it and answers floats: read as well.
+    assert embeddings_server.handler.requests[0]["payload"]["encoding_format"] == "base64"
     assert all(abs(sum(x * x for x in v) - 1) < 1e-9 for v in vectors)
     assert vectors[1][0] > vectors[0][0]  # order kept
 
@@ -190,6 +194,37 @@ def test_http_backend_connection_refused_is_unavailable(embed):
     backend = http_backend(f"http://127.0.0.1:{free_port()}/v1", MAX_RETRIES=1)
     with pytest.raises(EmbeddingUnavailable, match="unreachable"):
         embed(backend, "x")
+
+
+def _base64_floats(values):
+    return base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
+
+
+@embed_query
+def test_http_backend_reads_base64_float32_vectors(embeddings_server, embed):
+    """A server that honours ``encoding_format: base64`` sends each vector as its little-endian
+    float32 bytes (a quarter of the JSON floats): decoded and normalised like floats."""
+    embeddings_server.handler.script = [(200, {}, {"data": [{"index": 0, "embedding": _base64_floats([3, 0, 4, 0])}]})]
+    assert embed(http_backend(embeddings_server.url), "x") == pytest.approx([0.6, 0.0, 0.8, 0.0])
+    assert embeddings_server.handler.requests[-1]["payload"]["encoding_format"] == "base64"
+
+    embeddings_server.handler.script = [(200, {}, {"data": [{"index": 0, "embedding": "not base64!"}]})]
+    with pytest.raises(EmbeddingBadResponse, match="malformed response"):
+        embed(http_backend(embeddings_server.url, MAX_RETRIES=0), "x")
+    embeddings_server.handler.script = [(200, {}, {"data": [{"index": 0, "embedding": "AAAA"}]})]  # 3 bytes
+    with pytest.raises(EmbeddingBadResponse, match="not float32s"):
+        embed(http_backend(embeddings_server.url, MAX_RETRIES=0), "x")
+    embeddings_server.handler.script = [(200, {}, {"data": [{"index": 0, "embedding": _base64_floats([1, 2])}]})]
+    with pytest.raises(EmbeddingBadResponse, match="returned 2-d vectors, configured for 4"):
+        embed(http_backend(embeddings_server.url), "x")
+
+
+def test_http_backend_can_ask_for_json_floats(embeddings_server):
+    """``ENCODING_FORMAT=float`` for a server that refuses base64; anything else is a configuration error."""
+    assert http_backend(embeddings_server.url, ENCODING_FORMAT="float").embed_query("ab")[0] == pytest.approx(2 / 7 ** 0.5)
+    assert embeddings_server.handler.requests[-1]["payload"]["encoding_format"] == "float"
+    with pytest.raises(ImproperlyConfigured, match="ENCODING_FORMAT must be base64 or float"):
+        http_backend(embeddings_server.url, ENCODING_FORMAT="binary")
 
 
 # --- start-up dimension check ---------------------------------------------------------------

@@ -1,6 +1,8 @@
 """The fake upstream is a real HTTP server other engineers test against."""
 
+import base64
 import math
+import struct
 
 import httpx
 import pytest
@@ -19,6 +21,10 @@ def test_embeddings_are_deterministic_unit_vectors(fake_upstream):
     again = httpx.post(f"{fake_upstream.url}/embeddings", json={"input": "alpha", "dimensions": 384}).json()
     assert again["data"][0]["embedding"] == first
     assert fake_upstream.calls("/v1/embeddings") == 2
+    # encoding_format base64 (OpenAI's SDK default): the same vector as little-endian float32 bytes.
+    packed = httpx.post(f"{fake_upstream.url}/embeddings", json={"input": "alpha", "encoding_format": "base64"}).json()
+    raw = base64.b64decode(packed["data"][0]["embedding"])
+    assert struct.unpack(f"<{len(raw) // 4}f", raw) == pytest.approx(first, abs=1e-7)
 
 
 def test_failures_can_be_ordered_over_http(fake_upstream):

@@ -10,10 +10,13 @@ and full jitter, honouring ``Retry-After``; every other failure is a clear
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import random
+import sys
 import threading
 import time
+from array import array
 
 import aiohttp
 import httpx
@@ -43,12 +46,17 @@ class OpenAIHTTPBackend(EmbeddingBackend):
     ``BATCH_SIZE`` (default 64), ``SEND_DIMENSIONS`` (send ``dimensions`` in the
     request, for models that support shortening), ``TOKENIZER_FILE`` (a
     Hugging Face ``tokenizer.json`` for exact counts; otherwise words and
-    punctuation are counted, and ``SPECIAL_TOKENS`` default 0).
+    punctuation are counted, and ``SPECIAL_TOKENS`` default 0), ``ENCODING_FORMAT``
+    (``base64``, the default, as OpenAI's own SDK asks: each vector comes back as its
+    float32 bytes, a quarter of the JSON floats' size and about 7x cheaper to read; or
+    ``float``, for a server that refuses base64). A server that ignores the format and
+    answers floats anyway is read all the same.
     """
 
     option_names = frozenset({
         "BASE_URL", "MODEL", "DIMENSIONS", "MAX_TOKENS", "API_KEY", "TIMEOUT", "MAX_RETRIES",
         "BACKOFF_BASE", "BACKOFF_MAX", "BATCH_SIZE", "SEND_DIMENSIONS", "TOKENIZER_FILE", "SPECIAL_TOKENS",
+        "ENCODING_FORMAT",
     })
 
     def __init__(self, alias: str = "default", **options):
@@ -69,6 +77,10 @@ class OpenAIHTTPBackend(EmbeddingBackend):
         self.batch_size = int(options.get("BATCH_SIZE", 64))
         self.send_dimensions = bool(options.get("SEND_DIMENSIONS", False))
         self.tokenizer_file = options.get("TOKENIZER_FILE")
+        self.encoding_format = options.get("ENCODING_FORMAT") or "base64"
+        if self.encoding_format not in ("base64", "float"):
+            raise ImproperlyConfigured(f"EMBEDDING_BACKENDS[{alias!r}]: ENCODING_FORMAT must be base64 or float, "
+                                       f"not {self.encoding_format!r}")
         self._client: httpx.Client | None = None
         self._tokenizer = None
         self._lock = threading.Lock()
@@ -92,7 +104,7 @@ class OpenAIHTTPBackend(EmbeddingBackend):
         return vectors
 
     def _payload(self, batch: list[str]) -> dict:
-        payload: dict = {"model": self.model_id, "input": batch, "encoding_format": "float"}
+        payload: dict = {"model": self.model_id, "input": batch, "encoding_format": self.encoding_format}
         if self.send_dimensions:
             payload["dimensions"] = self.dimensions
         return payload
@@ -182,7 +194,7 @@ class OpenAIHTTPBackend(EmbeddingBackend):
     def _parse(self, body: bytes, expected: int) -> list[list[float]]:
         try:
             data = sorted(json.loads(body)["data"], key=lambda item: item["index"])
-            vectors = [[float(x) for x in item["embedding"]] for item in data]
+            vectors = [_vector(item["embedding"]) for item in data]
         except (ValueError, KeyError, TypeError) as exc:
             raise EmbeddingBadResponse(f"{self.base_url}/embeddings: malformed response: {exc}",
                                        backend=self.alias) from exc
@@ -208,6 +220,20 @@ class OpenAIHTTPBackend(EmbeddingBackend):
                 encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
             return [len(e.ids) for e in encodings]
         return [len(TOKEN_RE.findall(t)) for t in texts]
+
+
+def _vector(embedding: str | list) -> list[float]:
+    """One embedding as sent: base64 of little-endian float32s, or a JSON list of numbers
+    (a malformed one raises ValueError, binascii.Error included)."""
+    if isinstance(embedding, str):
+        raw = base64.b64decode(embedding, validate=True)
+        if len(raw) % 4:
+            raise ValueError(f"base64 embedding of {len(raw)} bytes is not float32s")
+        values = array("f", raw)
+        if sys.byteorder != "little":  # pragma: no cover - the wire format is little-endian
+            values.byteswap()
+        return values.tolist()
+    return [float(x) for x in embedding]
 
 
 def _normalise(vector: list[float]) -> list[float]:

@@ -31,10 +31,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import hashlib
 import json
 import math
 import random
+import struct
 import threading
 import time
 from collections import Counter
@@ -337,8 +339,10 @@ class FakeUpstream:
         inputs = body.get("input")
         inputs = [inputs] if isinstance(inputs, str) else list(inputs or [])
         dim = int(body.get("dimensions") or self.config["embedding_dim"])
-        data = [{"object": "embedding", "index": i, "embedding": deterministic_vector(text, dim)}
-                for i, text in enumerate(inputs)]
+        as_base64 = body.get("encoding_format") == "base64"  # float32 bytes, little-endian, as OpenAI's
+        data = [{"object": "embedding", "index": i,
+                 "embedding": _base64_floats(vector) if as_base64 else vector}
+                for i, vector in enumerate(deterministic_vector(text, dim) for text in inputs)]
         tokens = sum(len(str(t).split()) for t in inputs)
         return web.json_response({"object": "list", "data": data, "model": body.get("model") or "fake-embedding",
                                   "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
@@ -356,6 +360,10 @@ class FakeUpstream:
     async def control_stats(self, request: web.Request) -> web.Response:
         return web.json_response({"counts": dict(self.counts), "disconnects": len(self.disconnects),
                                   "config": self.config})
+
+
+def _base64_floats(vector: list[float]) -> str:
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
 
 
 def deterministic_vector(text: str, dim: int = 384) -> list[float]:
