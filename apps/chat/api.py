@@ -35,10 +35,10 @@ from apps.chat.serializers import (
 )
 from apps.chat.web import (
     apply_session_and_user,
-    drop_unread,
     embed_early,
     prepared_stream,
     session_key_for,
+    settle_early,
     start_conversation,
 )
 from apps.core.adb import run_sync
@@ -238,11 +238,12 @@ async def conversation_messages(request, pk: int):
     # valid question gets one started.
     credentials = settings.SESSION_COOKIE_NAME in request.COOKIES or "authorization" in request.headers
     _, query_vector = embed_early(request, credentials=credentials and request.content_type == "application/json")
+    response = None
     try:
         await apply_session_and_user(request)
         response = await run_sync(_rendered, _messages_api, request, pk=pk)
         if isinstance(response, QuestionAccepted):
             response = await response.answer(request, pk, query_vector)
     finally:
-        drop_unread(query_vector)
+        settle_early(query_vector, response)
     return response

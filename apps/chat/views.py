@@ -22,12 +22,12 @@ from apps.chat.streaming import is_extractive
 from apps.chat.web import (
     REFUSALS,
     apply_session_and_user,
-    drop_unread,
     embed_early,
     prepared_stream,
     question_from,
     refusal_response,
     session_key_for,
+    settle_early,
     start_conversation,
 )
 from apps.llm.services import route_config
@@ -106,18 +106,18 @@ async def message_stream(request, pk: int):
     # the session and user are read and the limits checked. Without a session cookie the
     # request is refused there (nobody to own the conversation), so none is started; a
     # body too big to hold a valid question is parsed (and refused) there.
-    query_vector = None
+    query_vector = response = None
     try:
         question, query_vector = embed_early(request, credentials=settings.SESSION_COOKIE_NAME in request.COOKIES)
-        refused = await _apply_request_middleware(request)
-        if refused is not None:  # CSRF
-            return refused
-        # The conversation is looked up while its passages are retrieved (Http404 if it is not the caller's).
-        return await prepared_stream(request, started=started, conversation=pk, user=request.user,
-                                     session_key=session_key_for(request, create=False),
-                                     question=question_from(request) if question is None else question,
-                                     query_vector=query_vector)
+        response = await _apply_request_middleware(request)
+        if response is None:  # else CSRF refused it
+            # The conversation is looked up while its passages are retrieved (Http404 if it is not the caller's).
+            response = await prepared_stream(request, started=started, conversation=pk, user=request.user,
+                                             session_key=session_key_for(request, create=False),
+                                             question=question_from(request) if question is None else question,
+                                             query_vector=query_vector)
     except REFUSALS as exc:  # not the caller's conversation, a limit, a body Django refused to read
-        return refusal_response(exc, request)
+        response = refusal_response(exc, request)
     finally:
-        drop_unread(query_vector)
+        settle_early(query_vector, response)
+    return response

@@ -15,6 +15,7 @@ from django.http.response import HttpResponseBase
 from rest_framework.exceptions import APIException
 
 from apps.chat import services
+from apps.chat.early import EARLY
 from apps.chat.services import PreparedAnswer, conversation_create
 from apps.chat.streaming import answer_events
 from apps.core import parsers
@@ -140,18 +141,19 @@ def embed_early(request, *, credentials: bool) -> tuple[str | None, asyncio.Task
     """The question, read before the caller is checked, and its query embedding started (a task
     on this loop) to run meanwhile; ``(None, None)`` unless the caller brings ``credentials``
     (without them it is refused or owns nothing: no embedding to overlap) and the body's
-    declared size can hold a valid question. Pass the task to :func:`prepared_stream` and to
-    :func:`drop_unread` once done."""
+    declared size can hold a valid question; ``(question, None)`` if the process's bound on
+    such embeddings says not now (:mod:`apps.chat.early`). Pass the task to
+    :func:`prepared_stream`, and to :func:`settle_early` once done."""
     if not (credentials and readable_early(request)):
         return None, None
     question = question_from(request)
-    return question, services.aembed_question_soon(question)
+    return question, EARLY.start(question)
 
 
-def drop_unread(query_vector: asyncio.Task | None) -> None:
-    """Cancel an early embedding that the retrieval never read (the question was refused)."""
-    if query_vector is not None and not query_vector.done():
-        query_vector.cancel()
+def settle_early(query_vector: asyncio.Task | None, response: HttpResponseBase | None) -> None:
+    """An early embedding's end: cancelled if never read, and counted against the process's
+    bound unless the question's answer is streaming (``response``; None if the view raised)."""
+    EARLY.settle(query_vector, answered=isinstance(response, StreamingHttpResponse))
 
 
 async def prepared_stream(request, *, started: float, **prepare) -> HttpResponseBase:

@@ -388,6 +388,11 @@ CHAT_MAX_QUESTION_CHARS = env.int("CHAT_MAX_QUESTION_CHARS", default=2000)
 CHAT_MAX_QUESTIONS_PER_CONVERSATION = env.int("CHAT_MAX_QUESTIONS_PER_CONVERSATION", default=50)
 CHAT_QUESTIONS_PER_MINUTE = env.int("CHAT_QUESTIONS_PER_MINUTE", default=10)  # signed-in user; 0 = no limit
 CHAT_ANON_QUESTIONS_PER_MINUTE = env.int("CHAT_ANON_QUESTIONS_PER_MINUTE", default=5)  # per session
+# A question's query embedding starts before its caller is checked (0.5-1 ms sooner to the first
+# token), at most this many at once per process (0 = never before the check) and not after this many
+# were spent on refused questions in the current minute (forged credentials): apps.chat.early.
+CHAT_EARLY_EMBEDDINGS_MAX = env.int("CHAT_EARLY_EMBEDDINGS_MAX", default=64)
+CHAT_EARLY_EMBEDDINGS_REFUSED_PER_MINUTE = env.int("CHAT_EARLY_EMBEDDINGS_REFUSED_PER_MINUTE", default=60)
 CHAT_HEARTBEAT_SECONDS = env.float("CHAT_HEARTBEAT_SECONDS", default=15.0)  # SSE comment when idle
 CHAT_MAX_STREAM_SECONDS = env.float("CHAT_MAX_STREAM_SECONDS", default=180.0)  # then the answer is cut
 

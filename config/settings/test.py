@@ -30,6 +30,11 @@ EMBEDDING_TASK_BACKOFF = 0.05
 EMBEDDING_TASK_BACKOFF_MAX = 0.2
 DOCUMENT_ENRICHMENT = False  # tests that need it switch it on
 
+# --- chat ---
+# The suite's many refused questions would pause early embeddings for the minute (apps.chat.early);
+# that bound's own tests set it.
+CHAT_EARLY_EMBEDDINGS_REFUSED_PER_MINUTE = 1_000_000
+
 # --- llm ---
 # Tests flush the ledger themselves (apps.llm.ledger.flush) in their own DB
 # connection; short timeouts and cool-downs keep failure tests fast.
