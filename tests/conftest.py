@@ -76,8 +76,8 @@ def child_env(**extra) -> dict:
 class WorkerProcess(CoreWorkerProcess):
     """A real `celery worker` subprocess consuming this run's queue and test database."""
 
-    def __init__(self, concurrency: int = 1, extra_env: dict | None = None):
-        super().__init__(queue=settings.CELERY_TASK_DEFAULT_QUEUE, env=child_env(**(extra_env or {})),
+    def __init__(self, concurrency: int = 1, extra_env: dict | None = None, queue: str | None = None):
+        super().__init__(queue=queue or settings.CELERY_TASK_DEFAULT_QUEUE, env=child_env(**(extra_env or {})),
                          name="test-worker", concurrency=concurrency)
 
     def start(self, timeout: float = 90) -> WorkerProcess:

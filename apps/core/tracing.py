@@ -15,7 +15,9 @@ is patched, so the request path costs what it did.
   celery (publish and run, the trace context travelling in the message headers), httpx
   (the embedding HTTP backend) and the aiohttp client (LLM upstream calls); work handed to
   a ``ThreadPoolExecutor`` keeps the span it was submitted from;
-- log lines written inside a span carry its ids (:func:`apps.core.logging.add_trace_ids`).
+- log lines written inside a span carry its ids (:func:`apps.core.logging.add_trace_ids`);
+- spans Quire writes itself (:mod:`apps.core.spans`: each LLM call, with the GenAI semantic
+  conventions' attributes) go through :class:`SpanRecorder`.
 
 The server span comes from :func:`instrument_asgi` (or :func:`instrument_wsgi`), which wraps
 the whole application, so the lean ``/v1/`` and chat-stream paths, which bypass Django's
@@ -34,6 +36,7 @@ import tomllib
 import psycopg
 from django.conf import settings
 from django.urls import resolve
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
@@ -55,10 +58,10 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import Decision, ParentBased, Sampler, SamplingResult, TraceIdRatioBased
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.util.http import parse_excluded_urls, sanitize_method
 
-from apps.core import adb, db
+from apps.core import adb, db, spans
 from apps.core.logging import get_logger, log_trace_ids
 
 logger = get_logger("quire.tracing")
@@ -213,7 +216,26 @@ def _start() -> TracerProvider:
     db.statement_cursor = _traced_statement_cursor(provider)
     adb.statement_cursor = _traced_statement_cursor(provider, asynchronous=True)
     log_trace_ids(trace.get_current_span)
+    spans.recorder = SpanRecorder(provider)
     return provider
+
+
+class SpanRecorder:
+    """Writes :mod:`apps.core.spans`' spans (instrumentation scope ``quire``)."""
+
+    def __init__(self, provider: TracerProvider):
+        self.tracer = provider.get_tracer("quire", _service_version())
+
+    def current(self):
+        return otel_context.get_current()
+
+    def record(self, name: str, *, parent, start_ns: int, end_ns: int, attributes: dict,
+               error: str | None = None) -> None:
+        span = self.tracer.start_span(name, context=parent, kind=SpanKind.INTERNAL, start_time=start_ns,
+                                      attributes={k: v for k, v in attributes.items() if v is not None})
+        if error:
+            span.set_status(Status(StatusCode.ERROR, error[:500]))
+        span.end(end_time=end_ns)
 
 
 def _resource() -> Resource:

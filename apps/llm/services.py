@@ -55,6 +55,7 @@ from django.db import transaction
 from django.utils import timezone
 from redis.exceptions import RedisError
 
+from apps.core import spans
 from apps.core.logging import get_logger
 from apps.core.text import TextBuffer
 from apps.llm import budgets, cache, keys, ledger, runtime, tokens
@@ -256,7 +257,7 @@ async def stream_chat(request: ChatRequest, *, _stream: bool = True) -> AsyncIte
     ``cancelled``. Every call leaves one ``UsageRecord`` whose id is on the
     final event.
     """
-    started = time.perf_counter()
+    started, started_ns, trace_parent = time.perf_counter(), time.time_ns(), spans.parent()
     route = _route_config(request.route)
     params = _effective_params(route, request.params)
     call_id = str(uuid.uuid4())
@@ -271,7 +272,8 @@ async def stream_chat(request: ChatRequest, *, _stream: bool = True) -> AsyncIte
                 ttl_s=route.timeouts.total + 60,
             )
     state = _CallState(request=request, route=route, call_id=call_id, started=started, streamed=_stream,
-                       reservation=reservation, parts=request.answer if request.answer is not None else TextBuffer())
+                       reservation=reservation, parts=request.answer if request.answer is not None else TextBuffer(),
+                       started_ns=started_ns, trace_parent=trace_parent)
     try:
         # A read already made (see CacheRead) was of this very request's key: don't hash it again.
         key = request.cache_read.key if request.cache_read is not None else _cache_key(request, route, params)
@@ -365,6 +367,8 @@ class _CallState:
     parts: TextBuffer = field(default_factory=TextBuffer)
     hit: dict | None = None
     recorded: bool = False
+    started_ns: int = 0  # wall clock, for the call's span
+    trace_parent: object | None = None  # apps.core.spans.parent() when the call started; None: no span
 
     def cached(self, hit: dict) -> None:
         self.hit = hit
@@ -415,6 +419,8 @@ class _CallState:
             TOKENS.labels(self.route.name, provider, "completion").inc(usage.completion_tokens)
             if cost:
                 COST.labels(self.route.name, provider, model).inc(float(cost))
+        if self.trace_parent is not None:
+            self._span(entry, usage, cost, outcome)
         if _log_calls():
             logger.info("llm.call", route=self.route.name, provider=provider, model=model, outcome=outcome,
                         cached=self.hit is not None, latency_ms=round(latency_ms, 2),
@@ -423,6 +429,28 @@ class _CallState:
                         cost_usd=str(cost), fallbacks=entry["fallbacks"], record=self.call_id,
                         error=entry["error"] or None)
         return entry, usage, cost, latency_ms, ttft_ms
+
+    def _span(self, entry: dict, usage: UsageInfo, cost: Decimal, outcome: str) -> None:
+        """The call as a span of its own, under the span that was current when it started, with
+        OpenTelemetry's GenAI attributes and ours (``quire.llm.*``; ``call_id`` is the ledger
+        row's id). Neither the prompt nor the answer is put in it."""
+        provider, model = entry["provider"], entry["model"]
+        try:
+            system = get_provider(provider).gen_ai_provider if provider else None
+        except Exception:  # pragma: no cover - a provider removed from the settings meanwhile
+            system = None
+        spans.record(f"chat {model or self.route.name}", parent=self.trace_parent, start_ns=self.started_ns,
+                     end_ns=self.started_ns + int(entry["latency_ms"] * 1e6), attributes={
+                         "gen_ai.operation.name": "chat", "gen_ai.provider.name": system,
+                         "gen_ai.request.model": model or None,
+                         "gen_ai.usage.input_tokens": usage.prompt_tokens,
+                         "gen_ai.usage.output_tokens": usage.completion_tokens,
+                         "quire.llm.route": self.route.name, "quire.llm.provider": provider or None,
+                         "quire.llm.outcome": outcome, "quire.llm.cache_hit": self.hit is not None,
+                         "quire.llm.streamed": self.streamed, "quire.llm.cost_usd": float(cost),
+                         "quire.llm.tokens_estimated": usage.estimated, "quire.llm.fallbacks": entry["fallbacks"],
+                         "quire.llm.ttft_ms": entry["ttft_ms"], "quire.llm.call_id": self.call_id,
+                     }, error=entry["error"] if outcome in ("error", "partial") else None)
 
     def _record_soon(self, entry: dict, cost: Decimal) -> None:
         """Queue the ledger row and settle the budget in a task of its own: the

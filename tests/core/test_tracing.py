@@ -19,6 +19,7 @@ import pytest
 from django.conf import settings
 from rest_framework.authtoken.models import Token
 
+from apps.chat.models import Message
 from apps.core.testing.otlp_collector import FakeCollector, ReceivedSpan
 from apps.core.worker_process import WorkerProcess
 from tests.chat.sse_client import parse_sse
@@ -228,6 +229,16 @@ def test_a_streamed_chat_answer_is_one_trace_with_its_prepared_statements_and_up
                   and descends_from(s, server, collector.spans)]
     assert any(s.lstrip().startswith("WITH") and "documents_chunk" in s for s in statements), statements
     assert any("INSERT INTO chat_message" in s for s in statements), statements
+    # The model call as Quire saw it (apps.core.spans): GenAI attributes and the ledger row's id.
+    (call,) = collector.wait_for(lambda spans: [s for s in spans if s.trace_id == server.trace_id
+                                                and s.scope == "quire"])
+    answer = Message.objects.get(conversation_id=pk, role=Message.Role.ASSISTANT)
+    assert call.name == "chat fake-model" and call.kind == "INTERNAL" and call.status == "UNSET"
+    assert descends_from(call, server, collector.spans)
+    assert server.start_ns <= call.start_ns <= call.end_ns <= server.end_ns
+    assert call.attributes["gen_ai.provider.name"] == "openai"
+    assert call.attributes["gen_ai.usage.output_tokens"] == answer.completion_tokens == 4
+    assert call.attributes["quire.llm.call_id"] == answer.usage_record_id
 
 
 @pytest.mark.django_db

@@ -18,6 +18,8 @@ class AnthropicBackend(HTTPChatBackend):
     OPTIONS: ``base_url``, ``api_key``, ``model``, ``headers``, ``version``.
     """
 
+    gen_ai_provider = "anthropic"
+
     OPTIONS = {"base_url": "https://api.anthropic.com", "api_key": "", "model": "", "headers": {},
                "version": ANTHROPIC_VERSION}
 

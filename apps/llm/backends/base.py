@@ -60,6 +60,8 @@ class ChatBackend:
     OPTIONS: dict = {}
     #: False for backends that need no model (no price, never cached)
     model_backed = True
+    #: ``gen_ai.provider.name`` on the call's span (OpenTelemetry's GenAI conventions)
+    gen_ai_provider = "quire"
 
     def __init__(self, *, alias: str, options: dict):
         reject_unknown_options("LLM_PROVIDERS", alias, type(self), options, self.OPTIONS)

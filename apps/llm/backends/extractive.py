@@ -66,6 +66,7 @@ class ExtractiveBackend(ChatBackend):
 
     OPTIONS = {"max_passages": 3, "max_sentences": 2}
     model_backed = False
+    gen_ai_provider = "quire.extractive"
 
     @property
     def default_model(self) -> str:

@@ -17,6 +17,8 @@ class OpenAIChatBackend(HTTPChatBackend):
     ``max_tokens_param`` (``"max_completion_tokens"`` for OpenAI's reasoning models).
     """
 
+    gen_ai_provider = "openai"
+
     OPTIONS = {"base_url": "https://api.openai.com/v1", "api_key": "", "model": "", "headers": {},
                "stream_usage": True, "max_tokens_param": "max_tokens"}
 
