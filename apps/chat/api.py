@@ -194,7 +194,7 @@ class QuestionAccepted(HttpResponse):
     async def answer(self, request, pk: int, query_vector) -> HttpResponseBase:
         response = await prepared_stream(request, started=self.started, conversation=pk, user=self.user,
                                          session_key=self.session_key, question=self.question,
-                                         query_vector=query_vector)
+                                         query_vector=query_vector, address=request.META.get("REMOTE_ADDR"))
         if response.streaming:
             for header in ("Allow", "Vary"):  # what DRF's view added
                 if header in self:

@@ -2,7 +2,8 @@
 
 The per-minute limit is a fixed one-minute window counted in Redis (one INCR per
 question), shared by every web process; a signed-in user is counted by user
-id, an anonymous reader by session key.
+id, an anonymous reader by session key and, since a new session costs nothing, all
+anonymous sessions from one address together as well (both counters in one round trip).
 """
 
 from __future__ import annotations
@@ -64,35 +65,41 @@ def check_conversation_size(asked: int) -> None:
             "Start a new conversation.", details={"max_questions": limit})
 
 
-def _rate_window(*, user, session_key: str) -> tuple[str, int, float] | None:
-    """The caller's Redis counter for this minute, their allowance and now; None if unlimited."""
+def _rate_windows(*, user, session_key: str, address: str | None) -> tuple[list[tuple[str, int, str]], float]:
+    """The caller's Redis counters for this minute with their allowances and what they count
+    (``(key, limit, scope)``), and now; no counter: unlimited."""
     signed_in = bool(user is not None and user.is_authenticated)
-    limit = settings.CHAT_QUESTIONS_PER_MINUTE if signed_in else settings.CHAT_ANON_QUESTIONS_PER_MINUTE
-    if not limit:
-        return None
-    who = f"user:{user.pk}" if signed_in else f"session:{session_key}"
     now = time.time()
-    prefix = settings.CACHES["default"].get("KEY_PREFIX", "quire")
-    return f"{prefix}:chat:rate:{who}:{int(now // 60)}", limit, now
+    prefix = f"{settings.CACHES['default'].get('KEY_PREFIX', 'quire')}:chat:rate"
+    minute = int(now // 60)
+    if signed_in:
+        limits = [(f"user:{user.pk}", settings.CHAT_QUESTIONS_PER_MINUTE, "user")]
+    else:
+        limits = [(f"session:{session_key}", settings.CHAT_ANON_QUESTIONS_PER_MINUTE, "session")]
+        if address:
+            limits.append((f"address:{address}", settings.CHAT_ANON_QUESTIONS_PER_MINUTE_PER_ADDRESS, "address"))
+    return [(f"{prefix}:{who}:{minute}", limit, scope) for who, limit, scope in limits if limit], now
 
 
-def _check_count(count: int, limit: int, now: float) -> None:
+def _check_count(count: int, limit: int, now: float, scope: str) -> None:
     if count > limit:
         retry_after = max(1, int(60 - now % 60) + 1)
+        who = "Readers at your network address" if scope == "address" else "You"
         raise ChatLimitExceeded(
-            f"You asked {limit} questions in the last minute, the most allowed. Try again in {retry_after} s.",
-            details={"retry_after": retry_after, "limit_per_minute": limit})
+            f"{who} asked {limit} questions in the last minute, the most allowed. Try again in {retry_after} s.",
+            details={"retry_after": retry_after, "limit_per_minute": limit, "scope": scope})
 
 
-async def atake_rate_slot(*, user, session_key: str) -> None:
-    """Count one question against the caller's per-minute allowance, or raise 429 (through the
-    loop's Redis client)."""
-    window = _rate_window(user=user, session_key=session_key)
-    if window is None:
+async def atake_rate_slot(*, user, session_key: str, address: str | None = None) -> None:
+    """Count one question against the caller's per-minute allowances (anonymous: its session's
+    and its ``address``'s), or raise 429 (through the loop's Redis client, one round trip)."""
+    windows, now = _rate_windows(user=user, session_key=session_key, address=address)
+    if not windows:
         return
-    key, limit, now = window
     async with aredis().pipeline(transaction=True) as pipe:
-        pipe.incr(key)
-        pipe.expire(key, 70)
-        count, _ = await pipe.execute()
-    _check_count(count, limit, now)
+        for key, _, _ in windows:
+            pipe.incr(key)
+            pipe.expire(key, 70)
+        counts = (await pipe.execute())[::2]
+    for (_, limit, scope), count in zip(windows, counts, strict=True):
+        _check_count(count, limit, now, scope)

@@ -196,7 +196,7 @@ def _valid_question(question) -> str | None:
 
 
 async def aanswer_prepare(*, conversation: int, user, session_key: str | None, question: str,
-                          query_vector: asyncio.Future | None = None) -> PreparedAnswer:
+                          query_vector: asyncio.Future | None = None, address: str | None = None) -> PreparedAnswer:
     """Check the limits, save the question, retrieve and build the prompt, on the event loop
     (the chat page's stream; the API's, from its DRF view's thread through ``async_to_sync``).
 
@@ -208,11 +208,12 @@ async def aanswer_prepare(*, conversation: int, user, session_key: str | None, q
     client, the query embedding (``query_vector``: the :func:`aembed_question_soon` task, started
     by a caller that had other work to do first) on the loop too with an HTTP backend. If
     retrieval fails after the rows were saved, the answer is recorded as an error and the
-    exception propagates.
+    exception propagates. ``address``: the client's, for the per-address limit on anonymous
+    questions.
     """
     question = limits.check_question(question)
     _check_caller(user=user, session_key=session_key)
-    await limits.atake_rate_slot(user=user, session_key=session_key or "")
+    await limits.atake_rate_slot(user=user, session_key=session_key or "", address=address)
     route = settings.CHAT_ROUTE
     bookkeeping = asyncio.ensure_future(_abookkeeping(conversation=conversation, user=user, session_key=session_key,
                                                       question=question, route=route))

@@ -115,7 +115,7 @@ async def message_stream(request, pk: int):
             response = await prepared_stream(request, started=started, conversation=pk, user=request.user,
                                              session_key=session_key_for(request, create=False),
                                              question=question_from(request) if question is None else question,
-                                             query_vector=query_vector)
+                                             query_vector=query_vector, address=request.META.get("REMOTE_ADDR"))
     except REFUSALS as exc:  # not the caller's conversation, a limit, a body Django refused to read
         response = refusal_response(exc, request)
     finally:

@@ -202,6 +202,10 @@ REST_FRAMEWORK = {
         "anon": env.str("API_THROTTLE_ANON", default="60/min"),
         "user": env.str("API_THROTTLE_USER", default="600/min"),
     },
+    # An anonymous caller is its connection's address, as the ASGI server resolved it (uvicorn
+    # takes X-Forwarded-For only from FORWARDED_ALLOW_IPS, the proxies it trusts). DRF's default
+    # (None) would read X-Forwarded-For as sent: any client could pick a new address per request.
+    "NUM_PROXIES": 0,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Quire API",
@@ -388,6 +392,8 @@ CHAT_MAX_QUESTION_CHARS = env.int("CHAT_MAX_QUESTION_CHARS", default=2000)
 CHAT_MAX_QUESTIONS_PER_CONVERSATION = env.int("CHAT_MAX_QUESTIONS_PER_CONVERSATION", default=50)
 CHAT_QUESTIONS_PER_MINUTE = env.int("CHAT_QUESTIONS_PER_MINUTE", default=10)  # signed-in user; 0 = no limit
 CHAT_ANON_QUESTIONS_PER_MINUTE = env.int("CHAT_ANON_QUESTIONS_PER_MINUTE", default=5)  # per session
+# All anonymous sessions from one address together (a new session is free to make); 0 = no limit.
+CHAT_ANON_QUESTIONS_PER_MINUTE_PER_ADDRESS = env.int("CHAT_ANON_QUESTIONS_PER_MINUTE_PER_ADDRESS", default=30)
 # A question's query embedding starts before its caller is checked (0.5-1 ms sooner to the first
 # token), at most this many at once per process (0 = never before the check) and not after this many
 # were spent on refused questions in the current minute (forged credentials): apps.chat.early.

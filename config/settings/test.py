@@ -34,6 +34,8 @@ DOCUMENT_ENRICHMENT = False  # tests that need it switch it on
 # The suite's many refused questions would pause early embeddings for the minute (apps.chat.early);
 # that bound's own tests set it.
 CHAT_EARLY_EMBEDDINGS_REFUSED_PER_MINUTE = 1_000_000
+# Every test's anonymous reader asks from 127.0.0.1: the per-address limit's own test sets it.
+CHAT_ANON_QUESTIONS_PER_MINUTE_PER_ADDRESS = 0
 
 # --- llm ---
 # Tests flush the ledger themselves (apps.llm.ledger.flush) in their own DB

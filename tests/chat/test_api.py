@@ -230,6 +230,56 @@ def test_anonymous_readers_are_limited_per_session(settings, llm, client):
     assert int(refused["Retry-After"]) >= 1
 
 
+class AddressedClient(AsyncClient):
+    """An AsyncClient whose requests come from ``address`` (the ASGI scope's client)."""
+
+    def __init__(self, address: str):
+        super().__init__()
+        self.address = address
+
+    def _base_scope(self, **request):
+        return {**super()._base_scope(**request), "client": [self.address, 50000]}
+
+
+def _anonymous_conversation(remote_addr: str = "127.0.0.1") -> tuple[str, AsyncClient]:
+    """A new anonymous session (a new reader, or the same one with its cookie thrown away) and
+    its conversation's messages URL, asking from ``remote_addr``."""
+    from django.test import Client
+
+    client = Client(REMOTE_ADDR=remote_addr)
+    client.get("/chat/")
+    created = client.post("/chat/", HTTP_ACCEPT="application/json").json()
+    asker = AddressedClient(remote_addr)
+    asker.cookies = client.cookies
+    return created["messages_url"], asker
+
+
+def test_anonymous_sessions_from_one_address_share_a_limit(settings, llm):
+    """A new anonymous session costs nothing, so a per-session limit alone holds back no one:
+    all anonymous sessions from one address share CHAT_ANON_QUESTIONS_PER_MINUTE_PER_ADDRESS.
+    Other addresses and signed-in readers are not counted against it."""
+    settings.CHAT_ANON_QUESTIONS_PER_MINUTE = 5
+    settings.CHAT_ANON_QUESTIONS_PER_MINUTE_PER_ADDRESS = 2
+    for i in range(2):
+        url, asker = _anonymous_conversation()
+        assert ask(url, f"question {i}", client=asker)[0].status_code == 200
+    url, asker = _anonymous_conversation()  # a third fresh session, same address
+    refused, events = ask(url, "one more", client=asker)
+    assert refused.status_code == 429 and events == []
+    error = refused.json()["error"]
+    assert error["code"] == "chat_rate_limited" and error["details"]["scope"] == "address"
+    assert error["details"]["limit_per_minute"] == 2 and "network address" in error["message"]
+    assert Message.objects.filter(content="one more").count() == 0  # refused before anything was saved
+
+    url, asker = _anonymous_conversation("203.0.113.9")
+    assert ask(url, "from elsewhere", client=asker)[0].status_code == 200
+    reader = UserFactory()
+    mine = ConversationFactory(owner=reader)
+    signed_in = AddressedClient("127.0.0.1")
+    response, _ = ask(f"/api/v1/chat/conversations/{mine.pk}/messages", "signed in", user=reader, client=signed_in)
+    assert response.status_code == 200
+
+
 def test_openapi_describes_the_stream_and_its_events(client):
     schema = client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
     post = schema["paths"]["/api/v1/chat/conversations/{id}/messages"]["post"]

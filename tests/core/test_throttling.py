@@ -45,3 +45,12 @@ def test_anonymous_callers_are_counted_per_address(low_rates):
     anonymous = APIClient(REMOTE_ADDR="203.0.113.7")
     assert [anonymous.get("/api/v1/chat/conversations").status_code for _ in range(3)] == [200, 200, 429]
     assert APIClient(REMOTE_ADDR="203.0.113.8").get("/api/v1/chat/conversations").status_code == 200
+
+
+def test_a_forwarded_for_header_does_not_make_a_new_caller(low_rates):
+    """The address is the connection's, as the ASGI server resolved it (uvicorn reads
+    X-Forwarded-For only from the proxies in FORWARDED_ALLOW_IPS): a client naming a new
+    X-Forwarded-For per request is still one caller."""
+    statuses = [APIClient(REMOTE_ADDR="203.0.113.7", HTTP_X_FORWARDED_FOR=f"198.51.100.{i}")
+                .get("/api/v1/chat/conversations").status_code for i in range(3)]
+    assert statuses == [200, 200, 429]
