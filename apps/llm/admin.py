@@ -17,7 +17,7 @@ class UsageRecordAdmin(QuireModelAdmin):
     list_display = ("created_at", "route", "user", "api_key", "provider", "model", "prompt_tokens",
                     "completion_tokens", "tokens_estimated", "cost_usd", "latency_ms", "ttft_ms", "cache_hit",
                     "outcome")
-    list_filter = ("route", "provider", "model", "outcome", "cache_hit", "tokens_estimated", "streamed",
+    list_filter = ("route", "provider", "model", "outcome", "anonymous", "cache_hit", "tokens_estimated", "streamed",
                    ("created_at", admin.DateFieldListFilter), "api_key")
     search_fields = ("user__username", "model", "error")
     date_hierarchy = "created_at"

@@ -81,7 +81,7 @@ def to_nano(amount: Decimal) -> int:
 
 @dataclass(frozen=True)
 class Holder:
-    kind: str  # "user" | "api_key"
+    kind: str  # "user" | "api_key" | "anonymous" (every reader not signed in, together: id 0)
     id: int
     limit_usd: Decimal
 
@@ -178,7 +178,15 @@ async def holders_for(*, user, api_key) -> list[Holder]:
             holders.append(Holder("user", user_id, limit))
     if api_key is not None and api_key.monthly_budget_usd is not None:
         holders.append(Holder("api_key", api_key.pk, api_key.monthly_budget_usd))
+    if is_anonymous(user, api_key) and settings.LLM_ANONYMOUS_MONTHLY_BUDGET_USD is not None:
+        holders.append(Holder("anonymous", 0, Decimal(str(settings.LLM_ANONYMOUS_MONTHLY_BUDGET_USD))))
     return holders
+
+
+def is_anonymous(user, api_key) -> bool:
+    """A reader who is not signed in and brought no API key (``AnonymousUser``); background work
+    calls with no user at all and is not anonymous."""
+    return api_key is None and user is not None and not getattr(user, "is_authenticated", False)
 
 
 def spent_this_month(holder: Holder) -> Decimal:
@@ -186,8 +194,10 @@ def spent_this_month(holder: Holder) -> Decimal:
     from apps.llm.models import UsageRecord
 
     start, _ = month_bounds()
-    field = "user_id" if holder.kind == "user" else "api_key_id"
-    total = UsageRecord.objects.filter(**{field: holder.id}, created_at__gte=start).aggregate(s=Sum("cost_usd"))["s"]
+    rows = UsageRecord.objects.filter(
+        **({"anonymous": True} if holder.kind == "anonymous" else
+           {"user_id" if holder.kind == "user" else "api_key_id": holder.id}), created_at__gte=start)
+    total = rows.aggregate(s=Sum("cost_usd"))["s"]
     return total or Decimal("0")
 
 
@@ -220,10 +230,16 @@ async def reserve(*, holders: list[Holder], estimate: Decimal, call_id: str, ttl
             continue
         BUDGET_REJECTED.labels(holder.kind).inc()
         spent = Decimal(int(spend)) / NANO
-        who = "your" if holder.kind == "user" else "this API key's"
-        message = (f"{who.capitalize()} monthly LLM budget of ${holder.limit_usd} is exhausted."
-                   if status == "exhausted" else
-                   f"{who.capitalize()} monthly LLM budget is nearly exhausted and another request is in flight.")
-        raise BudgetExceeded(message, holder=holder.kind, limit_usd=holder.limit_usd,
-                             spent_usd=spent.quantize(Decimal("0.000001")), resets_at=end)
+        raise BudgetExceeded(_refusal(holder, exhausted=status == "exhausted"), holder=holder.kind,
+                             limit_usd=holder.limit_usd, spent_usd=spent.quantize(Decimal("0.000001")), resets_at=end)
     raise BudgetExceeded("Budget state unavailable.", holder=holders[0].kind)
+
+
+def _refusal(holder: Holder, *, exhausted: bool) -> str:
+    if holder.kind == "anonymous":
+        return ("Answers for readers who are not signed in have used up this month's budget; sign in to ask."
+                if exhausted else "Answers for readers who are not signed in have nearly used up this month's "
+                                  "budget; try again in a moment, or sign in.")
+    who = "Your" if holder.kind == "user" else "This API key's"
+    return (f"{who} monthly LLM budget of ${holder.limit_usd} is exhausted." if exhausted else
+            f"{who} monthly LLM budget is nearly exhausted and another request is in flight.")

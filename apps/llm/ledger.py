@@ -136,15 +136,16 @@ def flush(*, reclaim_after: int = CLAIM_TIMEOUT) -> int:
 _INSERT = """
 INSERT INTO {table} (id, created_at, route, user_id, api_key_id, provider, model, prompt_tokens,
                      completion_tokens, tokens_estimated, cost_usd, latency_ms, ttft_ms, cache_hit, streamed,
-                     outcome, error, fallbacks)
+                     outcome, error, fallbacks, anonymous)
 SELECT r.id, r.created_at, left(r.route, 50), u.{user_pk}, k.id, left(r.provider, 50), left(r.model, 100),
        r.prompt_tokens, r.completion_tokens, r.tokens_estimated, r.cost_usd, r.latency_ms, r.ttft_ms,
-       r.cache_hit, r.streamed, left(r.outcome, 10), coalesce(r.error, ''), coalesce(r.fallbacks, 0)
+       r.cache_hit, r.streamed, left(r.outcome, 10), coalesce(r.error, ''), coalesce(r.fallbacks, 0),
+       coalesce(r.anonymous, false)
 FROM jsonb_to_recordset(%s::jsonb) AS r(
     id uuid, created_at timestamptz, route text, user_id bigint, api_key_id bigint, provider text, model text,
     prompt_tokens integer, completion_tokens integer, tokens_estimated boolean, cost_usd numeric,
     latency_ms double precision, ttft_ms double precision, cache_hit boolean, streamed boolean, outcome text,
-    error text, fallbacks integer)
+    error text, fallbacks integer, anonymous boolean)
 LEFT JOIN {user_table} u ON u.{user_pk} = r.user_id
 LEFT JOIN {key_table} k ON k.id = r.api_key_id
 ON CONFLICT (id) DO NOTHING

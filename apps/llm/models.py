@@ -80,6 +80,9 @@ class UsageRecord(models.Model):
     outcome = models.CharField(max_length=10, choices=Outcome.choices, default=Outcome.OK, db_index=True)
     error = models.TextField(blank=True)
     fallbacks = models.PositiveSmallIntegerField(default=0, help_text="Providers tried before the one that answered.")
+    anonymous = models.BooleanField(
+        default=False, help_text="Asked by a reader who was not signed in (no API key either): counted against "
+                                 "LLM_ANONYMOUS_MONTHLY_BUDGET_USD. Background work (no reader at all) is not.")
 
     class Meta:
         ordering = ["-created_at"]

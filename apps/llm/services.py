@@ -51,6 +51,7 @@ from dataclasses import dataclass, field, fields
 from decimal import Decimal
 
 from asgiref.sync import async_to_sync, sync_to_async
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 from redis.exceptions import RedisError
@@ -264,7 +265,7 @@ async def stream_chat(request: ChatRequest, *, _stream: bool = True) -> AsyncIte
     reservation = None
     if (request.user is not None and getattr(request.user, "is_authenticated", False)) or (
         request.api_key is not None and request.api_key.monthly_budget_usd is not None
-    ):
+    ) or (settings.LLM_ANONYMOUS_MONTHLY_BUDGET_USD is not None and budgets.is_anonymous(request.user, request.api_key)):
         holders = await budgets.holders_for(user=request.user, api_key=request.api_key)
         if holders:  # only then is the prompt tokenised for the worst-case estimate
             reservation = await budgets.reserve(
@@ -409,6 +410,7 @@ class _CallState:
             "ttft_ms": round(ttft_ms, 3) if ttft_ms is not None else None, "cache_hit": self.hit is not None,
             "streamed": self.streamed, "outcome": outcome, "error": "\n".join(failures)[:2000],
             "fallbacks": self.attempt.fallbacks if self.hit is None else 0,
+            "anonymous": budgets.is_anonymous(self.request.user, self.request.api_key),
         }
         REQUESTS.labels(self.route.name, provider, outcome).inc()
         LATENCY.labels(self.route.name, provider).observe(latency_ms / 1000)

@@ -278,6 +278,8 @@ LLM_API_KEY_CACHE_SECONDS = 30
 # Requests per minute per API key on /v1/ when the key sets none; unset = unlimited.
 LLM_API_KEY_DEFAULT_RPM = env.int("LLM_API_KEY_DEFAULT_RPM", default=None)
 LLM_DEFAULT_USER_MONTHLY_BUDGET_USD = env.str("LLM_DEFAULT_USER_MONTHLY_BUDGET_USD", default="") or None  # USD
+# What all readers who are not signed in may spend together per month (chat without an account); unset = no limit.
+LLM_ANONYMOUS_MONTHLY_BUDGET_USD = env.str("LLM_ANONYMOUS_MONTHLY_BUDGET_USD", default="") or None  # USD
 LLM_PRICES = {  # USD per 1M tokens
     "gpt-4o-mini": {"input": Decimal("0.15"), "output": Decimal("0.60")},
     "gpt-4o": {"input": Decimal("2.50"), "output": Decimal("10.00")},

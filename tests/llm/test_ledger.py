@@ -165,3 +165,41 @@ def test_a_changed_user_budget_applies_within_the_version_check_though_limits_ar
     time.sleep(0.3)
     ask()
     assert proxy.primary.calls() == calls + 1
+
+
+@pytest.mark.django_db
+def test_readers_without_an_account_share_one_monthly_budget(proxy, settings):
+    """LLM_ANONYMOUS_MONTHLY_BUDGET_USD caps what all readers who are not signed in spend
+    together (a new session is free to make, so no per-session budget could). Their rows are
+    marked ``anonymous``; signed-in readers and background work (no user at all) are not counted
+    against it, and it is seeded from those rows when Redis has forgotten the month's spend."""
+    from django.contrib.auth.models import AnonymousUser
+
+    from apps.llm import runtime
+
+    settings.LLM_ANONYMOUS_MONTHLY_BUDGET_USD = "0.0005"
+    calls = 0
+    with pytest.raises(BudgetExceeded) as caught:
+        for i in range(50):
+            run(collect, ChatRequest(route="chat", messages=question(f"q{i}"), user=AnonymousUser(), cache=False))
+            calls += 1
+    assert 1 <= calls < 50 and proxy.primary.calls() == calls  # the refused call never reached the provider
+    assert caught.value.holder == "anonymous" and "sign in" in caught.value.message
+    signed_in = LLMUserFactory()
+    run(collect, ChatRequest(route="chat", messages=question("mine"), user=signed_in, cache=False))
+    run(collect, ChatRequest(route="enrich", messages=question("background"), cache=False))  # no user: not anonymous
+    assert proxy.primary.calls() == calls + 2
+    ledger.flush()
+    anonymous = UsageRecord.objects.filter(anonymous=True)
+    assert anonymous.count() == calls and not anonymous.filter(user__isnull=False).exists()
+    assert UsageRecord.objects.filter(anonymous=False).count() == 2
+    spent = anonymous.aggregate(s=Sum("cost_usd"))["s"]
+    assert spent - anonymous.order_by("-created_at").first().cost_usd < Decimal("0.0005") <= spent
+
+    # Redis forgets the month's spend: the next anonymous question is refused from the ledger's rows.
+    client = runtime.sync_redis()
+    for key in client.scan_iter(match=runtime.key("spend", "*", "anonymous", "*")):
+        client.delete(key)
+    with pytest.raises(BudgetExceeded):
+        run(collect, ChatRequest(route="chat", messages=question("again"), user=AnonymousUser(), cache=False))
+    assert proxy.primary.calls() == calls + 2
