@@ -8,6 +8,7 @@ anonymous sessions from one address together as well (both counters in one round
 
 from __future__ import annotations
 
+import ipaddress
 import time
 
 from django.conf import settings
@@ -77,8 +78,19 @@ def _rate_windows(*, user, session_key: str, address: str | None) -> tuple[list[
     else:
         limits = [(f"session:{session_key}", settings.CHAT_ANON_QUESTIONS_PER_MINUTE, "session")]
         if address:
-            limits.append((f"address:{address}", settings.CHAT_ANON_QUESTIONS_PER_MINUTE_PER_ADDRESS, "address"))
+            limits.append((f"address:{_network(address)}", settings.CHAT_ANON_QUESTIONS_PER_MINUTE_PER_ADDRESS,
+                           "address"))
     return [(f"{prefix}:{who}:{minute}", limit, scope) for who, limit, scope in limits if limit], now
+
+
+def _network(address: str) -> str:
+    """What one client is: an IPv4 address, or an IPv6 address's /64 (one home or host is
+    routinely given a whole /64, and could otherwise ask from a new address every time)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address  # not an IP (a Unix socket's peer): counted as it is
+    return str(ipaddress.ip_network(f"{ip}/64", strict=False)) if ip.version == 6 else str(ip)
 
 
 def _check_count(count: int, limit: int, now: float, scope: str) -> None:

@@ -273,6 +273,14 @@ def test_anonymous_sessions_from_one_address_share_a_limit(settings, llm):
 
     url, asker = _anonymous_conversation("203.0.113.9")
     assert ask(url, "from elsewhere", client=asker)[0].status_code == 200
+    # IPv6: one /64 is one client (a host is routinely given a whole /64 to pick addresses from).
+    for i, address in enumerate(("2001:db8:1:2::1", "2001:db8:1:2:aaaa::5")):
+        url, asker = _anonymous_conversation(address)
+        assert ask(url, f"v6 question {i}", client=asker)[0].status_code == 200
+    url, asker = _anonymous_conversation("2001:db8:1:2:ffff::9")
+    assert ask(url, "v6 one more", client=asker)[0].status_code == 429
+    url, asker = _anonymous_conversation("2001:db8:1:3::1")  # the next /64
+    assert ask(url, "v6 elsewhere", client=asker)[0].status_code == 200
     reader = UserFactory()
     mine = ConversationFactory(owner=reader)
     signed_in = AddressedClient("127.0.0.1")
