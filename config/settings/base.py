@@ -222,7 +222,7 @@ SPECTACULAR_SETTINGS = {
 # --- llm (inference proxy, apps/llm) ---------------------------------------------------
 # Providers are backends (dotted path + OPTIONS). With no LLM configured every
 # route ends at the extractive backend, so `make run` works without any model.
-from decimal import Decimal  # noqa: E402
+from decimal import Decimal, InvalidOperation  # noqa: E402
 
 LLM_OPENAI_BASE_URL = env.str("LLM_OPENAI_BASE_URL", default="")
 LLM_OPENAI_API_KEY = env.str("LLM_OPENAI_API_KEY", default="")
@@ -277,9 +277,23 @@ CELERY_BEAT_SCHEDULE = {
 LLM_API_KEY_CACHE_SECONDS = 30
 # Requests per minute per API key on /v1/ when the key sets none; unset = unlimited.
 LLM_API_KEY_DEFAULT_RPM = env.int("LLM_API_KEY_DEFAULT_RPM", default=None)
-LLM_DEFAULT_USER_MONTHLY_BUDGET_USD = env.str("LLM_DEFAULT_USER_MONTHLY_BUDGET_USD", default="") or None  # USD
+
+
+def _usd(name: str) -> Decimal | None:
+    """An amount in USD from the environment; unset or empty: None."""
+    value = env.str(name, default="")
+    try:
+        amount = Decimal(value) if value else None
+    except InvalidOperation:
+        amount = Decimal(-1)
+    if amount is not None and (not amount.is_finite() or amount < 0):
+        raise ImproperlyConfigured(f"Environment variable {name} is malformed: expected an amount in USD, like 20")
+    return amount
+
+
+LLM_DEFAULT_USER_MONTHLY_BUDGET_USD = _usd("LLM_DEFAULT_USER_MONTHLY_BUDGET_USD")
 # What all readers who are not signed in may spend together per month (chat without an account); unset = no limit.
-LLM_ANONYMOUS_MONTHLY_BUDGET_USD = env.str("LLM_ANONYMOUS_MONTHLY_BUDGET_USD", default="") or None  # USD
+LLM_ANONYMOUS_MONTHLY_BUDGET_USD = _usd("LLM_ANONYMOUS_MONTHLY_BUDGET_USD")
 LLM_PRICES = {  # USD per 1M tokens
     "gpt-4o-mini": {"input": Decimal("0.15"), "output": Decimal("0.60")},
     "gpt-4o": {"input": Decimal("2.50"), "output": Decimal("10.00")},

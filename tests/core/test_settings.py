@@ -51,6 +51,10 @@ def test_malformed_values_are_named():
     assert "DB_POOL_MAX_SIZE is malformed" in result.stderr
     result = load_production(REDIS_URL="localhost:6379")
     assert "REDIS_URL is malformed" in result.stderr
+    for amount in ("twenty", "-5", "NaN"):
+        result = load_production(LLM_ANONYMOUS_MONTHLY_BUDGET_USD=amount)
+        assert result.returncode != 0 and "LLM_ANONYMOUS_MONTHLY_BUDGET_USD is malformed" in result.stderr
+    assert load_production(LLM_ANONYMOUS_MONTHLY_BUDGET_USD="20", LLM_DEFAULT_USER_MONTHLY_BUDGET_USD="5.50").returncode == 0
 
 
 def test_production_serves_collected_static_files_through_whitenoise():
