@@ -142,7 +142,9 @@ async def answer_events(prepared: PreparedAnswer, *, started: float | None = Non
     backend_passages = [p.for_backend() for p in prepared.prompt.passages]
     request = ChatRequest(
         route=prepared.route, messages=messages,
-        user=prepared.user if getattr(prepared.user, "is_authenticated", False) else None,
+        # An anonymous reader is passed as such (AnonymousUser): the proxy charges its call to the
+        # budget all readers who are not signed in share (LLM_ANONYMOUS_MONTHLY_BUDGET_USD).
+        user=prepared.user,
         scope=prepared.scope, passages=backend_passages, prompt_tokens=prepared.prompt.prompt_tokens,
         answer=pieces,
     )

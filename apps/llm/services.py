@@ -8,7 +8,8 @@ Public API::
     class ChatRequest:
         route: str                        # "chat", "enrich", ... (settings.LLM_ROUTES)
         messages: list[dict]              # OpenAI-style [{"role": ..., "content": ...}]
-        user: User | None = None          # charged in the ledger, budget checked
+        user: User | None = None          # charged in the ledger, budget checked; an AnonymousUser (a
+                                          # reader not signed in) shares LLM_ANONYMOUS_MONTHLY_BUDGET_USD
         api_key: ApiKey | None = None     # charged in the ledger, budget checked
         scope: str = "public"             # permission scope: part of the cache key
         cache: bool = True                # False: neither read nor write the cache

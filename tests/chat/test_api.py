@@ -288,6 +288,31 @@ def test_anonymous_sessions_from_one_address_share_a_limit(settings, llm):
     assert response.status_code == 200
 
 
+def test_when_the_anonymous_budget_is_spent_the_stream_says_to_sign_in(settings, llm):
+    """LLM_ANONYMOUS_MONTHLY_BUDGET_USD spent: an anonymous question gets the `error` event
+    (budget_exceeded, asking to sign in) without a model call, and the answer is saved as an
+    error; a signed-in reader is still answered."""
+    from decimal import Decimal
+
+    from apps.llm.models import UsageRecord
+
+    settings.LLM_ANONYMOUS_MONTHLY_BUDGET_USD = Decimal("0.0001")
+    UsageRecord.objects.create(route="chat", provider="fake", model="fake-model", cost_usd=Decimal("0.0002"),
+                               anonymous=True)  # this month's anonymous spend, already over
+    url, asker = _anonymous_conversation()
+    response, events = ask(url, "What causes tides?", client=asker)
+    assert response.status_code == 200 and llm.calls() == 0
+    error = first(events, "error")
+    assert error["code"] == "budget_exceeded" and "sign in" in error["message"]
+    answer = Message.objects.get(pk=first(events, "meta")["message_id"])
+    assert answer.status == Message.Status.ERROR and "budget_exceeded" in answer.error
+
+    reader = UserFactory()
+    mine = ConversationFactory(owner=reader)
+    response, events = ask(f"/api/v1/chat/conversations/{mine.pk}/messages", "What causes tides?", user=reader)
+    assert response.status_code == 200 and events[-1][0] == "done" and llm.calls() == 1
+
+
 def test_openapi_describes_the_stream_and_its_events(client):
     schema = client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
     post = schema["paths"]["/api/v1/chat/conversations/{id}/messages"]["post"]
