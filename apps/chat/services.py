@@ -198,7 +198,7 @@ def _valid_question(question) -> str | None:
 async def aanswer_prepare(*, conversation: int, user, session_key: str | None, question: str,
                           query_vector: asyncio.Future | None = None, address: str | None = None) -> PreparedAnswer:
     """Check the limits, save the question, retrieve and build the prompt, on the event loop
-    (the chat page's stream; the API's, from its DRF view's thread through ``async_to_sync``).
+    (the chat page's stream and the API's, once DRF has accepted the question).
 
     Raises the :mod:`apps.chat.limits` errors (shown in the envelope) before anything is saved
     or any model is called. ``conversation`` (an id) is looked up (``Http404`` if it is not the

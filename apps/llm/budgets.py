@@ -167,6 +167,15 @@ def forget_cached_limits() -> None:
     _limits_version.value, _limits_version.checked_at = None, float("-inf")
 
 
+def may_apply(*, user, api_key) -> bool:
+    """Whether any budget could hold this caller (no I/O): a signed-in user, an API key with a
+    budget, or a reader not signed in while the anonymous budget is set. Only then are the
+    holders looked up (:func:`holders_for`) and the prompt counted for the worst case."""
+    return bool(getattr(user, "is_authenticated", False)) or (
+        api_key is not None and api_key.monthly_budget_usd is not None) or (
+        settings.LLM_ANONYMOUS_MONTHLY_BUDGET_USD is not None and is_anonymous(user, api_key))
+
+
 async def holders_for(*, user, api_key) -> list[Holder]:
     holders = []
     user_id = getattr(user, "pk", None) if getattr(user, "is_authenticated", False) else None

@@ -52,7 +52,6 @@ from dataclasses import dataclass, field, fields
 from decimal import Decimal
 
 from asgiref.sync import async_to_sync, sync_to_async
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 from redis.exceptions import RedisError
@@ -264,9 +263,7 @@ async def stream_chat(request: ChatRequest, *, _stream: bool = True) -> AsyncIte
     params = _effective_params(route, request.params)
     call_id = str(uuid.uuid4())
     reservation = None
-    if (request.user is not None and getattr(request.user, "is_authenticated", False)) or (
-        request.api_key is not None and request.api_key.monthly_budget_usd is not None
-    ) or (settings.LLM_ANONYMOUS_MONTHLY_BUDGET_USD is not None and budgets.is_anonymous(request.user, request.api_key)):
+    if budgets.may_apply(user=request.user, api_key=request.api_key):
         holders = await budgets.holders_for(user=request.user, api_key=request.api_key)
         if holders:  # only then is the prompt tokenised for the worst-case estimate
             reservation = await budgets.reserve(

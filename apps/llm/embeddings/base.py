@@ -30,7 +30,7 @@ from apps.core.backends import backend_class, reject_unknown_options
 from apps.llm.metrics import QUERY_EMBEDDING_CACHE
 
 # Where async callers' embeddings run when the backend has no async client of its own (a model
-# in this process): at most four at once, as the query embeddings started ahead (apps.search).
+# in this process): at most four at once.
 _MODEL_THREADS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="embedding-model")
 
 
