@@ -26,7 +26,6 @@ from apps.chat.serializers import (
     ConversationDetailSerializer,
     ConversationSerializer,
     DoneEventSerializer,
-    ErrorEnvelopeSerializer,
     ErrorEventSerializer,
     MessageSerializer,
     MetaEventSerializer,
@@ -42,6 +41,7 @@ from apps.chat.web import (
     start_conversation,
 )
 from apps.core.adb import run_sync
+from apps.core.schema import ErrorEnvelopeSerializer
 
 STREAM_DESCRIPTION = """\
 Asks a question in the conversation and streams the answer as **server-sent events**

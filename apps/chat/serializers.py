@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.urls import reverse
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from apps.chat.models import Conversation, Message
@@ -52,20 +54,20 @@ class ConversationCreateSerializer(serializers.Serializer):
     title = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
 
 
+# What check_question accepts, for the schema: blank and over-long questions are refused by it
+# (empty_question, question_too_long), not by the serializer, so their codes stay the page's.
+@extend_schema_field({"type": "string", "minLength": 1, "maxLength": settings.CHAT_MAX_QUESTION_CHARS,
+                      "pattern": r"\S"})
+class QuestionField(serializers.CharField):
+    def run_validation(self, data=serializers.empty):
+        if isinstance(data, str) and not data.strip():
+            return ""  # check_question's empty_question, as on the page
+        return super().run_validation(data)
+
+
 class QuestionSerializer(serializers.Serializer):
-    question = serializers.CharField(allow_blank=True, trim_whitespace=True,
-                                     help_text="The question (CHAT_MAX_QUESTION_CHARS at most).")
-
-
-class ErrorBodySerializer(serializers.Serializer):
-    code = serializers.CharField()
-    message = serializers.CharField()
-    details = serializers.JSONField(allow_null=True)
-    request_id = serializers.CharField(allow_null=True)
-
-
-class ErrorEnvelopeSerializer(serializers.Serializer):
-    error = ErrorBodySerializer()
+    question = QuestionField(trim_whitespace=True,
+                             help_text="The question (CHAT_MAX_QUESTION_CHARS at most, not blank).")
 
 
 # --- stream events (the `data:` JSON of each `event:` type) -------------------------------

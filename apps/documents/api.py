@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import django_filters
 from django.db.models import Count
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import permissions, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
+from apps.core.pagination import LimitOffsetPage
 from apps.documents import services
 from apps.documents.models import Chunk, Document
 from apps.documents.selectors import visible_documents
@@ -25,6 +25,7 @@ from apps.documents.serializers import (
 
 class IsStaffOrReadOnly(permissions.BasePermission):
     message = "Only staff can change documents."
+    allows_anonymous_reads = True  # the schema's `security: {}` on reads (apps.core.schema)
 
     def has_permission(self, request, view):
         if request.method in permissions.SAFE_METHODS:
@@ -109,8 +110,8 @@ class DocumentViewSet(viewsets.ModelViewSet):
 
     @extend_schema(summary="The chunks a document was split into", tags=["documents"],
                    responses=ChunkPageSerializer,
-                   parameters=[OpenApiParameter("limit", OpenApiTypes.INT),
-                               OpenApiParameter("offset", OpenApiTypes.INT)])
+                   parameters=[OpenApiParameter(p["name"], p["schema"], description=p["description"])
+                               for p in LimitOffsetPage().get_schema_operation_parameters(None)])
     @action(detail=True, methods=["get"], filterset_class=None)
     def chunks(self, request, pk=None):
         document = self.get_object()

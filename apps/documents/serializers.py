@@ -5,7 +5,8 @@ from apps.documents.models import Chunk, Document
 
 
 class DocumentListSerializer(serializers.ModelSerializer):
-    author = serializers.CharField(source="author.username", default=None, read_only=True)
+    author = serializers.CharField(source="author.username", default=None, allow_null=True, read_only=True,
+                                   help_text="The author's username; null for imported documents.")
     chunk_count = serializers.SerializerMethodField()
 
     class Meta:

@@ -50,6 +50,12 @@ def _error(request, status: int, code: str, message: str, details=None, headers=
     return response
 
 
+def _method_not_allowed(request, allowed: str) -> JsonResponse:
+    """405 with the ``Allow`` header RFC 9110 requires on it."""
+    return _error(request, 405, "method_not_allowed", f'Method "{request.method}" not allowed.',
+                  headers={"Allow": allowed})
+
+
 def _budget_error(request, error: BudgetExceeded) -> JsonResponse:
     headers = {}
     if error.resets_at is not None:
@@ -173,7 +179,7 @@ def _usage_json(usage) -> dict:
 @csrf_exempt
 async def chat_completions(request: HttpRequest) -> HttpResponse:
     if request.method != "POST":
-        return _error(request, 405, "method_not_allowed", f'Method "{request.method}" not allowed.')
+        return _method_not_allowed(request, "POST")
     try:
         fields, problem = _parse(request.body)  # the body is already in memory: no I/O before the key check
     except RequestDataTooBig:
@@ -272,7 +278,7 @@ async def _sse(events, first, *, completion_id: str, created: int, model: str, i
 @csrf_exempt
 async def models(request: HttpRequest) -> HttpResponse:
     if request.method != "GET":
-        return _error(request, 405, "method_not_allowed", f'Method "{request.method}" not allowed.')
+        return _method_not_allowed(request, "GET")
     if (await _admit(request, count=False)).key is None:  # listing models does not use up the rate limit
         return _unauthenticated(request)
     return JsonResponse({"object": "list", "data": [

@@ -29,7 +29,7 @@ REQUEST = {
     "required": ["model", "messages"],
     "properties": {
         "model": {"type": "string", "description": "A route name from GET /v1/models.", "example": "chat"},
-        "messages": {"type": "array", "items": {"$ref": "#/components/schemas/OpenAIChatMessage"}},
+        "messages": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/OpenAIChatMessage"}},
         "stream": {"type": "boolean", "default": False},
         "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
         "max_tokens": {"type": "integer", "minimum": 1, "description": "Capped by the route's max tokens."},

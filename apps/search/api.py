@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework import permissions, serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.core.schema import ErrorEnvelopeSerializer
 from apps.search.services import MODES, SearchFilters, hybrid_search
 
 
@@ -56,11 +57,6 @@ class SearchResponseSerializer(serializers.Serializer):
     results = SearchResultSerializer(many=True)
 
 
-_ERROR = inline_serializer("SearchError", fields={"error": inline_serializer("SearchErrorBody", fields={
-    "code": serializers.CharField(), "message": serializers.CharField(),
-    "details": serializers.JSONField(allow_null=True), "request_id": serializers.CharField(allow_null=True),
-})})
-
 _EXAMPLE = {
     "query": "vitamin d deficiency",
     "mode": "hybrid",
@@ -90,7 +86,8 @@ class SearchView(APIView):
         parameters=[SearchQuerySerializer],
         responses={
             200: SearchResponseSerializer,
-            400: OpenApiResponse(_ERROR, description="Invalid parameters (error envelope, code validation_error)."),
+            400: OpenApiResponse(ErrorEnvelopeSerializer,
+                                 description="Invalid parameters (error envelope, code validation_error)."),
         },
         examples=[
             OpenApiExample("Hybrid search", value=_EXAMPLE, response_only=True, status_codes=["200"]),

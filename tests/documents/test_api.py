@@ -132,3 +132,25 @@ def test_a_limit_beyond_the_largest_page_gets_the_largest_page():
         assert body["count"] == 3 and len(body["results"]) == 2
     page = anonymous.get(URL, {"limit": "2"}).json()
     assert len(page["results"]) == 2 and "limit=2" in page["next"]
+
+
+def test_a_limit_or_offset_that_is_not_a_whole_number_in_range_is_a_400_naming_it():
+    """DRF serves the first page for any of these, so a client's bug looked like missing data;
+    an offset past PostgreSQL's bigint was a 500."""
+    DocumentFactory.create_batch(3)
+    anonymous = client_for()
+    for params, name in [({"offset": "null"}, "offset"), ({"offset": "-1"}, "offset"),
+                         ({"offset": str(2**63)}, "offset"), ({"limit": "0"}, "limit"),
+                         ({"limit": "2.5"}, "limit"), ({"limit": "-3", "offset": "1"}, "limit")]:
+        response = anonymous.get(URL, params)
+        assert response.status_code == 400, (params, response.content)
+        error = response.json()["error"]
+        assert error["code"] == "validation_error" and list(error["details"]) == [name], params
+    assert anonymous.get(URL, {"limit": "", "offset": ""}).json()["count"] == 3  # empty = not given
+    document = Document.objects.first()
+    assert client_for().get(f"{URL}/{document.pk}/chunks", {"offset": "-5"}).status_code == 400
+
+
+def test_a_document_without_an_author_lists_it_as_null():
+    DocumentFactory(author=None)
+    assert client_for().get(URL).json()["results"][0]["author"] is None

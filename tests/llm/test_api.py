@@ -186,3 +186,16 @@ def test_malformed_bodies_are_400_validation_errors(settings):
         assert response.status_code == 400, response.content
         error = response.json()["error"]
         assert (error["code"], error["message"]) == ("validation_error", message)
+
+
+@pytest.mark.django_db
+def test_a_method_the_endpoint_does_not_serve_is_a_405_naming_the_allowed_one():
+    async def send():
+        client = AsyncClient()
+        return (await client.get("/v1/chat/completions"), await client.post("/v1/models"),
+                await client.generic("TRACE", "/v1/models"))
+
+    for response, allowed in zip(run(send), ("POST", "GET", "GET"), strict=True):
+        assert response.status_code == 405
+        assert response["Allow"] == allowed  # RFC 9110: a 405 lists what is allowed
+        assert response.json()["error"]["code"] == "method_not_allowed"
