@@ -53,6 +53,16 @@ def credentials(transactional_db):
     return {"token": Token.objects.create(user=staff).key, "api_key": raw_key}
 
 
+def _checks(response) -> list:
+    checks = [not_a_server_error, status_code_conformance, content_type_conformance]
+    # An event stream's body is not checked here: OpenAPI 3.0 has no way to describe one event
+    # (3.2's itemSchema); the chat stream's events are checked against their serializers in
+    # tests/chat, the gateway's chunks in tests/llm.
+    if not response.headers.get("content-type", [""])[0].startswith("text/event-stream"):
+        checks.append(response_schema_conformance)
+    return checks
+
+
 def _fuzz(operation, *, base_url: str, authorization: str) -> int:
     """EXAMPLES generated requests to ``operation``; the first that breaks the contract raises.
     Returns how many were sent."""
@@ -65,13 +75,7 @@ def _fuzz(operation, *, base_url: str, authorization: str) -> int:
         nonlocal sent
         sent += 1
         response = case.call(base_url=base_url, headers={"Authorization": authorization}, timeout=30)
-        checks = [not_a_server_error, status_code_conformance, content_type_conformance]
-        # An event stream's body is not checked here: OpenAPI 3.0 has no way to describe one event
-        # (3.2's itemSchema); the chat stream's events are checked against their serializers in
-        # tests/chat, the gateway's chunks in tests/llm.
-        if not response.headers.get("content-type", [""])[0].startswith("text/event-stream"):
-            checks.append(response_schema_conformance)
-        case.validate_response(response, checks=checks)
+        case.validate_response(response, checks=_checks(response))
 
     keeps_contract()
     return sent
@@ -93,3 +97,26 @@ def test_every_operation_keeps_its_contract(contract_server, credentials):
     assert operations >= 18  # the schema's operations, /v1/ included
     assert sent >= operations * EXAMPLES // 2, sent  # a few operations have fewer distinct inputs
     assert not failures, "\n\n".join(failures)
+
+
+def test_sequences_of_calls_keep_the_contract(contract_server, credentials):
+    """Stateful: schemathesis chains operations through the links it infers from the schema (a
+    document created, then read, changed, re-embedded, deleted; a conversation started, asked a
+    question, its messages listed, deleted), so requests reach real objects, not random ids."""
+    api = schemathesis.openapi.from_url(f"{contract_server.url}/api/schema/").exclude(path_regex="^/v1/")
+    calls = []
+
+    class Sequences(api.as_state_machine()):
+        def get_call_kwargs(self, case):
+            return {"base_url": contract_server.url, "timeout": 30,
+                    "headers": {"Authorization": f"Token {credentials['token']}"}}
+
+        def validate_response(self, response, case, additional_checks=None, **kwargs):
+            calls.append((case.method, case.path, response.status_code))
+            case.validate_response(response, checks=_checks(response))
+
+    Sequences.run(settings=settings(max_examples=4 * EXAMPLES, stateful_step_count=8, derandomize=True, deadline=None,
+                                    database=None, suppress_health_check=list(HealthCheck)))
+    reached = {(method, path) for method, path, status in calls if 200 <= status < 300 and "{" in path}
+    # Objects made by one call were used by the next: at least a document and a conversation.
+    assert {path for _, path in reached} >= {"/api/v1/documents/{id}", "/api/v1/chat/conversations/{id}"}, calls
