@@ -4,8 +4,8 @@ uvicorn, over HTTP, as a staff caller, a reader and an anonymous one (the LLM ga
 with an API key), then sequences of calls chained through the schema's links.
 
 No answer may be a 500; each status an answer carries must be one the operation documents,
-with the documented content type and a body matching its schema (the error envelope
-included); an object created can be read back and one deleted stays gone. Generation is
+with the documented content type and headers and a body matching its schema (the error
+envelope included); an object created can be read back and one deleted stays gone. Generation is
 derandomized: the same requests every run.
 """
 
@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
+    response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
 )
@@ -64,7 +65,7 @@ def credentials(transactional_db):
 
 
 def _checks(response) -> list:
-    checks = [not_a_server_error, status_code_conformance, content_type_conformance]
+    checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance]
     # An event stream's body is not checked here: OpenAPI 3.0 has no way to describe one event
     # (3.2's itemSchema); the chat stream's events are checked against their serializers in
     # tests/chat, the gateway's chunks in tests/llm.

@@ -9,7 +9,7 @@ status an operation can answer with, from what the view is made of:
 * 401 for every operation: a wrong token is refused even where no sign-in is needed;
 * 403 where a permission or the session's CSRF check can refuse the caller;
 * 404 for a path naming an object (``{id}``);
-* 429 where the view is throttled (``throttled``, ``details.retry_after``).
+* 429 where the view is throttled (``throttled``, ``details.retry_after``, the ``Retry-After`` header).
 
 A status an operation documents itself (e.g. the chat stream's 409) is left as written. It
 also marks reads that need no credentials (``security: {}``) for the permission classes that
@@ -42,6 +42,13 @@ ERROR_DESCRIPTIONS = {
     "403": "The caller may not do this, or the session's CSRF token is missing (permission_denied).",
     "404": "No such object, or not one the caller may see (not_found).",
     "429": "Too many requests (throttled; details.retry_after in seconds, also the Retry-After header).",
+}
+# The headers the envelope's statuses carry (apps.core.exceptions).
+ERROR_HEADERS = {
+    "401": {"WWW-Authenticate": {"description": "How to authenticate (Token), when no credentials were sent.",
+                                 "schema": {"type": "string"}}},
+    "429": {"Retry-After": {"description": "Seconds to wait before asking again.",
+                            "schema": {"type": "integer", "minimum": 0}}},
 }
 _BODY_METHODS = ("POST", "PUT", "PATCH")
 
@@ -87,4 +94,6 @@ class QuireAutoSchema(AutoSchema):
                 responses[code] = self._get_response_for_code(
                     OpenApiResponse(ErrorEnvelopeSerializer, description=ERROR_DESCRIPTIONS[code]), code,
                     ["application/json"], direction)
+            if code in ERROR_HEADERS:
+                responses[code].setdefault("headers", {}).update(ERROR_HEADERS[code])
         return dict(sorted(responses.items()))

@@ -40,6 +40,8 @@ def test_every_operation_documents_the_errors_it_can_answer_with_the_envelope(tm
         assert expected <= set(responses), (method, path, sorted(responses))
         for status in expected:
             assert responses[status]["content"]["application/json"]["schema"] == envelope, (method, path, status)
+    assert "Retry-After" in operations[("GET", "/api/v1/search")]["responses"]["429"]["headers"]
+    assert "WWW-Authenticate" in operations[("GET", "/api/v1/me")]["responses"]["401"]["headers"]
     assert "400" in operations[("GET", "/api/v1/documents")]["responses"]  # filters and pagination
     assert "400" not in operations[("GET", "/api/v1/documents/{id}")]["responses"]  # reads nothing
     assert "403" not in operations[("GET", "/api/v1/search")]["responses"]  # anyone may search
