@@ -189,7 +189,7 @@ async def throughput(spec: dict) -> dict:
 
 
 async def ttft(spec: dict) -> dict:
-    direct, chat, prepare, retrieval, upstream_ttft = [], [], [], [], []
+    direct, chat, prepare, retrieval, upstream_ttft, beyond_retrieval = [], [], [], [], [], []
     cached = 0
     body = {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hello"}]}
     async with _session(spec) as session, aiohttp.ClientSession() as upstream:
@@ -209,10 +209,12 @@ async def ttft(spec: dict) -> dict:
             if stream.done_data:
                 prepare.append(stream.done_data.get("prepare_ms") or 0.0)
                 retrieval.append(stream.done_data.get("retrieval_ms") or 0.0)
+                if stream.tokens and not stream.error:  # this answer's first token, its retrieval left out
+                    beyond_retrieval.append(stream.tokens[0] - stream.sent - retrieval[-1] / 1000)
                 upstream_ttft.append(stream.done_data.get("upstream_ttft_ms") or 0.0)
                 cached += bool(stream.done_data.get("cached"))
     return {"direct_s": direct, "chat_s": chat, "prepare_ms": prepare, "retrieval_ms": retrieval,
-            "proxy_ttft_ms": upstream_ttft,
+            "proxy_ttft_ms": upstream_ttft, "beyond_retrieval_s": beyond_retrieval,
             "cached": cached}
 
 

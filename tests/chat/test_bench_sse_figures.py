@@ -39,3 +39,15 @@ def test_every_run_asks_new_questions_and_counts_cache_hits():
     figures = _figures(0, None, None, None, first_tokens=first_tokens, fast=NO_THROUGHPUT,
                        options={"upstream_pool_limit": 10}, nofile=1024)
     assert figures["ttft_cached_answers"] == 2
+
+
+def test_added_ttft_beyond_retrieval_leaves_each_answers_retrieval_out():
+    # Three answers: first tokens at 6, 9 and 12 ms, of which 2, 4 and 5 ms were retrieval; the upstream alone 0.5 ms.
+    first_tokens = {**EMPTY_RUN, "direct_s": [0.0005], "chat_s": [0.006, 0.009, 0.012],
+                    "beyond_retrieval_s": [0.004, 0.005, 0.007]}
+    figures = _figures(0, None, None, None, first_tokens=first_tokens, fast=NO_THROUGHPUT,
+                       options={"upstream_pool_limit": 10}, nofile=1024)
+    assert figures["ttft_added_p50_ms"] == 8.5  # median 9, less 0.5
+    assert figures["ttft_added_beyond_retrieval_p50_ms"] == 4.5  # median 5, less 0.5
+    assert _figures(0, None, None, None, first_tokens=EMPTY_RUN, fast=NO_THROUGHPUT,
+                    options={"upstream_pool_limit": 10}, nofile=1024)["ttft_added_beyond_retrieval_p50_ms"] is None
