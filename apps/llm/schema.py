@@ -7,6 +7,8 @@ the one schema (wired in ``SPECTACULAR_SETTINGS["POSTPROCESSING_HOOKS"]``).
 
 from __future__ import annotations
 
+# The one error envelope (apps.core.exceptions). Every /api/ operation already makes it the
+# component ``ErrorEnvelope`` (apps.core.schema); this shape stands in only for a schema without them.
 ERROR = {
     "type": "object",
     "required": ["error"],
@@ -81,13 +83,14 @@ RATE_LIMIT_HEADERS = {
 
 def _error(description: str) -> dict:
     return {"description": description,
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/OpenAIErrorEnvelope"}}}}
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}}}
 
 
 def add_openai_compatible_paths(result, generator, request, public):
     components = result.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
-    schemas.update({"OpenAIErrorEnvelope": ERROR, "OpenAIChatMessage": MESSAGE, "OpenAIUsage": USAGE,
+    schemas.setdefault("ErrorEnvelope", ERROR)
+    schemas.update({"OpenAIChatMessage": MESSAGE, "OpenAIUsage": USAGE,
                     "OpenAIChatCompletionRequest": REQUEST, "OpenAIChatCompletion": COMPLETION,
                     "OpenAIModelList": MODELS})
     components.setdefault("securitySchemes", {})["quireApiKey"] = {
