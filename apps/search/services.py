@@ -195,8 +195,8 @@ def _scope(user, filters: SearchFilters | None, parsed: ParsedQuery) -> _Scope:
 def _keyword_chunks_cte(parsed: ParsedQuery, scope: _Scope) -> tuple[str, list]:
     """CTEs ending in ``kw_chunks(chunk_id, document_id, score, tags)``: BM25 per visible chunk.
 
-    The query's distinct lexemes (Postgres's ``english`` analyzer) and their idf are
-    computed by this same statement (``kw_terms``: no round trip of their own). Document
+    The query's distinct lexemes (Postgres's ``english`` analyzer) and their idf-weights are
+    computed by this same statement (``kw_df``, ``kw_terms``: no round trip of their own). Document
     frequency is ``count(*)`` over the lexeme's postings, an index-only scan of the covering
     primary key, so it is exact at every moment and no writer ever updates a shared
     per-lexeme counter; N and the average chunk length come from the slotted corpus
@@ -204,26 +204,32 @@ def _keyword_chunks_cte(parsed: ParsedQuery, scope: _Scope) -> tuple[str, list]:
     """
     k1, b = float(settings.SEARCH_BM25_K1), float(settings.SEARCH_BM25_B)
     chunk_join = "JOIN documents_chunk c ON c.id = s.chunk_id" if scope.needs_chunk_join else ""
-    terms_sql = f"""
+    # BM25 per posting, tf * (k1 + 1) * idf / (tf + k1 * (1 - b + b * dl / avgdl)), as
+    # w * tf / (tf + c + l * dl): the factors constant for the statement (w = (k1 + 1) * idf per
+    # term, c = k1 * (1 - b), l = k1 * b / avgdl) are computed once in kw_terms, in float8 (a
+    # bare decimal literal times an integer column is numeric arithmetic, several times slower).
+    # A term's df is counted once (kw_df): an expression naming it twice would count it twice.
+    sql = f"""
     kw_corpus AS MATERIALIZED (
         SELECT greatest(coalesce(sum(chunks), 0), 1)::float8 AS n,
                greatest(coalesce(sum(total_length), 0), 1)::float8 / greatest(coalesce(sum(chunks), 0), 1) AS avgdl
         FROM search_corpus_stats
     ),
+    kw_df AS MATERIALIZED (
+        SELECT x.lexeme,
+               (SELECT count(*) FROM search_posting p WHERE p.lexeme = (x.lexeme COLLATE "C"))::float8 AS df
+        FROM (SELECT DISTINCT lexeme FROM unnest(to_tsvector('english', %s))
+              LIMIT {int(settings.SEARCH_MAX_QUERY_TERMS)}) x
+    ),
     kw_terms AS MATERIALIZED (
-        SELECT t.lexeme, ln(1 + (k.n - t.df + 0.5) / (t.df + 0.5)) AS idf
-        FROM (SELECT x.lexeme,
-                     (SELECT count(*) FROM search_posting p WHERE p.lexeme = (x.lexeme COLLATE "C"))::float8 AS df
-              FROM (SELECT DISTINCT lexeme FROM unnest(to_tsvector('english', %s))
-                    LIMIT {int(settings.SEARCH_MAX_QUERY_TERMS)}) x) t, kw_corpus k
+        SELECT t.lexeme, {k1 + 1!r}::float8 * ln(1 + (k.n - t.df + 0.5) / (t.df + 0.5)) AS w,
+               {k1 * (1 - b)!r}::float8 AS c, {k1 * b!r}::float8 / k.avgdl AS l
+        FROM kw_df t, kw_corpus k
         WHERE t.df > 0
-    ),"""
-    source, avgdl = "kw_terms q", "(SELECT avgdl FROM kw_corpus)"
-    sql = f"""{terms_sql}
+    ),
     kw_scored AS (
-        SELECT p.chunk_id, p.document_id,
-               sum(q.idf * p.tf * {k1 + 1} / (p.tf + {k1} * (1 - {b} + {b} * p.dl / {avgdl}))) AS score
-        FROM {source}
+        SELECT p.chunk_id, p.document_id, sum(q.w * p.tf / (p.tf + q.c + q.l * p.dl)) AS score
+        FROM kw_terms q
         JOIN search_posting p ON p.lexeme = (q.lexeme COLLATE "C")
         GROUP BY p.chunk_id, p.document_id
     ),
@@ -551,15 +557,18 @@ def _passage_statement(q: _PassageQuery, vector) -> tuple[str, list, tuple[str, 
     )""")
     else:
         ctes.append(f"scored AS (SELECT chunk_id, document_id, score FROM {lists[0]})")
+    # The passages' text and titles are read for the ``limit`` chosen only, not every candidate.
     final = f"""
     SELECT s.document_id, s.chunk_id, d.title, d.slug, c.heading_path, c.text, s.score, c.llm_tokens
-    FROM (SELECT *, row_number() OVER (PARTITION BY document_id ORDER BY score DESC, chunk_id) AS per_doc
-          FROM scored) s
+    FROM (SELECT document_id, chunk_id, score
+          FROM (SELECT *, row_number() OVER (PARTITION BY document_id ORDER BY score DESC, chunk_id) AS per_doc
+                FROM scored) ranked
+          WHERE per_doc <= {PASSAGES_PER_DOCUMENT}
+          ORDER BY score DESC, chunk_id
+          LIMIT {int(q.limit)}) s
     JOIN documents_chunk c ON c.id = s.chunk_id
     JOIN documents_document d ON d.id = s.document_id
-    WHERE s.per_doc <= {PASSAGES_PER_DOCUMENT}
-    ORDER BY s.score DESC, s.chunk_id
-    LIMIT {int(q.limit)}"""
+    ORDER BY s.score DESC, s.chunk_id"""
     # A prepared statement (the limits are part of its text, so a generic plan knows them), sent
     # with its hnsw.* settings in one round trip: see apps.core.db.
     setup = None if "sem_top" not in lists else _hnsw_settings(depth=q.depth, filtered=q.scope.filtered,

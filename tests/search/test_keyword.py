@@ -1,9 +1,11 @@
 """Keyword side: BM25 over trigger-maintained postings."""
 
+import math
+
 import pytest
 from django.db import connection
 
-from apps.search.services import hybrid_search
+from apps.search.services import hybrid_search, retrieve_passages
 from tests.factories.search import indexed_document
 
 pytestmark = pytest.mark.django_db
@@ -77,3 +79,33 @@ def test_nothing_a_user_types_breaks_the_query(query, mode):
     indexed_document(title="Anything", body="Some words to search for.")
     results = hybrid_search(query=query, user=None, mode=mode)
     assert results.total >= 0
+
+
+@pytest.mark.parametrize("k1, b", [(0.9, 0.4), (1.2, 0.75), (2.0, 0.0)])
+def test_scores_are_bm25_of_the_postings(settings, k1, b):
+    """The statement's BM25 (rewritten into per-statement factors, in float8) is the textbook
+    formula over the postings' tf and dl, df counted per lexeme, N and avgdl from the stats."""
+    settings.SEARCH_BM25_K1, settings.SEARCH_BM25_B = k1, b
+    for i in range(4):
+        indexed_document(title=f"Protein study {i}", body="Protein folding. " * (i + 1) + "Membrane proteins fold.")
+    indexed_document(title="Trace metals", body="Zinc binds to a protein domain in the membrane.")
+    indexed_document(title="Rivers", body="Rivers carry sediment from mountains to the sea.")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT sum(chunks)::float8, sum(total_length)::float8 FROM search_corpus_stats")
+        n, total_length = cursor.fetchone()
+        cursor.execute("SELECT lexeme, chunk_id, tf, dl FROM search_posting "
+                       "WHERE lexeme IN (SELECT lexeme FROM unnest(to_tsvector('english', 'zinc protein membrane')))")
+        postings = cursor.fetchall()
+    avgdl = total_length / n
+    df = {lexeme: sum(1 for p in postings if p[0] == lexeme) for lexeme, *_ in postings}
+    expected = {}
+    for lexeme, chunk_id, tf, dl in postings:
+        idf = math.log(1 + (n - df[lexeme] + 0.5) / (df[lexeme] + 0.5))
+        expected[chunk_id] = expected.get(chunk_id, 0) + idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * dl / avgdl))
+    assert len(df) == 3 and len(expected) == 5
+
+    passages = retrieve_passages(query="zinc protein membrane", user=None, mode="keyword", limit=10)
+    assert {p.chunk_id: p.score for p in passages} == pytest.approx(expected, rel=1e-12)
+    assert passages[0].title == "Trace metals"
+    page = hybrid_search(query="zinc protein membrane", user=None, mode="keyword")
+    assert {r.chunk_id: r.score for r in page.results} == pytest.approx(expected, rel=1e-12)
