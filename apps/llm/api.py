@@ -1,4 +1,5 @@
-"""OpenAI-compatible endpoint: ``POST /v1/chat/completions`` and ``GET /v1/models``.
+"""OpenAI-compatible endpoint: ``POST /v1/chat/completions``, ``POST /v1/embeddings`` and
+``GET /v1/models``.
 
 Async Django views (DRF has no async views), so a streamed answer holds no
 thread under ASGI. Authenticated with ``Authorization: Bearer <API key>``; the
@@ -12,6 +13,11 @@ The response cache is scoped per key owner: the answer depends only on the
 request, but we still never hand one customer's cached answer to another.
 Extension: ``"cache": false`` in the body bypasses the cache.
 
+Embeddings come from Quire's own ``EMBEDDING_BACKENDS`` (``LLM_API_EMBEDDING_ALIASES``; the
+model is named by its id or its alias), the vectors search uses: another service can embed
+its texts and queries into the same space, with the keys, limits, budgets and ledger of the
+chat calls. Extension: ``"input_type": "query"`` embeds the inputs as search queries.
+
 Every request is admitted by one Redis script (``apps.llm.keys``): a key revoked
 in any process is refused at once, and a key with a requests-per-minute limit
 gets 429 ``rate_limit_exceeded`` with ``Retry-After`` once it is reached. Chat
@@ -21,11 +27,15 @@ completion responses of limited keys carry OpenAI's ``x-ratelimit-limit-requests
 
 from __future__ import annotations
 
+import base64
 import json
 import math
+import sys
 import time
 import uuid
+from array import array
 
+from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -34,13 +44,25 @@ from apps.core import parsers
 from apps.core.exceptions import envelope
 from apps.core.logging import get_logger
 from apps.llm.conf import route_names
+from apps.llm.embeddings import get_embedding_backend
 from apps.llm.exceptions import BudgetExceeded, LLMError
-from apps.llm.services import CacheRead, ChatRequest, KeyAdmission, aapi_key_admit, acomplete, stream_chat
+from apps.llm.services import (
+    CacheRead,
+    ChatRequest,
+    KeyAdmission,
+    aapi_key_admit,
+    acomplete,
+    aembed,
+    api_embedding_models,
+    stream_chat,
+)
 
 logger = get_logger("quire.llm.api")
 PASSTHROUGH_PARAMS = {"temperature": float, "top_p": float, "presence_penalty": float, "frequency_penalty": float,
                       "seed": int, "stop": (str, list)}
 ROLES = {"system", "user", "assistant", "developer", "tool"}
+ENCODING_FORMATS = ("float", "base64")
+INPUT_TYPES = ("document", "query")
 
 
 def _error(request, status: int, code: str, message: str, details=None, headers=None) -> JsonResponse:
@@ -104,17 +126,25 @@ def _unauthenticated(request) -> JsonResponse:
                   headers={"WWW-Authenticate": 'Bearer realm="quire"'})
 
 
-def _parse(body: bytes) -> tuple[dict | None, str | None]:
-    """(validated fields, None) or (None, error message)."""
+def _json_with_model(body: bytes, model_is: str) -> tuple[dict | None, str | None]:
+    """(the body's JSON object, None), its ``model`` a non-empty string, or (None, error message)."""
     try:
         data = parsers.loads(body or b"null")
     except ValueError:
         return None, "The body is not valid JSON."
     if not isinstance(data, dict):
         return None, "The body must be a JSON object."
-    model = data.get("model")
-    if not isinstance(model, str) or not model:
-        return None, "model: a route name is required (see GET /v1/models)."
+    if not isinstance(data.get("model"), str) or not data["model"]:
+        return None, f"model: {model_is} is required (see GET /v1/models)."
+    return data, None
+
+
+def _parse(body: bytes) -> tuple[dict | None, str | None]:
+    """(validated fields, None) or (None, error message)."""
+    data, problem = _json_with_model(body, "a route name")
+    if data is None:
+        return None, problem
+    model = data["model"]
     messages = data.get("messages")
     if not isinstance(messages, list) or not messages:
         return None, "messages: a non-empty list is required."
@@ -281,5 +311,100 @@ async def models(request: HttpRequest) -> HttpResponse:
         return _method_not_allowed(request, "GET")
     if (await _admit(request, count=False)).key is None:  # listing models does not use up the rate limit
         return _unauthenticated(request)
+    embedding_models = dict.fromkeys(get_embedding_backend(alias).model_id  # listed by the model's id
+                                     for alias in settings.LLM_API_EMBEDDING_ALIASES)
     return JsonResponse({"object": "list", "data": [
-        {"id": name, "object": "model", "created": 0, "owned_by": "quire"} for name in route_names()]})
+        {"id": name, "object": "model", "created": 0, "owned_by": "quire"}
+        for name in [*route_names(), *embedding_models]]})
+
+
+def _parse_embeddings(body: bytes) -> tuple[dict | None, str | None]:
+    """(validated fields, None) or (None, error message) for ``POST /v1/embeddings``."""
+    data, problem = _json_with_model(body, "an embedding model")
+    if data is None:
+        return None, problem
+    texts = data.get("input")
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, list) or not texts:
+        return None, "input: a string or a non-empty list of strings is required."
+    most = settings.LLM_API_EMBEDDING_MAX_INPUTS
+    if len(texts) > most:
+        return None, f"input: at most {most} texts per request ({len(texts)} sent)."
+    for index, text in enumerate(texts):
+        if isinstance(text, int | list) and not isinstance(text, bool):
+            return None, f"input[{index}]: token arrays are not supported; send the text."
+        if not isinstance(text, str):
+            return None, f"input[{index}]: a string is required."
+        if not text:
+            return None, f"input[{index}]: an empty string cannot be embedded."
+        if parsers.lone_surrogate(text) is not None:
+            return None, f"input[{index}]: holds a lone surrogate (not Unicode text)."
+    choices = {"encoding_format": ENCODING_FORMATS, "input_type": INPUT_TYPES}
+    for name, allowed in choices.items():
+        if data.get(name) is not None and data[name] not in allowed:
+            return None, f"{name}: one of {list(allowed)}."
+    dimensions = data.get("dimensions")
+    if dimensions is not None and (not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 1):
+        return None, "dimensions: a positive integer."
+    if data.get("user") is not None and not isinstance(data["user"], str):
+        return None, "user: a string."
+    return {"model": data["model"], "texts": texts, "dimensions": dimensions,
+            "encoding_format": data.get("encoding_format") or "float",
+            "input_type": data.get("input_type") or "document"}, None
+
+
+def _base64_vector(vector: list[float]) -> str:
+    """OpenAI's ``base64`` format: the vector's little-endian float32 bytes."""
+    packed = array("f", vector)
+    if sys.byteorder != "little":
+        packed.byteswap()
+    return base64.b64encode(packed.tobytes()).decode("ascii")
+
+
+@csrf_exempt
+async def embeddings(request: HttpRequest) -> HttpResponse:
+    if request.method != "POST":
+        return _method_not_allowed(request, "POST")
+    try:
+        fields, problem = _parse_embeddings(request.body)
+    except RequestDataTooBig:
+        fields, problem = None, None
+    admission = await _admit(request, count=True)
+    if admission.key is None:
+        return _unauthenticated(request)
+    if admission.limited:
+        return _rate_limited(request, admission)
+    return _with_rate_headers(await _embeddings(request, fields, problem, admission.key), admission)
+
+
+async def _embeddings(request: HttpRequest, fields: dict | None, problem: str | None, key) -> HttpResponse:
+    if fields is None:
+        if problem is None:
+            return _error(request, 413, "payload_too_large", "The request body is too large.")
+        return _error(request, 400, "validation_error", problem)
+    alias = api_embedding_models().get(fields["model"])
+    if alias is None:
+        return _error(request, 404, "model_not_found",
+                      f"No embedding model {fields['model']!r}; see GET /v1/models.")
+    backend = get_embedding_backend(alias)
+    if fields["dimensions"] not in (None, backend.dimensions):
+        return _error(request, 400, "validation_error",
+                      f"dimensions: {backend.model_id} gives {backend.dimensions}-dimensional vectors only.")
+    try:
+        result = await aembed(alias=alias, texts=fields["texts"], user=key.user, api_key=key,
+                              kind=fields["input_type"])
+    except BudgetExceeded as error:
+        return _budget_error(request, error)
+    except LLMError as error:
+        return _error(request, error.http_status, error.code, error.message, {"provider": error.provider})
+    encode = _base64_vector if fields["encoding_format"] == "base64" else list
+    response = JsonResponse({
+        "object": "list", "model": result.model,
+        "data": [{"object": "embedding", "index": index, "embedding": encode(vector)}
+                 for index, vector in enumerate(result.vectors)],
+        "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
+    })
+    response["X-Quire-Usage-Record"] = result.usage_record_id
+    response["X-Quire-Provider"] = result.provider
+    return response

@@ -10,6 +10,7 @@ class LlmConfig(AppConfig):
         from django.core.signals import setting_changed
 
         from apps.core.health import register_check
+        from apps.llm import checks  # noqa: F401 - registers the system checks
         from apps.llm.conf import clear_caches
         from apps.llm.embeddings import check_warm_up
 

@@ -34,6 +34,8 @@ Public API::
     def api_key_create(*, name, user, monthly_budget_usd=None, requests_per_minute=None) -> tuple[ApiKey, str]
     def api_key_revoke(*, api_key) -> ApiKey                # refused by every process from the next request
     async def aapi_key_admit(raw_key, *, count=True) -> KeyAdmission   # + requests-per-minute limit
+    async def aembed(*, alias, texts, user=None, api_key=None, kind="document") -> EmbeddingsResult
+    def api_embedding_models() -> dict[str, str]    # the names POST /v1/embeddings accepts -> alias
 
 ``BudgetExceeded`` is raised before any provider is called (by ``stream_chat``
 on the first iteration, by ``acomplete``/``complete`` directly).
@@ -52,6 +54,7 @@ from dataclasses import dataclass, field, fields
 from decimal import Decimal
 
 from asgiref.sync import async_to_sync, sync_to_async
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 from redis.exceptions import RedisError
@@ -354,6 +357,33 @@ def complete(request: ChatRequest) -> ChatResult:
 
 
 # --- bookkeeping of one call ---------------------------------------------------------------
+def _record_soon(entry: dict, cost: Decimal, reservation: budgets.Reservation | None) -> None:
+    """Queue the ledger row and settle the budget in a task of its own: the caller gets its
+    answer (and the HTTP client its bytes) without waiting for Redis.
+    :func:`drain_pending_records` waits for these tasks."""
+    task = asyncio.get_running_loop().create_task(_record(entry, cost, reservation))
+    _background_tasks.add(task)
+    task.add_done_callback(_background_tasks.discard)
+
+
+async def _record(entry: dict, cost: Decimal, reservation: budgets.Reservation | None) -> None:
+    try:
+        async with runtime.aredis().pipeline(transaction=False) as pipe:
+            ledger.push_command(pipe, entry)
+            if reservation is not None:
+                reservation.settle_command(pipe, cost)
+            await pipe.execute()
+    except RedisError as exc:
+        # No queue: write this row straight to the database (slower, still not lost).
+        logger.warning("llm.ledger.redis_unavailable", error=str(exc), record=entry["id"])
+        try:
+            await sync_to_async(ledger.write_now)([entry])
+        except Exception:
+            logger.exception("llm.ledger.row_lost", row=entry)  # the log line is the last copy
+        return
+    await ledger.ensure_flusher()
+
+
 @dataclass
 class _CallState:
     request: ChatRequest
@@ -453,30 +483,8 @@ class _CallState:
                      }, error=entry["error"] if outcome in ("error", "partial") else None)
 
     def _record_soon(self, entry: dict, cost: Decimal) -> None:
-        """Queue the ledger row and settle the budget in a task of its own: the
-        caller gets its answer (and the HTTP client its bytes) without waiting
-        for Redis. :func:`drain_pending_records` waits for these tasks."""
         self.recorded = True
-        task = asyncio.get_running_loop().create_task(self._record(entry, cost))
-        _background_tasks.add(task)
-        task.add_done_callback(_background_tasks.discard)
-
-    async def _record(self, entry: dict, cost: Decimal) -> None:
-        try:
-            async with runtime.aredis().pipeline(transaction=False) as pipe:
-                ledger.push_command(pipe, entry)
-                if self.reservation is not None:
-                    self.reservation.settle_command(pipe, cost)
-                await pipe.execute()
-        except RedisError as exc:
-            # No queue: write this row straight to the database (slower, still not lost).
-            logger.warning("llm.ledger.redis_unavailable", error=str(exc), record=entry["id"])
-            try:
-                await sync_to_async(ledger.write_now)([entry])
-            except Exception:
-                logger.exception("llm.ledger.row_lost", row=entry)  # the log line is the last copy
-            return
-        await ledger.ensure_flusher()
+        _record_soon(entry, cost, self.reservation)
 
     async def finish(self) -> DoneEvent:
         entry, usage, cost, latency_ms, ttft_ms = self._entry("ok")
@@ -499,6 +507,115 @@ class _CallState:
             return
         entry, _, cost, _, _ = self._entry("cancelled", "client went away")
         self._record_soon(entry, cost)
+
+
+# --- embeddings for callers (POST /v1/embeddings) ------------------------------------------
+EMBEDDINGS_ROUTE = "embeddings"  # the route the ledger, metrics and traces file embedding calls under
+# Texts per model call: between two slices of a large request the model's lock is free, so a chat
+# question's vector (same process, same model) waits for one slice, not for the whole request.
+EMBEDDING_SLICE = 16
+
+
+@dataclass
+class EmbeddingsResult:
+    vectors: list[list[float]]
+    prompt_tokens: int
+    model: str
+    provider: str
+    cost: Decimal
+    usage_record_id: str
+
+
+def api_embedding_models() -> dict[str, str]:
+    """Model names ``POST /v1/embeddings`` accepts, to their ``EMBEDDING_BACKENDS`` alias: every
+    alias in ``LLM_API_EMBEDDING_ALIASES``, under its model's id and under its own name."""
+    from apps.llm.embeddings import get_embedding_backend
+
+    names: dict[str, str] = {}
+    for alias in settings.LLM_API_EMBEDDING_ALIASES:
+        names.setdefault(get_embedding_backend(alias).model_id, alias)
+        names.setdefault(alias, alias)
+    return names
+
+
+async def aembed(*, alias: str, texts: list[str], user=None, api_key=None,
+                 kind: str = "document") -> EmbeddingsResult:
+    """Embed ``texts`` with the ``alias`` backend for a caller, as the proxy makes a chat call:
+    budgets checked first (``BudgetExceeded``), one ledger row (tokens, cost at ``LLM_PRICES`` of
+    the model, outcome), the proxy's metrics and a span under the route ``embeddings``.
+
+    A text longer than the model takes raises ``ContextWindowExceeded`` naming it, before any
+    budget or model work: the model would silently cut it. The backend's ``EmbeddingError``
+    is raised after its call was recorded as an error.
+    """
+    from apps.llm.embeddings import get_embedding_backend
+    from apps.llm.exceptions import ContextWindowExceeded
+
+    started, started_ns, trace_parent = time.perf_counter(), time.time_ns(), spans.parent()
+    backend = get_embedding_backend(alias)
+    counts = await asyncio.to_thread(backend.count_tokens_batch, texts)  # a tokenizer: CPU, off the loop
+    limit = backend.max_input_tokens
+    for index, count in enumerate(counts):
+        if count > limit:
+            raise ContextWindowExceeded(f"input[{index}] has {count} tokens; {backend.model_id} takes at most {limit}.",
+                                        provider=backend.provider_name)
+    prompt_tokens = sum(counts)
+    cost = ledger.call_cost(backend.model_id, prompt_tokens, 0)
+    call_id = str(uuid.uuid4())
+    reservation = None
+    if budgets.may_apply(user=user, api_key=api_key):
+        holders = await budgets.holders_for(user=user, api_key=api_key)
+        if holders:
+            reservation = await budgets.reserve(holders=holders, call_id=call_id, estimate=cost, ttl_s=600)
+
+    def record(outcome: str, error: str = "") -> None:
+        spent = cost if outcome == "ok" else Decimal("0")
+        latency_ms = (time.perf_counter() - started) * 1000
+        provider, model = backend.provider_name, backend.model_id
+        entry = {
+            "id": call_id, "created_at": timezone.now().isoformat(), "route": EMBEDDINGS_ROUTE,
+            "user_id": user.pk if getattr(user, "is_authenticated", False) else None,
+            "api_key_id": getattr(api_key, "pk", None), "provider": provider, "model": model,
+            "prompt_tokens": prompt_tokens, "completion_tokens": 0,
+            "tokens_estimated": not backend.exact_token_counts, "cost_usd": str(spent),
+            "latency_ms": round(latency_ms, 3), "ttft_ms": None, "cache_hit": False, "streamed": False,
+            "outcome": outcome, "error": error[:2000], "fallbacks": 0,
+            "anonymous": budgets.is_anonymous(user, api_key),
+        }
+        REQUESTS.labels(EMBEDDINGS_ROUTE, provider, outcome).inc()
+        LATENCY.labels(EMBEDDINGS_ROUTE, provider).observe(latency_ms / 1000)
+        if outcome == "ok":
+            TOKENS.labels(EMBEDDINGS_ROUTE, provider, "prompt").inc(prompt_tokens)
+            if spent:
+                COST.labels(EMBEDDINGS_ROUTE, provider, model).inc(float(spent))
+        if trace_parent is not None:
+            spans.record(f"embeddings {model}", parent=trace_parent, start_ns=started_ns,
+                         end_ns=started_ns + int(latency_ms * 1e6), attributes={
+                             "gen_ai.operation.name": "embeddings", "gen_ai.provider.name": backend.gen_ai_provider,
+                             "gen_ai.request.model": model, "gen_ai.usage.input_tokens": prompt_tokens,
+                             "quire.llm.route": EMBEDDINGS_ROUTE, "quire.llm.provider": provider,
+                             "quire.llm.outcome": outcome, "quire.llm.cost_usd": float(spent),
+                             "quire.llm.inputs": len(texts), "quire.llm.call_id": call_id,
+                         }, error=error or None)
+        if _log_calls():
+            logger.info("llm.call", route=EMBEDDINGS_ROUTE, provider=provider, model=model, outcome=outcome,
+                        inputs=len(texts), latency_ms=round(latency_ms, 2), prompt_tokens=prompt_tokens,
+                        cost_usd=str(spent), record=call_id, error=error or None)
+        _record_soon(entry, spent, reservation)
+
+    vectors: list[list[float]] = []
+    try:
+        for start in range(0, len(texts), EMBEDDING_SLICE):
+            vectors += await backend.aembed_documents(texts[start:start + EMBEDDING_SLICE], kind=kind)
+    except LLMError as error:
+        record("error", str(error))
+        raise
+    except (asyncio.CancelledError, GeneratorExit):
+        record("cancelled", "client went away")
+        raise
+    record("ok")
+    return EmbeddingsResult(vectors=vectors, prompt_tokens=prompt_tokens, model=backend.model_id,
+                            provider=backend.provider_name, cost=cost, usage_record_id=call_id)
 
 
 # --- API keys ---------------------------------------------------------------------------

@@ -6,5 +6,6 @@ from apps.llm import api
 
 urlpatterns = [
     path("chat/completions", api.chat_completions, name="llm-chat-completions"),
+    path("embeddings", api.embeddings, name="llm-embeddings"),
     path("models", api.models, name="llm-models"),
 ]

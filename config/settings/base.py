@@ -277,6 +277,10 @@ CELERY_BEAT_SCHEDULE = {
 LLM_API_KEY_CACHE_SECONDS = 30
 # Requests per minute per API key on /v1/ when the key sets none; unset = unlimited.
 LLM_API_KEY_DEFAULT_RPM = env.int("LLM_API_KEY_DEFAULT_RPM", default=None)
+# The EMBEDDING_BACKENDS aliases POST /v1/embeddings serves (by the model's id or the alias),
+# and the most inputs one request may carry.
+LLM_API_EMBEDDING_ALIASES = env.list("LLM_API_EMBEDDING_ALIASES", default=["default"])
+LLM_API_EMBEDDING_MAX_INPUTS = env.int("LLM_API_EMBEDDING_MAX_INPUTS", default=256)
 
 
 def _usd(name: str) -> Decimal | None:

@@ -57,7 +57,7 @@ def test_openai_client_streams_from_chat_completions(proxy_server):
 def test_openai_client_non_streaming_models_and_cache(proxy_server):
     _, raw = make_api_key()
     client = client_for(proxy_server, raw)
-    assert {m.id for m in client.models.list()} == {"chat", "enrich"}
+    assert {m.id for m in client.models.list()} == {"chat", "enrich", "testing/hashed-bag-of-words"}
     first = client.chat.completions.create(model="chat", messages=MESSAGES)
     assert first.choices[0].message.content == "tok0 tok1 tok2 tok3 tok4 tok5 tok6 tok7 "
     assert first.usage.completion_tokens == 8

@@ -95,3 +95,23 @@ def test_without_traces_no_span_is_written(proxy, monkeypatch):
     assert spans.parent() is None
     events = run(collect, ChatRequest(route="chat", messages=question(), cache=False))
     assert events[-1].type == "done"  # and nothing to write it to
+
+
+def test_an_embeddings_call_is_a_span_too(monkeypatch):
+    from apps.llm.services import aembed
+
+    exporter, provider = InMemorySpanExporter(), TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(spans, "recorder", SpanRecorder(provider))
+    with provider.get_tracer("test").start_as_current_span("POST /v1/embeddings", kind=SpanKind.SERVER) as outer:
+        result = run(aembed, alias="default", texts=["Glaciers carve valleys.", "Aspirin and tides."])
+    (call,) = [s for s in exporter.get_finished_spans() if s.instrumentation_scope.name == "quire"]
+    assert call.name == "embeddings testing/hashed-bag-of-words"
+    assert call.parent.span_id == outer.get_span_context().span_id
+    attributes = dict(call.attributes)
+    assert attributes["gen_ai.operation.name"] == "embeddings"
+    assert attributes["gen_ai.usage.input_tokens"] == result.prompt_tokens > 0
+    assert (attributes["quire.llm.route"], attributes["quire.llm.outcome"], attributes["quire.llm.inputs"]) == (
+        "embeddings", "ok", 2)
+    assert attributes["quire.llm.call_id"] == result.usage_record_id
+    assert not any("spirin" in str(value) for value in attributes.values())  # no input text

@@ -49,6 +49,12 @@ class EmbeddingBackend:
     special_tokens: int = 0
     # Names accepted in OPTIONS (upper case, like Django's backends).
     option_names: ClassVar[frozenset[str]] = frozenset()
+    # Who computes the vectors, as the ledger, metrics and traces name it ("local", "openai").
+    provider_name: ClassVar[str] = ""
+    # OpenTelemetry's gen_ai.provider.name for this backend's calls.
+    gen_ai_provider: ClassVar[str] = "quire"
+    # Are count_tokens_batch's counts the model's own (False: an estimate)?
+    exact_token_counts: bool = True
 
     def __init__(self, alias: str = "default", **options: Any):
         reject_unknown_options("EMBEDDING_BACKENDS", alias, type(self), options, self.option_names)
@@ -89,6 +95,13 @@ class EmbeddingBackend:
         vector = (await self._aembed([text], kind="query"))[0]
         self._keep_query(text, vector)
         return vector
+
+    async def aembed_documents(self, texts: list[str], *, kind: str = "document") -> list[list[float]]:
+        """:meth:`embed_documents` for async code (``kind`` "query" embeds them as search
+        queries, for a model that tells the two apart), without the kept query vectors."""
+        if not texts:
+            return []
+        return await self._aembed(list(texts), kind=kind)
 
     def _kept_query(self, text: str) -> list[float] | None:
         if settings.EMBEDDING_QUERY_CACHE_SIZE <= 0:

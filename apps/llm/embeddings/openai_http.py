@@ -58,6 +58,8 @@ class OpenAIHTTPBackend(EmbeddingBackend):
         "BACKOFF_BASE", "BACKOFF_MAX", "BATCH_SIZE", "SEND_DIMENSIONS", "TOKENIZER_FILE", "SPECIAL_TOKENS",
         "ENCODING_FORMAT",
     })
+    provider_name = "openai"
+    gen_ai_provider = "openai"
 
     def __init__(self, alias: str = "default", **options):
         super().__init__(alias, **options)
@@ -77,6 +79,7 @@ class OpenAIHTTPBackend(EmbeddingBackend):
         self.batch_size = int(options.get("BATCH_SIZE", 64))
         self.send_dimensions = bool(options.get("SEND_DIMENSIONS", False))
         self.tokenizer_file = options.get("TOKENIZER_FILE")
+        self.exact_token_counts = bool(self.tokenizer_file)  # otherwise words and punctuation, an estimate
         self.encoding_format = options.get("ENCODING_FORMAT") or "base64"
         if self.encoding_format not in ("base64", "float"):
             raise ImproperlyConfigured(f"EMBEDDING_BACKENDS[{alias!r}]: ENCODING_FORMAT must be base64 or float, "

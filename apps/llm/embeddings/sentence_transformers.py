@@ -38,6 +38,7 @@ class SentenceTransformerBackend(EmbeddingBackend):
 
     option_names = frozenset({"MODEL_PATH", "MODEL_ID", "BATCH_SIZE", "DEVICE", "TORCH_THREADS"})
     special_tokens = 2
+    provider_name = "local"
 
     def __init__(self, alias: str = "default", **options):
         super().__init__(alias, **options)

@@ -54,6 +54,7 @@ class DeterministicBackend(EmbeddingBackend):
 
     option_names = frozenset({"DIMENSIONS", "MAX_TOKENS", "MODEL_ID", "RECORD_CALLS"})
     special_tokens = 2
+    provider_name = "testing"
 
     def __init__(self, alias: str = "default", **options):
         super().__init__(alias, **options)
