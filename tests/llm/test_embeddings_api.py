@@ -17,7 +17,7 @@ from apps.llm.embeddings import get_embedding_backend, reset_embedding_backends
 from apps.llm.embeddings.testing import DeterministicBackend, fail_embeddings, recorded_calls
 from apps.llm.exceptions import ContextWindowExceeded
 from apps.llm.models import UsageRecord
-from apps.llm.services import EMBEDDING_SLICE, aembed, api_key_create
+from apps.llm.services import EMBEDDING_SLICE_TOKENS, aembed, api_key_create
 from apps.llm.testing import flush_ledger_until, run
 from apps.llm.testing.fake_upstream import deterministic_vector
 from tests.factories.llm import LLMUserFactory, make_api_key
@@ -98,13 +98,15 @@ def test_a_large_request_is_embedded_in_slices(proxy_server):
     """Between slices the model is free for a chat question's vector in the same process."""
     _, raw = make_api_key()
     before = recorded_calls()
-    texts = [f"passage number {i} about rivers" for i in range(2 * EMBEDDING_SLICE + 3)]
+    per_text = EMBEDDING_SLICE_TOKENS // 2 - 10  # two texts per slice
+    texts = ["river " * (per_text - 1) + f"n{i}" for i in range(5)]
+    assert get_embedding_backend().count_tokens_batch(texts) == [per_text] * 5
     response = post(proxy_server, raw, {"model": MODEL, "input": texts})
     assert response.status_code == 200
     assert [item["index"] for item in response.json()["data"]] == list(range(len(texts)))
     assert response.json()["data"][-1]["embedding"] == pytest.approx(expected(texts[-1]), abs=1e-12)
     after = recorded_calls()
-    assert (after["calls"] - before["calls"], after["texts"] - before["texts"]) == (3, len(texts))
+    assert (after["calls"] - before["calls"], after["texts"] - before["texts"]) == (3, 5)  # 2 + 2 + 1
 
 
 @pytest.mark.django_db(transaction=True)
