@@ -247,3 +247,146 @@ def bench_proxy(*, stdout, options):
                  f"{figures['client_httpx_direct_p99_ms']} ms")
     stdout.write(f"ledger rows written: {figures['ledger_rows']} of {figures['proxied_calls']} proxied calls")
     return figures
+
+
+# --- bench embeddings ------------------------------------------------------------------------
+def _embedding_arguments(parser):
+    parser.add_argument("--queries", type=int, default=200, help="single queries timed, bare model and via /v1/")
+    parser.add_argument("--batch", type=int, default=64, help="texts per batch request")
+    parser.add_argument("--batches", type=int, default=8, help="batch requests timed")
+    parser.add_argument("--during", type=int, default=60, help="single queries timed while batches run")
+
+
+def _bench_texts() -> tuple[list[str], list[str]]:
+    """(questions, passages of about 600 characters) from the demo documents shipped in the repository."""
+    import re
+    from pathlib import Path
+
+    demo = sorted((Path(settings.BASE_DIR) / "apps" / "documents" / "demo").glob("*.md"))
+    words = " ".join(re.sub(r"[#`*|>\[\]()_-]+", " ", path.read_text()) for path in demo).split()
+    passages = [" ".join(words[i:i + 90]) for i in range(0, len(words) - 90, 45)]
+    questions = [" ".join(words[i:i + 9]) + f"? ({i})" for i in range(0, len(words) - 9, 7)]
+    return questions, passages
+
+
+async def _measure_embeddings(options, url: str, raw_key: str, model: str, questions, passages) -> dict:
+    import aiohttp
+
+    headers = {"Authorization": f"Bearer {raw_key}", "Content-Type": "application/json"}
+
+    def body(texts, **extra) -> str:
+        return json.dumps({"model": model, "input": texts, **extra})
+
+    batch = options["batch"]
+    batches = [[passages[(i * batch + j) % len(passages)] for j in range(batch)] for i in range(options["batches"])]
+    async with aiohttp.ClientSession() as session:
+        for question in questions[:20]:  # warm-up
+            await _post(session, url, body(question, input_type="query"), headers)
+        singles = [await _post(session, url, body(q, input_type="query"), headers)
+                   for q in questions[20:20 + options["queries"]]]
+        timed = [await _post(session, url, body(texts), headers) for texts in batches]
+
+        # Single queries while another caller's batches keep the model busy.
+        busy = True
+
+        async def batch_caller():
+            i = 0
+            while busy:
+                await _post(session, url, body(batches[i % len(batches)]), headers)
+                i += 1
+
+        background = asyncio.ensure_future(batch_caller())
+        await asyncio.sleep(1.0)
+        during = []
+        for question in questions[-options["during"]:]:
+            during.append(await _post(session, url, body(question, input_type="query"), headers))
+            await asyncio.sleep(0.05)
+        busy = False
+        await background
+    texts_per_s = sum(len(texts) for texts in batches) / sum(timed)
+    return {
+        "query_via_api_p50_ms": _ms(singles, 50), "query_via_api_p95_ms": _ms(singles, 95),
+        "batch_texts": batch, "batch_p50_ms": _ms(timed, 50), "batch_texts_per_s": round(texts_per_s, 1),
+        "query_during_batches_p50_ms": _ms(during, 50), "query_during_batches_p95_ms": _ms(during, 95),
+        "query_during_batches_max_ms": _ms(during, 100),
+        "api_calls": 20 + len(singles) + len(timed) + len(during),  # the background batches are counted after
+    }
+
+
+@register("embeddings", help="POST /v1/embeddings with the local model: a query's latency against the bare "
+                             "model, batch throughput, a query's wait while another caller's batches run",
+          arguments=_embedding_arguments)
+def bench_embeddings(*, stdout, options):
+    from django.contrib.auth import get_user_model
+
+    from apps.llm.embeddings import get_embedding_backend
+    from apps.llm.models import ApiKey, UsageRecord
+    from apps.llm.services import api_key_create
+
+    questions, passages = _bench_texts()
+    backend = get_embedding_backend()
+    # The bare model in this process, on one torch thread as a web process runs it.
+    if getattr(backend, "torch_threads", "n/a") is None:
+        backend.torch_threads = 1
+    for question in questions[:20]:
+        backend._embed([question], kind="query")
+    bare = []
+    for question in questions[20:20 + options["queries"]]:
+        started = time.perf_counter()
+        backend._embed([question], kind="query")
+        bare.append(time.perf_counter() - started)
+    tokens_per_passage = sum(backend.count_tokens_batch(passages[:options["batch"]])) / min(options["batch"],
+                                                                                            len(passages))
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    user, _ = get_user_model().objects.get_or_create(username="bench-embeddings")
+    key, raw = api_key_create(name="bench embeddings", user=user, requests_per_minute=0)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", DEBUG="false", LOG_LEVEL="WARNING")
+    env.setdefault("DJANGO_SETTINGS_MODULE", os.environ.get("DJANGO_SETTINGS_MODULE", "config.settings.local"))
+    server = _spawn(["-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port", str(port),
+                     "--workers", "1", "--loop", "uvloop", "--http", "httptools", "--lifespan", "off",
+                     "--no-access-log", "--log-level", "warning"], env)
+    load_before = os.getloadavg()[0]
+    try:
+        async def run():
+            import aiohttp
+
+            async with aiohttp.ClientSession() as session:
+                await _wait_http(session, f"{url}/readyz", server)  # 503 until the model is loaded
+            return await _measure_embeddings(options, f"{url}/v1/embeddings", raw, backend.model_id,
+                                             questions, passages)
+
+        figures = asyncio.run(run())
+    finally:
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        ApiKey.objects.filter(pk=key.pk).update(is_active=False)
+    from apps.llm import ledger
+
+    rows = UsageRecord.objects.filter(api_key=key, route="embeddings")
+    deadline = time.monotonic() + 15  # rows reach Redis just after each response, the database in batches
+    while rows.count() < figures["api_calls"] and time.monotonic() < deadline:
+        ledger.flush()
+        time.sleep(0.1)
+    figures.update({
+        "model": backend.model_id, "query_bare_model_p50_ms": _ms(bare, 50),
+        "query_added_p50_ms": round(figures["query_via_api_p50_ms"] - _ms(bare, 50), 3),
+        "batch_tokens_per_text": round(tokens_per_passage, 1),
+        "ledger_rows": rows.count(), "ledger_errors": rows.exclude(outcome="ok").count(),
+        "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+    })
+    print_table(stdout, [
+        ("one query, bare model (1 torch thread)", figures["query_bare_model_p50_ms"], ""),
+        ("one query via POST /v1/embeddings", figures["query_via_api_p50_ms"], figures["query_via_api_p95_ms"]),
+        (f"batch of {options['batch']} texts (~{figures['batch_tokens_per_text']} tokens each)",
+         figures["batch_p50_ms"], ""),
+        ("one query while another caller's batches run", figures["query_during_batches_p50_ms"],
+         figures["query_during_batches_p95_ms"]),
+    ], ("measure", "p50 ms", "p95 ms"))
+    stdout.write(f"batch throughput: {figures['batch_texts_per_s']} texts/s; ledger rows: {figures['ledger_rows']} "
+                 f"(at least {figures['api_calls']} calls), {figures['ledger_errors']} not ok")
+    return figures
