@@ -45,6 +45,15 @@ def _spawn(args: list[str], env: dict) -> subprocess.Popen:
                             stderr=subprocess.PIPE, start_new_session=True)
 
 
+def _stop(*procs: subprocess.Popen) -> None:
+    for proc in procs:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 async def _wait_http(session, url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -224,12 +233,7 @@ def bench_proxy(*, stdout, options):
         figures["ledger_rows"] = rows
         figures["ledger_complete"] = rows == figures["proxied_calls"]
     finally:
-        for proc in (proxy, upstream):
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        _stop(proxy, upstream)
         ApiKey.objects.filter(pk__in=[key.pk, budget_key.pk]).update(is_active=False)
 
     print_table(stdout, [
@@ -359,11 +363,7 @@ def bench_embeddings(*, stdout, options):
 
         figures = asyncio.run(run())
     finally:
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        _stop(server)
         ApiKey.objects.filter(pk=key.pk).update(is_active=False)
     from apps.llm import ledger
 
