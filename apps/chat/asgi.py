@@ -12,8 +12,8 @@ to the same lean handler the LLM proxy uses for ``/v1/`` (same URLconf, views an
 handlers; the request-id middleware, and Django's security middleware's hooks on the loop:
 HTTPS redirect, HSTS, ``nosniff``). The other middlewares have nothing to do for this
 response: it sets no cookie and is never framed (the host is still checked against
-ALLOWED_HOSTS by the views); the chat's own Prometheus metrics count these requests
-instead of django-prometheus.
+ALLOWED_HOSTS by the views). django-prometheus's request metrics are kept, on the loop
+(apps.core.middleware.LoopPrometheusMiddleware), beside the chat's own.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Request id on every log line of a request and in the ``X-Request-ID`` header; Django's
-security headers on the lean handlers' responses."""
+security headers and django-prometheus's request metrics on the lean handlers' responses."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import uuid
 import structlog
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.middleware.security import SecurityMiddleware
+from django_prometheus.middleware import Metrics, PrometheusAfterMiddleware
+from django_prometheus.utils import Time, TimeSince
 
 from apps.core.logging import get_logger
 
@@ -83,3 +85,34 @@ class LoopSecurityMiddleware:
         if response is None:
             response = await self.get_response(request)
         return self.security.process_response(request, response)
+
+
+class LoopPrometheusMiddleware:
+    """django-prometheus's request and response metrics (the ``django_http_*`` families its two
+    middlewares keep) for the lean handlers, on the event loop: a dashboard built on them sees
+    ``/v1/`` and the chat streams too, not only the pages and the API. Its middlewares are
+    ``MiddlewareMixin`` ones (a thread hop per hook under ASGI); their hooks only read the
+    request and response, so they are called here directly, as :class:`LoopSecurityMiddleware`
+    does. A stream's latency is its time to the response headers, as django-prometheus
+    measures it on the other paths."""
+
+    sync_capable = False
+    async_capable = True
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+        self.metrics = Metrics.get_instance()
+        self.after = PrometheusAfterMiddleware(get_response)  # its labels and hooks, not its __call__
+        markcoroutinefunction(self)
+
+    async def __call__(self, request):
+        self.metrics.requests_total.inc()
+        started = Time()
+        self.after.process_request(request)
+        response = await self.get_response(request)
+        if getattr(request, "resolver_match", None) is not None:  # resolved: the view is known now
+            self.after.process_view(request, None)
+        self.after.process_response(request, response)
+        self.metrics.responses_total.inc()
+        self.metrics.requests_latency_before.observe(TimeSince(started))
+        return response

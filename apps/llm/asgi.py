@@ -6,8 +6,9 @@ which measured about 2 ms per request on this machine, more than the whole
 latency budget of the proxy. ``/v1/`` is authenticated by API key, speaks
 JSON, and has its own metrics, so it needs none of them: requests under
 ``/v1/`` go to a second Django ASGI handler (same URLconf, same views, same
-error handlers) whose middleware chain is just :data:`PROXY_MIDDLEWARE`: the request id,
-and Django's security middleware's hooks run on the loop (HTTPS redirect, HSTS, ``nosniff``).
+error handlers) whose middleware chain is just :data:`PROXY_MIDDLEWARE`: django-prometheus's
+request metrics, the request id, and Django's security middleware's hooks, all run on the loop
+(HTTPS redirect, HSTS, ``nosniff``).
 
 It also skips Django's per-request ``ThreadSensitiveContext``, which starts
 (and joins) a new thread for every request's sync work. The views under
@@ -23,7 +24,8 @@ from django.core.handlers.exception import convert_exception_to_response
 from django.utils.module_loading import import_string
 
 PROXY_PREFIX = "/v1/"
-PROXY_MIDDLEWARE = ("apps.core.middleware.RequestIDMiddleware", "apps.core.middleware.LoopSecurityMiddleware")
+PROXY_MIDDLEWARE = ("apps.core.middleware.LoopPrometheusMiddleware", "apps.core.middleware.RequestIDMiddleware",
+                    "apps.core.middleware.LoopSecurityMiddleware")
 
 
 class ProxyASGIHandler(ASGIHandler):
