@@ -173,6 +173,7 @@ def add_openai_compatible_paths(result, generator, request, public):
                              "text/event-stream": {"schema": {"type": "string"}}}},
          "400": _error("Invalid request body."),
          "404": _error("Unknown model (route)."),
+         "413": _error("The request body is too large."),
          "502": _error("No provider could answer."),
          "503": _error("No provider could answer."),
          "504": _error("No provider answered in time.")},
