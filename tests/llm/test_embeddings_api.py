@@ -234,16 +234,14 @@ def test_an_alias_the_gateway_cannot_serve_fails_the_system_check(settings):
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("path", ["/v1/embeddings", "/v1/chat/completions"])
 def test_a_body_over_the_upload_limit_is_a_documented_413(settings, client, path):
-    import httpx as client_lib
-
     from apps.llm.asgi import ProxyASGIHandler
 
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
     _, raw = make_api_key()
 
     async def send():
-        async with client_lib.AsyncClient(transport=client_lib.ASGITransport(app=ProxyASGIHandler()),
-                                          base_url="http://testserver") as client:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=ProxyASGIHandler()),
+                                     base_url="http://testserver") as client:
             return await client.post(path, headers={"Authorization": f"Bearer {raw}"},
                                      json={"model": MODEL, "input": "x" * 2000,
                                            "messages": [{"role": "user", "content": "hi"}]})
