@@ -221,16 +221,6 @@ def test_an_openai_compatible_embedding_backend_is_served_over_http(settings, fa
         reset_embedding_backends()
 
 
-def test_an_alias_the_gateway_cannot_serve_fails_the_system_check(settings):
-    from django.core.checks import run_checks
-
-    settings.LLM_API_EMBEDDING_ALIASES = ["default", "missing"]
-    errors = [e for e in run_checks() if e.id == "quire.llm.E001"]
-    assert len(errors) == 1 and "'missing'" in errors[0].msg
-    settings.LLM_API_EMBEDDING_ALIASES = []
-    assert not [e for e in run_checks() if e.id == "quire.llm.E001"]
-
-
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("path", ["/v1/embeddings", "/v1/chat/completions"])
 def test_a_body_over_the_upload_limit_is_a_documented_413(settings, client, path):
