@@ -608,7 +608,7 @@ async def aembed(*, alias: str, texts: list[str], user=None, api_key=None,
                              "quire.llm.route": EMBEDDINGS_ROUTE, "quire.llm.provider": provider,
                              "quire.llm.outcome": outcome, "quire.llm.cost_usd": float(spent),
                              "quire.llm.inputs": len(texts), "quire.llm.call_id": call_id,
-                         }, error=error or None)
+                         }, error=error if outcome == "error" else None)
         if _log_calls():
             logger.info("llm.call", route=EMBEDDINGS_ROUTE, provider=provider, model=model, outcome=outcome,
                         inputs=len(texts), latency_ms=round(latency_ms, 2), prompt_tokens=prompt_tokens,
@@ -619,11 +619,11 @@ async def aembed(*, alias: str, texts: list[str], user=None, api_key=None,
     try:
         for part in _slices(texts, counts):
             vectors += await backend.aembed_documents(part, kind=kind)
-    except LLMError as error:
-        record("error", str(error))
-        raise
     except (asyncio.CancelledError, GeneratorExit):
         record("cancelled", "client went away")
+        raise
+    except Exception as error:  # the backend's EmbeddingError, or anything it did not wrap
+        record("error", str(error) or type(error).__name__)
         raise
     record("ok")
     return EmbeddingsResult(vectors=vectors, prompt_tokens=prompt_tokens, model=backend.model_id,
