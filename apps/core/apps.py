@@ -7,4 +7,9 @@ class CoreConfig(AppConfig):
     verbose_name = "Quire core"
 
     def ready(self):
+        from django.db.backends.signals import connection_created
+
         from apps.core import checks  # noqa: F401 - registers the system checks
+        from apps.core.db import on_connection_created
+
+        connection_created.connect(on_connection_created, dispatch_uid="quire-vector-dumpers")

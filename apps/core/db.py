@@ -23,7 +23,10 @@ Behind PgBouncer in transaction mode prepared statements need PgBouncer 1.21+
 
 from __future__ import annotations
 
+import struct
+import sys
 import time
+from array import array
 from urllib.parse import quote
 
 import psycopg
@@ -33,6 +36,58 @@ from django.db import connection
 # subclass here when traces are on (the ORM's cursors are traced through the connection's
 # cursor factory, which this path does not use).
 statement_cursor: type[psycopg.Cursor] = psycopg.Cursor
+
+
+class BinaryVector:
+    """A pgvector ``vector`` parameter for the statements here (server-side binding), sent in
+    the type's binary format: 384 numbers are not formatted as text by us nor parsed back by
+    PostgreSQL (measured: 74.5 µs to format, 11 µs to pack; a round trip binding two copies
+    84-89 µs instead of 108-116 µs). Its placeholder must say the type: ``%s::vector``."""
+
+    __slots__ = ("values", "packed")
+
+    def __init__(self, values):
+        self.values = values
+        self.packed: bytes | None = None  # a statement binding it twice packs it once
+
+
+_VECTOR_HEADER = struct.Struct(">HH")  # dimensions, unused (pgvector's vector_recv)
+
+
+class _BinaryVectorDumper(psycopg.adapt.Dumper):
+    format = psycopg.pq.Format.BINARY  # oid 0: the server takes the type from the placeholder's cast
+
+    def dump(self, obj: BinaryVector) -> bytes:
+        if obj.packed is None:
+            values = array("f", obj.values)  # float4, as the column stores them
+            if sys.byteorder == "little":
+                values.byteswap()  # network order
+            obj.packed = _VECTOR_HEADER.pack(len(values), 0) + values.tobytes()
+        return obj.packed
+
+
+class _TextVectorDumper(psycopg.adapt.Dumper):
+    """The text form, for a statement's logged copy (``connection.queries``, mogrified)."""
+
+    def dump(self, obj: BinaryVector) -> bytes:
+        return ("[" + ",".join(repr(float(x)) for x in array("f", obj.values)) + "]").encode()
+
+
+def register_vector_dumpers(adapters: psycopg.adapt.AdaptersMap) -> None:
+    """Teach ``adapters`` to send :class:`BinaryVector` (the last registered is the one a plain
+    ``%s`` uses; the text one is for a logged, mogrified copy)."""
+    adapters.register_dumper(BinaryVector, _TextVectorDumper)
+    adapters.register_dumper(BinaryVector, _BinaryVectorDumper)
+
+
+def on_connection_created(sender, connection, **kwargs) -> None:
+    """Django's connections copy psycopg's adapters once, when the first one opens (possibly
+    before this module was imported): each gets the vector dumpers itself (apps.core.apps)."""
+    if connection.vendor == "postgresql":
+        register_vector_dumpers(connection.connection.adapters)
+
+
+register_vector_dumpers(psycopg.adapters)  # every psycopg connection opened from now on (the async pool's)
 
 
 def release_connection() -> None:

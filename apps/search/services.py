@@ -35,7 +35,7 @@ from django.utils import timezone
 from prometheus_client import Counter, Histogram
 
 from apps.core.adb import afetch_prepared
-from apps.core.db import fetch_prepared
+from apps.core.db import BinaryVector, fetch_prepared
 from apps.core.logging import get_logger
 from apps.documents.models import EMBEDDING_DIMENSIONS, HNSW_INDEX_EXPRESSION
 from apps.documents.selectors import visibility_sql
@@ -256,7 +256,7 @@ def _semantic_chunks_cte(scope: _Scope, depth: int, *, exclude_document: int | N
         SELECT c.id AS chunk_id, c.document_id, c.embedding <=> %s::vector AS distance, d.tags
         FROM documents_chunk c JOIN search_document d ON d.id = c.document_id
         WHERE c.embedding IS NOT NULL AND {scope.where} {extra}
-        ORDER BY c.{HNSW_INDEX_EXPRESSION} <=> %s::halfvec({EMBEDDING_DIMENSIONS})
+        ORDER BY c.{HNSW_INDEX_EXPRESSION} <=> %s::vector::halfvec({EMBEDDING_DIMENSIONS})
         LIMIT {int(depth)}
     )"""
     params = [*scope.params, *([exclude_document] if exclude_document is not None else [])]
@@ -537,8 +537,8 @@ def _passage_statement(q: _PassageQuery, vector) -> tuple[str, list, tuple[str, 
     if vector is not None and q.mode != "keyword":
         sql, p = _semantic_chunks_cte(q.scope, q.depth)
         ctes.append(sql)
-        literal = _vector_literal(vector)
-        params += [literal, *p, literal]
+        binary = BinaryVector(vector)  # a prepared statement's parameter: sent as binary, not text
+        params += [binary, *p, binary]
         ctes.append("""
     sem_top AS (SELECT chunk_id, document_id, 1 - distance AS score,
                        row_number() OVER (ORDER BY distance, chunk_id) AS rnk

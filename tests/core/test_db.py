@@ -67,3 +67,40 @@ def test_each_round_trip_is_logged_with_its_values_like_a_django_query():
     assert len(queries) == 1
     assert queries[0]["sql"] == ("SELECT set_config('work_mem', '7MB', true); "
                                  "SELECT current_setting('work_mem'), 41::int + 1")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_vector_parameter_goes_as_binary_and_arrives_as_float4_values():
+    from array import array
+
+    from apps.core.db import BinaryVector
+
+    values = [0.1, -0.25, 1 / 3, 2.5e-8, -7.0]
+    param = BinaryVector(values)
+    with CaptureQueriesContext(connection) as queries:
+        rows = fetch_prepared("SELECT %s::vector::text, %s::vector::halfvec(5)::text, vector_dims(%s::vector)",
+                              [param, param, param])
+    expected = list(array("f", values))  # float4, as a vector column stores them
+    as_vector, as_halfvec, dims = rows[0]
+    assert [float(x) for x in as_vector.strip("[]").split(",")] == pytest.approx(expected, rel=1e-6)
+    assert [float(x) for x in as_halfvec.strip("[]").split(",")] == pytest.approx(expected, rel=1e-3, abs=1e-7)
+    assert dims == 5
+    assert param.packed is not None and len(param.packed) == 4 + 4 * 5  # packed once, header + float4s
+    assert "'[0.10000000149011612,-0.25," in queries[0]["sql"]  # the logged copy: its text form
+
+
+@pytest.mark.django_db
+def test_every_django_connection_can_send_a_vector_whenever_it_was_opened():
+    """Django copies psycopg's adapters when its first connection opens, which may be before
+    apps.core.db registered the vector dumpers: each new connection gets them itself."""
+    from types import SimpleNamespace
+
+    from psycopg.adapt import AdaptersMap, PyFormat
+
+    from apps.core.db import BinaryVector, _BinaryVectorDumper, on_connection_created
+
+    connection.ensure_connection()
+    assert connection.connection.adapters.get_dumper(BinaryVector, PyFormat.AUTO) is _BinaryVectorDumper
+    opened_early = AdaptersMap()  # a map made before the registration
+    on_connection_created(None, SimpleNamespace(vendor="postgresql", connection=SimpleNamespace(adapters=opened_early)))
+    assert opened_early.get_dumper(BinaryVector, PyFormat.AUTO) is _BinaryVectorDumper
