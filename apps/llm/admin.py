@@ -42,16 +42,17 @@ class UsageRecordAdmin(QuireModelAdmin):
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(QuireModelAdmin):
-    """Keys for /v1/chat/completions. The key is shown once, right after it is created.
+    """Keys for /v1/ (chat completions, embeddings, models). The key is shown once, right after it is created.
     Unticking "is active", the revoke action and deleting all take effect in every web
     process from its next request (``apps.llm.keys``)."""
 
     list_display = ("name", "prefix", "user", "monthly_budget_usd", "spent_this_month", "requests_per_minute",
-                    "is_active", "created_at")
+                    "tokens_per_minute", "is_active", "created_at")
     list_filter = ("is_active",)
     search_fields = ("name", "prefix", "user__username")
     readonly_fields = ("prefix", "created_at")
-    fields = ("name", "user", "monthly_budget_usd", "requests_per_minute", "is_active", "prefix", "created_at")
+    fields = ("name", "user", "monthly_budget_usd", "requests_per_minute", "tokens_per_minute", "is_active", "prefix",
+              "created_at")
     list_select_related = ("user",)
     actions = ("revoke_selected",)
 

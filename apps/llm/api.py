@@ -104,20 +104,27 @@ def _duration(seconds: float) -> str:
 
 
 def _with_rate_headers(response: HttpResponse, admission: KeyAdmission) -> HttpResponse:
-    if admission.limit is not None:
+    if admission.limit is not None and admission.remaining is not None:
         response["x-ratelimit-limit-requests"] = str(admission.limit)
         response["x-ratelimit-remaining-requests"] = str(admission.remaining)
         response["x-ratelimit-reset-requests"] = _duration(admission.reset_after or 0)
+    if admission.token_limit is not None:
+        response["x-ratelimit-limit-tokens"] = str(admission.token_limit)
+        response["x-ratelimit-remaining-tokens"] = str(admission.tokens_remaining)
+        response["x-ratelimit-reset-tokens"] = _duration(admission.tokens_reset_after or 0)
     return response
 
 
 def _rate_limited(request, admission: KeyAdmission) -> JsonResponse:
     retry_after = max(1, math.ceil(admission.retry_after))
-    response = _error(
-        request, 429, "rate_limit_exceeded",
-        f"This API key's limit of {admission.limit} requests per minute is reached; retry in {retry_after} s.",
-        {"limit": "api_key_requests_per_minute", "limit_requests": admission.limit, "retry_after": retry_after},
-        {"Retry-After": str(retry_after)})
+    if admission.limited_by == "tokens":
+        message = f"This API key's limit of {admission.token_limit} tokens per minute is spent"
+        details = {"limit": "api_key_tokens_per_minute", "limit_tokens": admission.token_limit}
+    else:
+        message = f"This API key's limit of {admission.limit} requests per minute is reached"
+        details = {"limit": "api_key_requests_per_minute", "limit_requests": admission.limit}
+    response = _error(request, 429, "rate_limit_exceeded", f"{message}; retry in {retry_after} s.",
+                      {**details, "retry_after": retry_after}, {"Retry-After": str(retry_after)})
     return _with_rate_headers(response, admission)
 
 

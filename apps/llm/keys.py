@@ -1,5 +1,5 @@
 """Admitting a request on ``/v1/``: is the API key valid *now*, and is it within
-its requests-per-minute limit?
+its requests-per-minute and tokens-per-minute limits?
 
 Each web process remembers the keys it has looked up (``LLM_API_KEY_CACHE_SECONDS``),
 so the database is not read on every request. What makes revocation immediate
@@ -24,6 +24,13 @@ is read from the database) and without a rate limit, as budgets and breakers fai
 The limit is a GCRA (generic cell rate algorithm, the token bucket expressed as
 one timestamp): ``N`` requests per minute allow a burst of ``N`` and then one
 request every ``60/N`` seconds, on Redis's clock, one Redis key per API key and limit.
+
+A tokens-per-minute limit is the same bucket filled by the tokens of calls that ended
+(prompt and completion; an embedding's inputs; a cache hit spends none): a call's tokens
+are only known at its end, so the admission checks the bucket and the call's end spends
+from it (``spend_tokens_command``, in the round trip that queues the call's ledger row). A
+request is refused while more than a minute's worth is spent; the call admitted last may
+go over by its own tokens, which the key then waits out.
 
 Changes that bypass model signals (``QuerySet.update()``) do not bump the version;
 use ``services.api_key_revoke`` or save the instance.
@@ -56,35 +63,63 @@ ADMISSION_DEGRADED = Counter("quire_llm_api_key_admission_degraded_total", "Requ
 _UNKNOWN = "?"  # never equals a version: forces a reload
 _ANY = "*"  # skip the version check (after repeated reloads)
 
-# KEYS: version[, rate state if limit > 0][, a key to GET when admitted].
-# ARGV: version seen (or '*'), requests per minute (0 = no limit).
-# Returns {"status:remaining:retry ms:reset ms:version", the GET's value or false}:
-# two replies to parse instead of six (redis-py's RESP parsing costs per element).
+# KEYS: version[, rate state if rpm > 0][, token state if tpm > 0][, a key to GET when admitted].
+# ARGV: version seen (or '*'), requests per minute, tokens per minute (0 = no limit).
+# Returns {"status:remaining:retry ms:reset ms:tokens remaining:tokens reset ms:version", the GET's
+# value or false}: two replies to parse instead of eight (redis-py's RESP parsing costs per element).
+# The token state is checked, not spent: a call's tokens are known when it ends (_SPEND_TOKENS).
 _ADMIT = """
 local version = redis.call('GET', KEYS[1]) or ''
-if ARGV[1] ~= '*' and version ~= ARGV[1] then return {'stale:-1:0:0:' .. version, false} end
-local limit = tonumber(ARGV[2])
-local remaining, reset, get_at = -1, 0, 2
-if limit > 0 then
-  get_at = 3
-  local period = 60000000
-  local interval = period / limit
+if ARGV[1] ~= '*' and version ~= ARGV[1] then return {'stale:-1:0:0:-1:0:' .. version, false} end
+local limit, token_limit = tonumber(ARGV[2]), tonumber(ARGV[3])
+local remaining, reset, tokens_left, tokens_reset, at = -1, 0, -1, 0, 2
+local period = 60000000
+local now = 0
+if limit > 0 or token_limit > 0 then
   local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  local tat = tonumber(redis.call('GET', KEYS[2]) or '0')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local rate_at = at
+if limit > 0 then at = at + 1 end
+if token_limit > 0 then
+  local spent_until = tonumber(redis.call('GET', KEYS[at]) or '0')
+  at = at + 1
+  if spent_until < now then spent_until = now end
+  if spent_until - period > now then
+    return {'tokens:0:' .. math.ceil((spent_until - period - now) / 1000) .. ':0:0:'
+            .. math.ceil((spent_until - now) / 1000) .. ':' .. version, false}
+  end
+  tokens_left = math.floor((period - (spent_until - now)) * token_limit / period)
+  tokens_reset = math.ceil((spent_until - now) / 1000)
+end
+if limit > 0 then
+  local interval = period / limit
+  local tat = tonumber(redis.call('GET', KEYS[rate_at]) or '0')
   if tat < now then tat = now end
   local new_tat = tat + interval
   if new_tat - period > now then
     return {'limited:0:' .. math.ceil((new_tat - period - now) / 1000) .. ':' .. math.ceil((tat - now) / 1000) .. ':'
-            .. version, false}
+            .. tokens_left .. ':' .. tokens_reset .. ':' .. version, false}
   end
-  redis.call('SET', KEYS[2], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
+  redis.call('SET', KEYS[rate_at], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
   remaining = math.floor((period - (new_tat - now) + 1) / interval)
   reset = math.ceil((new_tat - now) / 1000)
 end
 local value = false
-if KEYS[get_at] then value = redis.call('GET', KEYS[get_at]) end
-return {'ok:' .. remaining .. ':0:' .. reset .. ':' .. version, value}
+if KEYS[at] then value = redis.call('GET', KEYS[at]) end
+return {'ok:' .. remaining .. ':0:' .. reset .. ':' .. tokens_left .. ':' .. tokens_reset .. ':' .. version, value}
+"""
+# KEYS: token state. ARGV: tokens the call used, tokens per minute. The key's spending moves its
+# "spent until" mark on by the minutes those tokens are worth (a token bucket as one timestamp).
+_SPEND_TOKENS = """
+local period = 60000000
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local spent_until = tonumber(redis.call('GET', KEYS[1]) or '0')
+if spent_until < now then spent_until = now end
+spent_until = spent_until + tonumber(ARGV[1]) * period / tonumber(ARGV[2])
+redis.call('SET', KEYS[1], string.format('%.0f', spent_until), 'PX', math.ceil((spent_until - now) / 1000) + 1000)
+return 1
 """
 
 
@@ -95,6 +130,18 @@ def version_key() -> str:
 def rate_key(key_id, limit: int) -> str:
     # The limit is part of the name: a changed limit starts from a full allowance at once.
     return runtime.key("ratelimit", "api_key", key_id, limit)
+
+
+def token_key(key_id, limit: int) -> str:
+    return runtime.key("ratelimit", "api_key_tokens", key_id, limit)
+
+
+def spend_tokens_command(pipe, key, tokens: int) -> None:
+    """Queue, on a Redis pipeline, the spending of ``tokens`` by ``key`` (an ``ApiKey``) if it
+    has a tokens-per-minute limit; nothing otherwise."""
+    limit = tokens_per_minute(key) if key is not None else None
+    if limit is not None and tokens > 0:
+        pipe.eval(_SPEND_TOKENS, 1, token_key(key.pk, limit), tokens, limit)
 
 
 def hash_api_key(raw_key: str) -> str:
@@ -168,6 +215,14 @@ def requests_per_minute(key) -> int | None:
     return limit or None
 
 
+def tokens_per_minute(key) -> int | None:
+    """The key's token limit: its own (0 = unlimited), else ``LLM_API_KEY_DEFAULT_TPM``; None = unlimited."""
+    limit = key.tokens_per_minute
+    if limit is None:
+        limit = settings.LLM_API_KEY_DEFAULT_TPM
+    return limit or None
+
+
 @dataclass
 class Admission:
     """The verdict on one request. ``key`` is None for an unknown or revoked key."""
@@ -175,9 +230,13 @@ class Admission:
     key: object = None
     limit: int | None = None  # requests per minute; None = unlimited
     remaining: int | None = None
-    retry_after: float | None = None  # seconds; set when the request is refused by the limit
+    retry_after: float | None = None  # seconds; set when the request is refused by a limit
     reset_after: float | None = None  # seconds until the full limit is available again
     got: tuple[str, bytes | None] | None = None  # (key, value) of the ``also_get`` read, if it was made
+    token_limit: int | None = None  # tokens per minute; None = unlimited
+    tokens_remaining: int | None = None
+    tokens_reset_after: float | None = None
+    limited_by: str | None = None  # "requests" or "tokens" when refused
 
     @property
     def limited(self) -> bool:
@@ -202,21 +261,25 @@ async def admit(raw_key: str, *, count: bool = True,
     for attempt in range(4):
         key = entry.key if entry is not None else None
         limit = requests_per_minute(key) if key is not None and count else None
+        token_limit = tokens_per_minute(key) if key is not None and count else None
         redis_keys = [version_key()]
         if limit is not None:
             redis_keys.append(rate_key(key.pk, limit))
+        if token_limit is not None:
+            redis_keys.append(token_key(key.pk, token_limit))
         extra = also_get(key) if also_get is not None and key is not None else None
         if extra is not None:
             redis_keys.append(extra)
         try:
-            head, value = await runtime.run_script(_ADMIT, redis_keys, [seen if attempt < 3 else _ANY, limit or 0])
+            head, value = await runtime.run_script(
+                _ADMIT, redis_keys, [seen if attempt < 3 else _ANY, limit or 0, token_limit or 0])
         except RedisError as exc:
             logger.warning("llm.api_key.redis_unavailable", error=str(exc))
             ADMISSION_DEGRADED.inc()
             if entry is None:
                 entry = await _reload(digest, _UNKNOWN)
             return Admission(entry.key)
-        status, remaining, retry_ms, reset_ms, version = _text(head).split(":", 4)
+        status, remaining, retry_ms, reset_ms, tokens_left, tokens_reset_ms, version = _text(head).split(":", 6)
         if status == "stale":
             # Read the key after reading the version: a change committed in between bumps
             # the version again, and the next request reloads once more.
@@ -225,11 +288,14 @@ async def admit(raw_key: str, *, count: bool = True,
             continue
         if key is None:
             return Admission(None)
-        if status == "limited":
+        tokens = {"token_limit": token_limit, "tokens_remaining": int(tokens_left) if token_limit else None,
+                  "tokens_reset_after": int(tokens_reset_ms) / 1000 if token_limit else None}
+        if status in ("limited", "tokens"):
             RATE_LIMITED.inc()
-            return Admission(key, limit, 0, max(int(retry_ms), 1) / 1000, int(reset_ms) / 1000)
+            return Admission(key, limit, 0 if limit else None, max(int(retry_ms), 1) / 1000, int(reset_ms) / 1000,
+                             limited_by="requests" if status == "limited" else "tokens", **tokens)
         got = (extra, value) if extra is not None else None
         if limit is None:
-            return Admission(key, got=got)
-        return Admission(key, limit, int(remaining), None, int(reset_ms) / 1000, got)
+            return Admission(key, got=got, **tokens)
+        return Admission(key, limit, int(remaining), None, int(reset_ms) / 1000, got, **tokens)
     raise AssertionError("unreachable: the last attempt skips the version check")

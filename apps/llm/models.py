@@ -30,6 +30,11 @@ class ApiKey(models.Model):
         null=True, blank=True, verbose_name="requests per minute",
         help_text="Rate limit on /v1/. Empty: the site default (LLM_API_KEY_DEFAULT_RPM, unset means unlimited); "
                   "0: unlimited for this key.")
+    tokens_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, verbose_name="tokens per minute",
+        help_text="Model tokens (prompt and completion, embeddings' inputs) per minute on /v1/, counted when a call "
+                  "ends: a request is refused while more than a minute's worth is spent. Empty: the site default "
+                  "(LLM_API_KEY_DEFAULT_TPM, unset means unlimited); 0: unlimited for this key.")
     is_active = models.BooleanField(default=True, help_text="Unticking it revokes the key in every web process at "
                                                             "once.")
     created_at = models.DateTimeField(default=timezone.now, editable=False)

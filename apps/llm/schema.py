@@ -113,12 +113,15 @@ def _header(description: str, kind: str = "integer") -> dict:
     return {"description": description, "schema": {"type": kind}}
 
 
-# Sent with every response for a key that has a requests-per-minute limit (as OpenAI does).
+# Sent with every response for a key that has a requests- or tokens-per-minute limit (as OpenAI does).
 RATE_LIMIT_HEADERS = {
     "Retry-After": _header("Seconds to wait before the next request (429 only)."),
     "x-ratelimit-limit-requests": _header("The key's requests per minute."),
     "x-ratelimit-remaining-requests": _header("Requests left in the current window."),
     "x-ratelimit-reset-requests": _header("When the full allowance is back, e.g. 1.5s.", "string"),
+    "x-ratelimit-limit-tokens": _header("The key's model tokens per minute (when it has a token limit)."),
+    "x-ratelimit-remaining-tokens": _header("Tokens left before requests are refused."),
+    "x-ratelimit-reset-tokens": _header("When the full token allowance is back, e.g. 12s.", "string"),
 }
 
 
@@ -139,8 +142,9 @@ def _post(operation_id: str, summary: str, request_schema: str, examples: dict, 
         "responses": {
             **responses, "200": ok,
             "401": _error("Missing or invalid API key."),
-            "429": {**_error("Monthly budget exhausted (code budget_exceeded), or the API key's requests per "
-                             "minute used up (code rate_limit_exceeded; retry after Retry-After seconds)."),
+            "429": {**_error("Monthly budget exhausted (code budget_exceeded), or the API key's requests or "
+                             "tokens per minute used up (code rate_limit_exceeded, details.limit naming which; "
+                             "retry after Retry-After seconds)."),
                     "headers": RATE_LIMIT_HEADERS},
         },
     }}

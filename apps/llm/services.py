@@ -31,7 +31,8 @@ Public API::
     def count_message_tokens(route, messages) -> int
     def route_config(route) -> RouteConfig   # .context_window, .max_tokens, .max_prompt_tokens
     def response_cache_key(request) -> str | None   # the Redis key of its cached answer, None if not cacheable
-    def api_key_create(*, name, user, monthly_budget_usd=None, requests_per_minute=None) -> tuple[ApiKey, str]
+    def api_key_create(*, name, user, monthly_budget_usd=None, requests_per_minute=None,
+                       tokens_per_minute=None) -> tuple[ApiKey, str]
     def api_key_revoke(*, api_key) -> ApiKey                # refused by every process from the next request
     async def aapi_key_admit(raw_key, *, count=True) -> KeyAdmission   # + requests-per-minute limit
     async def aembed(*, alias, texts, user=None, api_key=None, kind="document") -> EmbeddingsResult
@@ -357,21 +358,23 @@ def complete(request: ChatRequest) -> ChatResult:
 
 
 # --- bookkeeping of one call ---------------------------------------------------------------
-def _record_soon(entry: dict, cost: Decimal, reservation: budgets.Reservation | None) -> None:
-    """Queue the ledger row and settle the budget in a task of its own: the caller gets its
-    answer (and the HTTP client its bytes) without waiting for Redis.
-    :func:`drain_pending_records` waits for these tasks."""
-    task = asyncio.get_running_loop().create_task(_record(entry, cost, reservation))
+def _record_soon(entry: dict, cost: Decimal, reservation: budgets.Reservation | None, api_key=None) -> None:
+    """Queue the ledger row, settle the budget and spend the API key's tokens per minute in a
+    task of its own: the caller gets its answer (and the HTTP client its bytes) without waiting
+    for Redis. :func:`drain_pending_records` waits for these tasks."""
+    task = asyncio.get_running_loop().create_task(_record(entry, cost, reservation, api_key))
     _background_tasks.add(task)
     task.add_done_callback(_background_tasks.discard)
 
 
-async def _record(entry: dict, cost: Decimal, reservation: budgets.Reservation | None) -> None:
+async def _record(entry: dict, cost: Decimal, reservation: budgets.Reservation | None, api_key=None) -> None:
+    tokens = 0 if entry["cache_hit"] else entry["prompt_tokens"] + entry["completion_tokens"]
     try:
         async with runtime.aredis().pipeline(transaction=False) as pipe:
             ledger.push_command(pipe, entry)
             if reservation is not None:
                 reservation.settle_command(pipe, cost)
+            keys.spend_tokens_command(pipe, api_key, tokens)
             await pipe.execute()
     except RedisError as exc:
         # No queue: write this row straight to the database (slower, still not lost).
@@ -484,7 +487,7 @@ class _CallState:
 
     def _record_soon(self, entry: dict, cost: Decimal) -> None:
         self.recorded = True
-        _record_soon(entry, cost, self.reservation)
+        _record_soon(entry, cost, self.reservation, self.request.api_key)
 
     async def finish(self) -> DoneEvent:
         entry, usage, cost, latency_ms, ttft_ms = self._entry("ok")
@@ -613,7 +616,7 @@ async def aembed(*, alias: str, texts: list[str], user=None, api_key=None,
             logger.info("llm.call", route=EMBEDDINGS_ROUTE, provider=provider, model=model, outcome=outcome,
                         inputs=len(texts), latency_ms=round(latency_ms, 2), prompt_tokens=prompt_tokens,
                         cost_usd=str(spent), record=call_id, error=error or None)
-        _record_soon(entry, spent, reservation)
+        _record_soon(entry, spent, reservation, api_key)
 
     vectors: list[list[float]] = []
     try:
@@ -644,14 +647,15 @@ def new_key_material() -> tuple[str, str, str]:
 
 @transaction.atomic
 def api_key_create(*, name: str, user, monthly_budget_usd: Decimal | None = None,
-                   requests_per_minute: int | None = None):
+                   requests_per_minute: int | None = None, tokens_per_minute: int | None = None):
     """Create a key; returns ``(api_key, raw_key)``. The raw key is never stored.
-    ``requests_per_minute``: None = the site default (``LLM_API_KEY_DEFAULT_RPM``), 0 = unlimited."""
+    ``requests_per_minute``: None = the site default (``LLM_API_KEY_DEFAULT_RPM``), 0 = unlimited;
+    ``tokens_per_minute`` likewise (``LLM_API_KEY_DEFAULT_TPM``)."""
     from apps.llm.models import ApiKey
 
     raw, prefix, digest = new_key_material()
     key = ApiKey(name=name, user=user, prefix=prefix, key_hash=digest, monthly_budget_usd=monthly_budget_usd,
-                 requests_per_minute=requests_per_minute)
+                 requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute)
     key.full_clean()
     key.save()
     return key, raw

@@ -277,6 +277,8 @@ CELERY_BEAT_SCHEDULE = {
 LLM_API_KEY_CACHE_SECONDS = 30
 # Requests per minute per API key on /v1/ when the key sets none; unset = unlimited.
 LLM_API_KEY_DEFAULT_RPM = env.int("LLM_API_KEY_DEFAULT_RPM", default=None)
+# Model tokens per minute per API key on /v1/ when the key sets none; unset = unlimited.
+LLM_API_KEY_DEFAULT_TPM = env.int("LLM_API_KEY_DEFAULT_TPM", default=None)
 # The EMBEDDING_BACKENDS aliases POST /v1/embeddings serves (by the model's id or the alias),
 # and the most inputs one request may carry.
 LLM_API_EMBEDDING_ALIASES = env.list("LLM_API_EMBEDDING_ALIASES", default=["default"])

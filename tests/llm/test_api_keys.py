@@ -3,6 +3,7 @@ requests-per-minute limits. Real uvicorn processes on the test database and this
 run's Redis, called over HTTP."""
 
 import re
+import time
 
 import httpx
 import openai
@@ -227,3 +228,75 @@ def test_without_redis_keys_are_still_checked_against_the_database(redis_server,
     assert all(a.key == key and not a.limited for a in run(admit_many, raw))
     api_key_revoke(api_key=key)
     assert all(a.key is None for a in run(admit_many, raw))  # no remembered key here (cache TTL 0 in tests)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_tokens_spent_fill_a_key_bucket_that_refuses_past_a_minute_worth():
+    from apps.llm import keys, runtime
+
+    key, raw = api_key_create(name="tokens", user=LLMUserFactory(), requests_per_minute=0, tokens_per_minute=600)
+    unlimited, _ = api_key_create(name="no token limit", user=LLMUserFactory(), requests_per_minute=0)
+
+    async def spend(api_key, tokens):
+        async with runtime.aredis().pipeline(transaction=False) as pipe:
+            keys.spend_tokens_command(pipe, api_key, tokens)
+            await pipe.execute()
+
+    async def scenario():
+        fresh = await aapi_key_admit(raw)
+        await spend(key, 450)
+        after_450 = await aapi_key_admit(raw)
+        await spend(key, 300)  # the call admitted last may go over: 750 of 600
+        over = await aapi_key_admit(raw)
+        await spend(unlimited, 10_000)  # a key without a token limit spends nothing
+        untouched = await runtime.aredis().keys(keys.token_key(unlimited.pk, "*"))
+        return fresh, after_450, over, untouched
+
+    fresh, after_450, over, untouched = run(scenario)
+    assert (fresh.token_limit, fresh.tokens_remaining, fresh.limited) == (600, 600, False)
+    assert 150 <= after_450.tokens_remaining <= 152 and not after_450.limited  # refills 10 a second
+    assert over.limited and over.limited_by == "tokens" and over.limit is None
+    assert 14 <= over.retry_after <= 15.01  # 150 tokens over, at 10 a second
+    assert untouched == []
+
+
+def embed(server, raw_key: str, texts) -> httpx.Response:
+    return httpx.post(f"{server.url}/v1/embeddings", json={"model": "default", "input": texts},
+                      headers={"Authorization": f"Bearer {raw_key}"}, timeout=20)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_key_over_its_tokens_per_minute_gets_429_naming_the_token_limit(limited_server, fake_upstream):
+    from apps.llm import keys, runtime
+
+    key, raw = api_key_create(name="thirty tokens", user=LLMUserFactory(), requests_per_minute=0,
+                              tokens_per_minute=30)
+    first = chat(limited_server, raw)
+    assert first.status_code == 200
+    assert (first.headers["x-ratelimit-limit-tokens"], first.headers["x-ratelimit-remaining-tokens"]) == ("30", "30")
+    assert "x-ratelimit-limit-requests" not in first.headers  # no request limit on this key
+    spent_on_chat = first.json()["usage"]["total_tokens"]
+    embedded = embed(limited_server, raw, ["word " * 40])  # admitted with tokens left, goes over
+    assert embedded.status_code == 200 and embedded.json()["usage"]["total_tokens"] == 40
+
+    bucket = runtime.sync_redis()
+
+    def seconds_spent_ahead() -> float:
+        """How far ahead of Redis's clock the key's spending reaches (a minute's worth = 60 s)."""
+        seconds, micros = bucket.time()
+        return (float(bucket.get(keys.token_key(key.pk, 30)) or 0) - seconds * 1e6 - micros) / 1e6
+
+    deadline = time.monotonic() + 5
+    while seconds_spent_ahead() <= 60 and time.monotonic() < deadline:  # it lands just after each response
+        time.sleep(0.02)
+    assert seconds_spent_ahead() == pytest.approx((spent_on_chat + 40) * 2, abs=2)  # 2 s a token at 30 a minute
+    calls = fake_upstream.calls()
+    refused = chat(limited_server, raw, cache=False)
+    assert refused.status_code == 429, refused.text
+    error = refused.json()["error"]
+    assert error["code"] == "rate_limit_exceeded" and "30 tokens per minute" in error["message"]
+    assert error["details"]["limit"] == "api_key_tokens_per_minute" and error["details"]["limit_tokens"] == 30
+    assert 1 <= int(refused.headers["Retry-After"]) <= 120
+    assert refused.headers["x-ratelimit-remaining-tokens"] == "0"
+    assert embed(limited_server, raw, ["one"]).status_code == 429  # every /v1/ call of the key
+    assert fake_upstream.calls() == calls  # refused before any upstream call
