@@ -19,10 +19,11 @@ its texts and queries into the same space, with the keys, limits, budgets and le
 chat calls. Extension: ``"input_type": "query"`` embeds the inputs as search queries.
 
 Every request is admitted by one Redis script (``apps.llm.keys``): a key revoked
-in any process is refused at once, and a key with a requests-per-minute limit
-gets 429 ``rate_limit_exceeded`` with ``Retry-After`` once it is reached. Chat
-completion responses of limited keys carry OpenAI's ``x-ratelimit-limit-requests``,
-``x-ratelimit-remaining-requests`` and ``x-ratelimit-reset-requests`` headers.
+in any process is refused at once, and a key with a requests- or tokens-per-minute limit
+gets 429 ``rate_limit_exceeded`` (``details.limit`` naming which) with ``Retry-After``
+once it is reached. Responses of limited keys carry OpenAI's ``x-ratelimit-limit-requests``,
+``x-ratelimit-remaining-requests`` and ``x-ratelimit-reset-requests`` headers, and their
+``-tokens`` twins.
 """
 
 from __future__ import annotations
