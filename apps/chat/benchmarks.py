@@ -65,6 +65,10 @@ def _arguments(parser):
     parser.add_argument("--fast-interval", type=float, default=0.02, help="seconds between tokens (run b)")
     parser.add_argument("--fast-tokens", type=int, default=500, help="tokens per answer (run b)")
     parser.add_argument("--ttft-samples", type=int, default=100, help="sequential requests per side (run c)")
+    parser.add_argument("--ttft-questions", default="", metavar="FILE",
+                        help="run (c) asks these questions in turn instead of one fixed question: a BEIR "
+                             "queries.jsonl (its \"text\") or one question per line, e.g. "
+                             "../shared/datasets/scifact/queries.jsonl for retrieval as real claims load it")
     parser.add_argument("--ramp", type=float, default=200.0, help="new streams per second while opening (run a)")
     parser.add_argument("--upstream-pool-limit", type=int, default=0,
                         help="override LLM_HTTP_POOL_LIMIT (upstream connections per worker) for this run")
@@ -261,6 +265,19 @@ def bench_sse(*, stdout, options):
     return _bench_sse(stdout=stdout, options=options)
 
 
+def ttft_questions(path: str) -> list[str]:
+    """The questions of ``path``: a BEIR ``queries.jsonl`` (each line's ``text``) or plain lines."""
+    questions = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            line = line.strip()
+            if line:
+                questions.append(json.loads(line)["text"] if line.startswith("{") else line)
+    if not questions:
+        raise ValueError(f"--ttft-questions: no question in {path}")
+    return questions
+
+
 def bench_question() -> str:
     """A question no earlier run asked. The proxy's response cache (keyed by the prompt and the
     reader's permission scope, an hour by default) must not answer it, or the bench times a
@@ -319,6 +336,7 @@ def _bench_sse(*, stdout, options):
             "cookies": {settings.SESSION_COOKIE_NAME: session_key, settings.CSRF_COOKIE_NAME: csrf},
             "headers": {"X-CSRFToken": csrf, "Accept": "text/event-stream"},
             "question": bench_question(),
+            "run_tag": secrets.token_hex(4),  # makes a file's questions (--ttft-questions) this run's own
         }
         urls = [STREAM_ROUTES[options["route"]].format(pk=pk) for pk in conversations]
 
@@ -334,7 +352,8 @@ def _bench_sse(*, stdout, options):
         if "ttft" in runs:
             _configure_upstream(upstream, tokens=3, token_delay=0.0)
             cpu_before, busy_before = _cpu_s(app.pid), _machine_busy_s()
-            first_tokens = _load({**spec, "mode": "ttft", "samples": samples,
+            questions = ttft_questions(options["ttft_questions"]) if options["ttft_questions"] else None
+            first_tokens = _load({**spec, "mode": "ttft", "samples": samples, "questions": questions,
                                   "question": spec["question"] + " (ttft)", "upstream_url": upstream + "/v1",
                                   "urls": urls[n + fast_n:n + fast_n + samples]}, base_env)
             # CPU per answer (the whole answer, not only up to its first token; 10 ms clock ticks, over all samples).
@@ -487,6 +506,8 @@ def _figures(n: int, held: dict | None, rss_before: int | None, rss_during: floa
         "throughput_worker_cpu_us_per_event": _round(fast.get("worker_cpu_us_per_event")),
         **options.get("corpus", {}),
         "route": options.get("route", "page"),
+        # Run (c)'s questions: one fixed question, or the file's in turn (--ttft-questions).
+        "ttft_questions": os.path.basename(options["ttft_questions"]) if options.get("ttft_questions") else "fixed",
         "upstream_pool_limit": options["upstream_pool_limit"] or settings.LLM_HTTP_POOL_LIMIT,
         "nofile_limit": nofile,
         "traced_kb_per_stream": None,  # --tracemalloc: the Python heap one more held stream costs

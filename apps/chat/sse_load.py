@@ -201,9 +201,13 @@ async def ttft(spec: dict) -> dict:
                         direct.append(time.perf_counter() - start)
                         break
                 await response.read()
+        questions = spec.get("questions")
         for i, url in enumerate(spec["urls"]):
             stream = Stream(i)
-            await _read(session, spec, url, f"{spec['question']} #{i}", stream, None)
+            # A file's questions in turn, each made unique (the proxy's response cache must not answer it).
+            question = (f"{questions[i % len(questions)]} (run {spec['run_tag']} #{i})" if questions
+                        else f"{spec['question']} #{i}")
+            await _read(session, spec, url, question, stream, None)
             if stream.tokens and not stream.error:
                 chat.append(stream.tokens[0] - stream.sent)
             if stream.done_data:

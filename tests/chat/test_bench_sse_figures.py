@@ -51,3 +51,24 @@ def test_added_ttft_beyond_retrieval_leaves_each_answers_retrieval_out():
     assert figures["ttft_added_beyond_retrieval_p50_ms"] == 4.5  # median 5, less 0.5
     assert _figures(0, None, None, None, first_tokens=EMPTY_RUN, fast=NO_THROUGHPUT,
                     options={"upstream_pool_limit": 10}, nofile=1024)["ttft_added_beyond_retrieval_p50_ms"] is None
+
+
+def test_run_c_can_ask_a_file_of_questions_in_turn(tmp_path):
+    import pytest
+
+    from apps.chat.benchmarks import ttft_questions
+
+    beir = tmp_path / "queries.jsonl"
+    beir.write_text('{"_id": "1", "text": "Aspirin lowers fever."}\n\n{"_id": "3", "text": "Tides follow the moon."}\n')
+    plain = tmp_path / "questions.txt"
+    plain.write_text("What is Quire?\nHow does search rank?\n")
+    assert ttft_questions(str(beir)) == ["Aspirin lowers fever.", "Tides follow the moon."]
+    assert ttft_questions(str(plain)) == ["What is Quire?", "How does search rank?"]
+    (tmp_path / "empty.txt").write_text("\n")
+    with pytest.raises(ValueError, match="no question"):
+        ttft_questions(str(tmp_path / "empty.txt"))
+    figures = _figures(0, None, None, None, first_tokens=EMPTY_RUN, fast=NO_THROUGHPUT, nofile=1024,
+                       options={"upstream_pool_limit": 10, "ttft_questions": str(beir)})
+    assert figures["ttft_questions"] == "queries.jsonl"
+    assert _figures(0, None, None, None, first_tokens=EMPTY_RUN, fast=NO_THROUGHPUT, nofile=1024,
+                    options={"upstream_pool_limit": 10})["ttft_questions"] == "fixed"
