@@ -47,6 +47,8 @@ MODES = ("hybrid", "semantic", "keyword")
 # Passages per document in retrieve_passages: enough context, not one document's monologue.
 PASSAGES_PER_DOCUMENT = 2
 PASSAGE_CANDIDATES = 50
+# Passages' keyword list: how many best matches are checked for visibility per chunk wanted.
+KEYWORD_OVERFETCH = 4
 MAX_FACETS = 30
 # Nearest chunks fetched per wanted document on the semantic side.
 CHUNKS_PER_DOCUMENT = 3
@@ -192,7 +194,7 @@ def _scope(user, filters: SearchFilters | None, parsed: ParsedQuery) -> _Scope:
     )
 
 
-def _keyword_chunks_cte(parsed: ParsedQuery, scope: _Scope) -> tuple[str, list]:
+def _keyword_chunks_cte(parsed: ParsedQuery, scope: _Scope, *, top: int | None = None) -> tuple[str, list]:
     """CTEs ending in ``kw_chunks(chunk_id, document_id, score, tags)``: BM25 per visible chunk.
 
     The query's distinct lexemes (Postgres's ``english`` analyzer) and their idf-weights are
@@ -201,6 +203,12 @@ def _keyword_chunks_cte(parsed: ParsedQuery, scope: _Scope) -> tuple[str, list]:
     primary key, so it is exact at every moment and no writer ever updates a shared
     per-lexeme counter; N and the average chunk length come from the slotted corpus
     statistics. ``kw_terms`` holds only the terms some chunk has: empty, nothing matched.
+
+    ``top``: only the best ``top`` visible chunks (score, then chunk id), found without joining
+    every matched chunk to its document: the best ``KEYWORD_OVERFETCH * top`` matched chunks are
+    checked for visibility, and that is exact when ``top`` of them are visible or when they are
+    all the matches; otherwise (a corpus whose best matches the reader mostly may not see) the
+    statement ranks every visible match instead, in the same round trip.
     """
     k1, b = float(settings.SEARCH_BM25_K1), float(settings.SEARCH_BM25_B)
     chunk_join = "JOIN documents_chunk c ON c.id = s.chunk_id" if scope.needs_chunk_join else ""
@@ -227,18 +235,36 @@ def _keyword_chunks_cte(parsed: ParsedQuery, scope: _Scope) -> tuple[str, list]:
         FROM kw_df t, kw_corpus k
         WHERE t.df > 0
     ),
-    kw_scored AS (
+    kw_scored AS {"NOT MATERIALIZED " if top else ""}(
         SELECT p.chunk_id, p.document_id, sum(q.w * p.tf / (p.tf + q.c + q.l * p.dl)) AS score
         FROM kw_terms q
         JOIN search_posting p ON p.lexeme = (q.lexeme COLLATE "C")
         GROUP BY p.chunk_id, p.document_id
+    ),"""
+
+    def visible(source: str) -> str:
+        return f"""SELECT s.chunk_id, s.document_id, s.score, d.tags FROM {source} s
+        JOIN search_document d ON d.id = s.document_id {chunk_join}
+        WHERE {scope.where}"""
+
+    if top is None:
+        return sql + f"\n    kw_chunks AS ({visible('kw_scored')})", [parsed.text, *scope.params]
+    top, over = int(top), int(top) * KEYWORD_OVERFETCH
+    # kw_scored is inlined (NOT MATERIALIZED) in both branches; the second runs only when needed.
+    sql += f"""
+    kw_best AS MATERIALIZED (SELECT chunk_id, document_id, score FROM kw_scored ORDER BY score DESC, chunk_id
+                             LIMIT {over}),
+    kw_fast AS MATERIALIZED ({visible('kw_best')} ORDER BY s.score DESC, s.chunk_id LIMIT {top}),
+    kw_exact AS MATERIALIZED (
+        SELECT (SELECT count(*) FROM kw_fast) = {top} OR (SELECT count(*) FROM kw_best) < {over} AS exact
     ),
     kw_chunks AS (
-        SELECT s.chunk_id, s.document_id, s.score, d.tags FROM kw_scored s
-        JOIN search_document d ON d.id = s.document_id {chunk_join}
-        WHERE {scope.where}
+        SELECT * FROM kw_fast WHERE (SELECT exact FROM kw_exact)
+        UNION ALL
+        SELECT * FROM ({visible('kw_scored')} ORDER BY s.score DESC, s.chunk_id LIMIT {top}) every_visible
+        WHERE NOT (SELECT exact FROM kw_exact)
     )"""
-    return sql, [parsed.text, *scope.params]
+    return sql, [parsed.text, *scope.params, *scope.params]
 
 
 def _semantic_chunks_cte(scope: _Scope, depth: int, *, exclude_document: int | None = None) -> tuple[str, list]:
@@ -526,7 +552,7 @@ def _passage_statement(q: _PassageQuery, vector) -> tuple[str, list, tuple[str, 
     ctes, params, lists = [], [], []
     if q.mode in ("keyword", "hybrid"):
         # The query's terms and their idf are read by this same statement: no round trip of their own.
-        sql, p = _keyword_chunks_cte(q.parsed, q.scope)
+        sql, p = _keyword_chunks_cte(q.parsed, q.scope, top=q.depth)
         ctes.append(sql)
         params += p
         # LIMIT before the window function: a top-N heapsort of the matches instead of a full sort.

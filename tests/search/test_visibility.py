@@ -91,3 +91,23 @@ def test_visibility_and_tag_changes_apply_to_the_next_search():
     assert found(filters=SearchFilters(tags=["island"])) == [doc.pk]
     doc.delete()
     assert found() == []
+
+
+@pytest.mark.parametrize("private_on_top", [3, 20])  # 20: the 16 checked are all private
+def test_passages_keyword_list_is_exact_when_the_best_matches_are_mostly_invisible(monkeypatch, private_on_top):
+    """The passages' keyword list checks only the best KEYWORD_OVERFETCH x depth matches for
+    visibility; when too few of those are visible it must rank every visible match instead."""
+    from apps.search import services
+
+    monkeypatch.setattr(services, "PASSAGE_CANDIDATES", 2)  # limit 1: depth 4, 16 matches checked
+    for i in range(private_on_top):  # private matches that outscore every public one
+        indexed_document(title=f"Private glacier {i}", body="Glacier glacier glacier moraine. " * 3,
+                         visibility=Document.Visibility.PRIVATE)
+    public = [indexed_document(title=f"Public note {i}", body=f"A glacier once passed here. Note {i} of rivers.")
+              for i in range(3)]
+    best = retrieve_passages(query="glacier", user=None, limit=1, mode="keyword")
+    staff_best = retrieve_passages(query="glacier", user=StaffFactory(), limit=1, mode="keyword")
+    assert [p.document_id for p in best] and best[0].document_id in {d.pk for d in public}
+    assert staff_best[0].title.startswith("Private")  # the private ones do outscore the public ones
+    every_public = retrieve_passages(query="glacier", user=None, limit=5, mode="keyword")
+    assert {p.document_id for p in every_public} == {d.pk for d in public}
