@@ -54,6 +54,7 @@ from apps.llm.services import (
     aapi_key_admit,
     acomplete,
     aembed,
+    api_embedding_model_ids,
     api_embedding_models,
     stream_chat,
 )
@@ -319,11 +320,9 @@ async def models(request: HttpRequest) -> HttpResponse:
         return _method_not_allowed(request, "GET")
     if (await _admit(request, count=False)).key is None:  # listing models does not use up the rate limit
         return _unauthenticated(request)
-    embedding_models = dict.fromkeys(get_embedding_backend(alias).model_id  # listed by the model's id
-                                     for alias in settings.LLM_API_EMBEDDING_ALIASES)
     return JsonResponse({"object": "list", "data": [
         {"id": name, "object": "model", "created": 0, "owned_by": "quire"}
-        for name in [*route_names(), *embedding_models]]})
+        for name in [*route_names(), *api_embedding_model_ids()]]})
 
 
 def _parse_embeddings(body: bytes) -> tuple[dict | None, str | None]:

@@ -23,13 +23,13 @@ def check_api_embedding_aliases(app_configs=None, **kwargs) -> list[Error]:
 def check_anonymous_spend_bounded(app_configs=None, **kwargs) -> list[Warning]:
     """``check --deploy``: readers who are not signed in can chat through a priced model with no
     monthly limit on what they spend together (the per-minute limits bound the rate only)."""
-    from apps.llm.conf import get_provider, price, route_config
+    from apps.llm.conf import price, route_config
 
     if settings.LLM_ANONYMOUS_MONTHLY_BUDGET_USD is not None:
         return []
     try:
         chain = route_config(settings.CHAT_ROUTE).chain
-        models = [link.model or get_provider(link.provider).default_model for link in chain]
+        models = [link.model_name for link in chain]
     except (LookupError, ImproperlyConfigured):  # a route or provider the proxy itself reports
         return []
     priced = [model for model in models if model and price(model) is not None]

@@ -58,6 +58,11 @@ class ChainLink:
     model: str | None = None
     params: dict = field(default_factory=dict)
 
+    @property
+    def model_name(self) -> str:
+        """The model this link calls: its own, else its provider's default."""
+        return self.model or get_provider(self.provider).default_model
+
 
 @dataclass(frozen=True)
 class RouteConfig:

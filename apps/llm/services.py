@@ -37,6 +37,7 @@ Public API::
     async def aapi_key_admit(raw_key, *, count=True) -> KeyAdmission   # + requests-per-minute limit
     async def aembed(*, alias, texts, user=None, api_key=None, kind="document") -> EmbeddingsResult
     def api_embedding_models() -> dict[str, str]    # the names POST /v1/embeddings accepts -> alias
+    def api_embedding_model_ids() -> list[str]      # what GET /v1/models lists for them
 
 ``BudgetExceeded`` is raised before any provider is called (by ``stream_chat``
 on the first iteration, by ``acomplete``/``complete`` directly).
@@ -247,9 +248,7 @@ async def _cached_answer(request: ChatRequest, key: str, route: RouteConfig) -> 
 
 
 def _estimate_cost(route: RouteConfig, request: ChatRequest, params: dict) -> Decimal:
-    link = route.chain[0]
-    model = link.model or get_provider(link.provider).default_model
-    return ledger.call_cost(model, _prompt_tokens(request), params["max_tokens"])
+    return ledger.call_cost(route.chain[0].model_name, _prompt_tokens(request), params["max_tokens"])
 
 
 async def stream_chat(request: ChatRequest, *, _stream: bool = True) -> AsyncIterator[LLMEvent]:
@@ -358,6 +357,37 @@ def complete(request: ChatRequest) -> ChatResult:
 
 
 # --- bookkeeping of one call ---------------------------------------------------------------
+def _ledger_entry(*, call_id: str, route: str, user, api_key, provider: str, model: str, prompt_tokens: int,
+                  completion_tokens: int, estimated: bool, cost: Decimal, latency_ms: float, ttft_ms: float | None,
+                  cache_hit: bool, streamed: bool, outcome: str, error: str, fallbacks: int) -> dict:
+    """One call's ``UsageRecord`` row, as :func:`apps.llm.ledger.push_command` queues it (the shape
+    the ledger's INSERT reads): chat calls and embedding calls alike."""
+    return {
+        "id": call_id, "created_at": timezone.now().isoformat(), "route": route,
+        "user_id": getattr(user, "pk", None) if getattr(user, "is_authenticated", False) else None,
+        "api_key_id": getattr(api_key, "pk", None),
+        "provider": provider, "model": model, "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens, "tokens_estimated": estimated,
+        "cost_usd": str(cost), "latency_ms": round(latency_ms, 3),
+        "ttft_ms": round(ttft_ms, 3) if ttft_ms is not None else None, "cache_hit": cache_hit,
+        "streamed": streamed, "outcome": outcome, "error": error[:2000], "fallbacks": fallbacks,
+        "anonymous": budgets.is_anonymous(user, api_key),
+    }
+
+
+def _observe_call(route: str, provider: str, model: str, outcome: str, latency_ms: float, *,
+                  ttft_ms: float | None = None, tokens: dict[str, int] | None = None, cost: Decimal) -> None:
+    """The proxy's metrics for one call; ``tokens`` by kind (prompt, completion) when it used any."""
+    REQUESTS.labels(route, provider, outcome).inc()
+    LATENCY.labels(route, provider).observe(latency_ms / 1000)
+    if ttft_ms is not None:
+        TTFT.labels(route, provider).observe(ttft_ms / 1000)
+    for kind, count in (tokens or {}).items():
+        TOKENS.labels(route, provider, kind).inc(count)
+    if cost:
+        COST.labels(route, provider, model).inc(float(cost))
+
+
 def _record_soon(entry: dict, cost: Decimal, reservation: budgets.Reservation | None, api_key=None) -> None:
     """Queue the ledger row, settle the budget and spend the API key's tokens per minute in a
     task of its own: the caller gets its answer (and the HTTP client its bytes) without waiting
@@ -430,28 +460,15 @@ class _CallState:
         failures = list(self.attempt.failures)
         if error:
             failures.append(error)
-        entry = {
-            "id": self.call_id, "created_at": timezone.now().isoformat(), "route": self.route.name,
-            "user_id": getattr(self.request.user, "pk", None) if getattr(self.request.user, "is_authenticated",
-                                                                          False) else None,
-            "api_key_id": getattr(self.request.api_key, "pk", None),
-            "provider": provider, "model": model, "prompt_tokens": usage.prompt_tokens,
-            "completion_tokens": usage.completion_tokens, "tokens_estimated": usage.estimated,
-            "cost_usd": str(cost), "latency_ms": round(latency_ms, 3),
-            "ttft_ms": round(ttft_ms, 3) if ttft_ms is not None else None, "cache_hit": self.hit is not None,
-            "streamed": self.streamed, "outcome": outcome, "error": "\n".join(failures)[:2000],
-            "fallbacks": self.attempt.fallbacks if self.hit is None else 0,
-            "anonymous": budgets.is_anonymous(self.request.user, self.request.api_key),
-        }
-        REQUESTS.labels(self.route.name, provider, outcome).inc()
-        LATENCY.labels(self.route.name, provider).observe(latency_ms / 1000)
-        if ttft_ms is not None:
-            TTFT.labels(self.route.name, provider).observe(ttft_ms / 1000)
-        if self.hit is None:
-            TOKENS.labels(self.route.name, provider, "prompt").inc(usage.prompt_tokens)
-            TOKENS.labels(self.route.name, provider, "completion").inc(usage.completion_tokens)
-            if cost:
-                COST.labels(self.route.name, provider, model).inc(float(cost))
+        entry = _ledger_entry(
+            call_id=self.call_id, route=self.route.name, user=self.request.user, api_key=self.request.api_key,
+            provider=provider, model=model, prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens, estimated=usage.estimated, cost=cost, latency_ms=latency_ms,
+            ttft_ms=ttft_ms, cache_hit=self.hit is not None, streamed=self.streamed, outcome=outcome,
+            error="\n".join(failures), fallbacks=self.attempt.fallbacks if self.hit is None else 0)
+        _observe_call(self.route.name, provider, model, outcome, latency_ms, ttft_ms=ttft_ms, cost=cost,
+                      tokens=None if self.hit is not None else {"prompt": usage.prompt_tokens,
+                                                                 "completion": usage.completion_tokens})
         if self.trace_parent is not None:
             self._span(entry, usage, cost, outcome)
         if _log_calls():
@@ -553,6 +570,13 @@ def api_embedding_models() -> dict[str, str]:
     return names
 
 
+def api_embedding_model_ids() -> list[str]:
+    """The embedding models ``GET /v1/models`` lists: each served alias's model id, once."""
+    from apps.llm.embeddings import get_embedding_backend
+
+    return list(dict.fromkeys(get_embedding_backend(alias).model_id for alias in settings.LLM_API_EMBEDDING_ALIASES))
+
+
 async def aembed(*, alias: str, texts: list[str], user=None, api_key=None,
                  kind: str = "document") -> EmbeddingsResult:
     """Embed ``texts`` with the ``alias`` backend for a caller, as the proxy makes a chat call:
@@ -587,22 +611,13 @@ async def aembed(*, alias: str, texts: list[str], user=None, api_key=None,
         spent = cost if outcome == "ok" else Decimal("0")
         latency_ms = (time.perf_counter() - started) * 1000
         provider, model = backend.provider_name, backend.model_id
-        entry = {
-            "id": call_id, "created_at": timezone.now().isoformat(), "route": EMBEDDINGS_ROUTE,
-            "user_id": user.pk if getattr(user, "is_authenticated", False) else None,
-            "api_key_id": getattr(api_key, "pk", None), "provider": provider, "model": model,
-            "prompt_tokens": prompt_tokens, "completion_tokens": 0,
-            "tokens_estimated": not backend.exact_token_counts, "cost_usd": str(spent),
-            "latency_ms": round(latency_ms, 3), "ttft_ms": None, "cache_hit": False, "streamed": False,
-            "outcome": outcome, "error": error[:2000], "fallbacks": 0,
-            "anonymous": budgets.is_anonymous(user, api_key),
-        }
-        REQUESTS.labels(EMBEDDINGS_ROUTE, provider, outcome).inc()
-        LATENCY.labels(EMBEDDINGS_ROUTE, provider).observe(latency_ms / 1000)
-        if outcome == "ok":
-            TOKENS.labels(EMBEDDINGS_ROUTE, provider, "prompt").inc(prompt_tokens)
-            if spent:
-                COST.labels(EMBEDDINGS_ROUTE, provider, model).inc(float(spent))
+        entry = _ledger_entry(
+            call_id=call_id, route=EMBEDDINGS_ROUTE, user=user, api_key=api_key, provider=provider, model=model,
+            prompt_tokens=prompt_tokens, completion_tokens=0, estimated=not backend.exact_token_counts, cost=spent,
+            latency_ms=latency_ms, ttft_ms=None, cache_hit=False, streamed=False, outcome=outcome, error=error,
+            fallbacks=0)
+        _observe_call(EMBEDDINGS_ROUTE, provider, model, outcome, latency_ms, cost=spent,
+                      tokens={"prompt": prompt_tokens} if outcome == "ok" else None)
         if trace_parent is not None:
             spans.record(f"embeddings {model}", parent=trace_parent, start_ns=started_ns,
                          end_ns=started_ns + int(latency_ms * 1e6), attributes={
