@@ -31,6 +31,7 @@ migrate: services
 run: migrate  ## the whole site on http://127.0.0.1:8000 with a Celery worker
 	@$(PY) manage.py ensure_demo_user
 	@$(PY) manage.py load_demo_content
+	@$(PY) manage.py prepare_embedding_models
 	@echo "Quire is starting on http://127.0.0.1:8000  (Ctrl-C stops the app and worker; 'make stop' stops the data services)"
 	@$(VENV)/bin/honcho -f Procfile start
 

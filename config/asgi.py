@@ -5,8 +5,8 @@ from django.conf import settings
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
-# One torch thread: a web process embeds one short query at a time (see settings).
-os.environ.setdefault("EMBEDDING_TORCH_THREADS", "1")
+# One model thread: a web process embeds one short query at a time (see settings).
+os.environ.setdefault("EMBEDDING_THREADS", "1")
 # Traces (only when an OTLP endpoint is set): before Django opens a connection or a client,
 # which the instrumentations patch. See apps/core/tracing.py.
 if settings.TRACING_ENABLED:

@@ -329,9 +329,9 @@ def bench_embeddings(*, stdout, options):
 
     questions, passages = _bench_texts()
     backend = get_embedding_backend()
-    # The bare model in this process, on one torch thread as a web process runs it.
-    if getattr(backend, "torch_threads", "n/a") is None:
-        backend.torch_threads = 1
+    # The bare model in this process, on one thread as a web process runs it.
+    if getattr(backend, "threads", "n/a") is None:
+        backend.threads = 1
     for question in questions[:20]:
         backend._embed([question], kind="query")
     bare = []
@@ -373,14 +373,14 @@ def bench_embeddings(*, stdout, options):
         ledger.flush()
         time.sleep(0.1)
     figures.update({
-        "model": backend.model_id, "query_bare_model_p50_ms": _ms(bare, 50),
+        "model": backend.model_id, "backend": type(backend).__name__, "query_bare_model_p50_ms": _ms(bare, 50),
         "query_added_p50_ms": round(figures["query_via_api_p50_ms"] - _ms(bare, 50), 3),
         "batch_tokens_per_text": round(tokens_per_passage, 1),
         "ledger_rows": rows.count(), "ledger_errors": rows.exclude(outcome="ok").count(),
         "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     })
     print_table(stdout, [
-        ("one query, bare model (1 torch thread)", figures["query_bare_model_p50_ms"], ""),
+        (f"one query, bare model ({type(backend).__name__}, 1 thread)", figures["query_bare_model_p50_ms"], ""),
         ("one query via POST /v1/embeddings", figures["query_via_api_p50_ms"], figures["query_via_api_p95_ms"]),
         (f"batch of {options['batch']} texts (~{figures['batch_tokens_per_text']} tokens each)",
          figures["batch_p50_ms"], ""),

@@ -320,16 +320,26 @@ SPECTACULAR_SETTINGS["POSTPROCESSING_HOOKS"] = [
 EMBEDDING_PROVIDER = env.str("EMBEDDING_PROVIDER", default="local")
 # Distinct search queries whose vectors each process keeps (3 KB each; 0 = embed every time).
 EMBEDDING_QUERY_CACHE_SIZE = env.int("EMBEDDING_QUERY_CACHE_SIZE", default=1024)
+# Where the local model's ONNX export is kept (written once per machine, see apps.llm.embeddings.onnx).
+EMBEDDING_MODEL_CACHE_DIR = env.path("EMBEDDING_MODEL_CACHE_DIR", default=BASE_DIR / ".data" / "models")
+# The local model's runtime: onnx (ONNX Runtime: same vectors, half the CPU) or torch (any model directory).
+EMBEDDING_LOCAL_RUNTIME = env.str("EMBEDDING_LOCAL_RUNTIME", default="onnx")
+_LOCAL_EMBEDDING_BACKENDS = {
+    "onnx": "apps.llm.embeddings.onnx.OnnxBackend",
+    "torch": "apps.llm.embeddings.sentence_transformers.SentenceTransformerBackend",
+}
 if EMBEDDING_PROVIDER == "local":
+    if EMBEDDING_LOCAL_RUNTIME not in _LOCAL_EMBEDDING_BACKENDS:
+        raise ImproperlyConfigured(f"EMBEDDING_LOCAL_RUNTIME={EMBEDDING_LOCAL_RUNTIME!r}: onnx or torch")
     EMBEDDING_BACKENDS = {
         "default": {
-            "BACKEND": "apps.llm.embeddings.sentence_transformers.SentenceTransformerBackend",
+            "BACKEND": _LOCAL_EMBEDDING_BACKENDS[EMBEDDING_LOCAL_RUNTIME],
             "OPTIONS": {
                 "BATCH_SIZE": env.int("EMBEDDING_BATCH_SIZE", default=32),
-                # 0 = torch's choice (all cores: best for the worker's batches). Web
+                # 0 = the runtime's choice (all cores: best for the worker's batches). Web
                 # processes embed one short query at a time and set 1 (config/asgi.py):
-                # measured p95 of a query embedding on 2 busy cores, 577 ms -> 16 ms.
-                "TORCH_THREADS": env.int("EMBEDDING_TORCH_THREADS", default=0) or None,
+                # measured p95 of a query embedding on 2 busy cores, 577 ms -> 16 ms (torch).
+                "THREADS": env.int("EMBEDDING_THREADS", default=0) or None,
             },
         }
     }

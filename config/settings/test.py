@@ -20,7 +20,9 @@ LOGGING["root"]["level"] = LOG_LEVEL  # noqa: F405
 # processes; the real model is only loaded by tests marked `model`.
 EMBEDDING_BACKENDS = {
     "default": {"BACKEND": "apps.llm.embeddings.testing.DeterministicBackend", "OPTIONS": {}},
-    "minilm": {"BACKEND": "apps.llm.embeddings.sentence_transformers.SentenceTransformerBackend", "OPTIONS": {}},
+    # The real model as deployed (ONNX Runtime), and on torch (the reference it must match).
+    "minilm": {"BACKEND": "apps.llm.embeddings.onnx.OnnxBackend", "OPTIONS": {}},
+    "minilm-torch": {"BACKEND": "apps.llm.embeddings.sentence_transformers.SentenceTransformerBackend", "OPTIONS": {}},
 }
 # Every query embedded anew: tests count embedding calls and inject failures, and the
 # backend instance outlives a test. The cache's own tests switch it on.

@@ -1,4 +1,4 @@
-"""Semantics with the real all-MiniLM-L6-v2 model (marked `model`: loads torch)."""
+"""Semantics with the real all-MiniLM-L6-v2 model, as deployed (ONNX Runtime; marked `model`)."""
 
 import pytest
 
@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.django_db, pytest.mark.model]
 @pytest.fixture
 def real_model(settings):
     settings.EMBEDDING_BACKENDS = {"default": {
-        "BACKEND": "apps.llm.embeddings.sentence_transformers.SentenceTransformerBackend", "OPTIONS": {}}}
+        "BACKEND": "apps.llm.embeddings.onnx.OnnxBackend", "OPTIONS": {}}}
     reset_embedding_backends()
     yield
     reset_embedding_backends()

