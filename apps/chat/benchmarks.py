@@ -69,6 +69,10 @@ def _arguments(parser):
                         help="run (c) asks these questions in turn instead of one fixed question: a BEIR "
                              "queries.jsonl (its \"text\") or one question per line, e.g. "
                              "../shared/datasets/scifact/queries.jsonl for retrieval as real claims load it")
+    parser.add_argument("--query-embeddings", choices=("upstream", "local"), default="upstream",
+                        help="who embeds the questions: the fake upstream over HTTP (default, as in earlier "
+                             "sessions' figures) or the local model in the worker, as a default deployment "
+                             "does (EMBEDDING_PROVIDER=local; EMBEDDING_LOCAL_RUNTIME picks onnx or torch)")
     parser.add_argument("--ramp", type=float, default=200.0, help="new streams per second while opening (run a)")
     parser.add_argument("--upstream-pool-limit", type=int, default=0,
                         help="override LLM_HTTP_POOL_LIMIT (upstream connections per worker) for this run")
@@ -186,8 +190,10 @@ def _load(spec: dict, env: dict, on_line=None) -> dict:
     return json.loads(last)
 
 
-def _setup_data(conversations: int, upstream_v1: str) -> tuple[object, str, list[int]]:
-    """A bench user with a signed-in session, conversations, and embedded documents."""
+def _setup_data(conversations: int, upstream_v1: str, *, local_embeddings: bool = False
+                ) -> tuple[object, str, list[int]]:
+    """A bench user with a signed-in session, conversations, and embedded documents (by the
+    fake upstream's embeddings, or with ``local_embeddings`` by this process's local model)."""
     from apps.documents.services import embed_documents_bulk
     from apps.llm.embeddings import reset_embedding_backends
 
@@ -207,7 +213,7 @@ def _setup_data(conversations: int, upstream_v1: str) -> tuple[object, str, list
     backends = {"default": {"BACKEND": "apps.llm.embeddings.openai_http.OpenAIHTTPBackend",
                             "OPTIONS": {"BASE_URL": upstream_v1, "API_KEY": "", "MODEL": "fake-embedding",
                                         "DIMENSIONS": 384, "MAX_TOKENS": 256}}}
-    with override_settings(EMBEDDING_BACKENDS=backends):
+    with override_settings(EMBEDDING_BACKENDS=settings.EMBEDDING_BACKENDS if local_embeddings else backends):
         reset_embedding_backends()
         embed_documents_bulk([d.pk for d in docs])
     reset_embedding_backends()
@@ -224,6 +230,13 @@ def _corpus(user) -> dict:
     visible = visible_documents(user=user)
     return {"corpus_documents": visible.count(),
             "corpus_chunks": Chunk.objects.filter(document__in=visible, embedding__isnull=False).count()}
+
+
+def _query_embedder(choice: str) -> str:
+    if choice != "local":
+        return "upstream"
+    backend = settings.EMBEDDING_BACKENDS["default"]["BACKEND"] if settings.EMBEDDING_PROVIDER == "local" else "?"
+    return f"local:{backend.rsplit('.', 1)[-1]}"
 
 
 def _cleanup() -> None:
@@ -306,7 +319,9 @@ def _bench_sse(*, stdout, options):
         proc, log = procs.start([sys.executable, "-m", "apps.llm.testing.fake_upstream", "--port", str(upstream_port)],
                                 base_env)
         _wait_http(f"{upstream}/_fake/stats", proc, log)
-        user, session_key, conversations = _setup_data(n + fast_n + samples + 5, upstream + "/v1")
+        local_embeddings = options["query_embeddings"] == "local"
+        user, session_key, conversations = _setup_data(n + fast_n + samples + 5, upstream + "/v1",
+                                                       local_embeddings=local_embeddings)
         options["corpus"] = _corpus(user)
 
         app_env = {
@@ -315,8 +330,9 @@ def _bench_sse(*, stdout, options):
             # A stream waiting for a pooled upstream connection waits; it does not fail over.
             "LLM_TIMEOUT_CONNECT": "600", "LLM_TIMEOUT_FIRST_TOKEN": "600", "LLM_TIMEOUT_TOTAL": "900",
             "CHAT_MAX_STREAM_SECONDS": "900",
-            "EMBEDDING_PROVIDER": "openai", "EMBEDDING_API_BASE": upstream + "/v1", "EMBEDDING_MODEL": "fake-embedding",
-            "EMBEDDING_DIMENSIONS": "384", "EMBEDDING_MAX_TOKENS": "256",
+            **({"EMBEDDING_PROVIDER": "local"} if local_embeddings else {
+                "EMBEDDING_PROVIDER": "openai", "EMBEDDING_API_BASE": upstream + "/v1",
+                "EMBEDDING_MODEL": "fake-embedding", "EMBEDDING_DIMENSIONS": "384", "EMBEDDING_MAX_TOKENS": "256"}),
             "CHAT_QUESTIONS_PER_MINUTE": "0", "CHAT_ANON_QUESTIONS_PER_MINUTE": "0",
             "API_THROTTLE_USER": "100000000/day",  # the API route's DRF throttle: every stream is the bench user's
         }
@@ -508,6 +524,8 @@ def _figures(n: int, held: dict | None, rss_before: int | None, rss_during: floa
         "route": options.get("route", "page"),
         # Run (c)'s questions: one fixed question, or the file's in turn (--ttft-questions).
         "ttft_questions": os.path.basename(options["ttft_questions"]) if options.get("ttft_questions") else "fixed",
+        # Who embedded the questions: the fake upstream, or the worker's local model (its backend class).
+        "query_embeddings": _query_embedder(options.get("query_embeddings", "upstream")),
         "upstream_pool_limit": options["upstream_pool_limit"] or settings.LLM_HTTP_POOL_LIMIT,
         "nofile_limit": nofile,
         "traced_kb_per_stream": None,  # --tracemalloc: the Python heap one more held stream costs

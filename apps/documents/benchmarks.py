@@ -3,8 +3,9 @@ worker (real model), next to the bare model's throughput on the same chunks.
 
 * The corpus goes into an isolated source (``bench-scifact`` by default), removed
   before and after the run (``--keep`` keeps it).
-* The worker is a subprocess started here (prefork, concurrency 1, like the
-  Procfile), consuming a private queue on a private Redis database, so nothing
+* The worker is a subprocess started here (prefork, two children with a model
+  thread each, like the Procfile: one embeds while the other writes), consuming
+  a private queue on a private Redis database, so nothing
   else's tasks are touched — not even by the redelivery of unacknowledged
   messages after ``--kill-worker-after`` (kill -9 of the whole worker, then a new
   one; a short visibility timeout makes the broker redeliver the lost task).
@@ -45,20 +46,27 @@ def _arguments(parser):
     parser.add_argument("--batch", type=int, default=settings.EMBEDDING_ENQUEUE_BATCH, help="documents per task")
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--keep", action="store_true", help="keep the imported documents")
+    parser.add_argument("--worker-concurrency", type=int, default=2,
+                        help="the worker's pool children (the Procfile and docker/compose.yml run 2)")
+    parser.add_argument("--worker-threads", type=int, default=1,
+                        help="EMBEDDING_THREADS for each child's model (the Procfile and compose: 1; "
+                             "0: the runtime's choice, every core)")
 
 
 class _Worker(WorkerProcess):
     """The bench's worker: its own queue on a private Redis database, short time limits."""
 
-    def __init__(self, queue: str, broker_url: str):
+    def __init__(self, queue: str, broker_url: str, *, concurrency: int = 1, threads: int = 0):
         env = dict(os.environ)
         env.update(
             DJANGO_SETTINGS_MODULE=os.environ.get("DJANGO_SETTINGS_MODULE", "config.settings.local"),
             CELERY_BROKER_URL=broker_url, CELERY_TASK_DEFAULT_QUEUE=queue,
             CELERY_VISIBILITY_TIMEOUT=str(VISIBILITY_TIMEOUT), CELERY_TASK_SOFT_TIME_LIMIT="20",
             CELERY_TASK_TIME_LIMIT="25", LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1",
+            EMBEDDING_THREADS=str(threads),
         )
-        super().__init__(queue=queue, env=env, name="bench-ingest-worker", broker_url=broker_url)
+        super().__init__(queue=queue, env=env, name="bench-ingest-worker", broker_url=broker_url,
+                         concurrency=concurrency)
 
     def start(self, app=None) -> float:
         return super().start(timeout=180)
@@ -134,8 +142,10 @@ def bench_ingest(*, stdout, options):
     _drop_source(source)
     _flush_bench_broker(broker_url, queue)
 
-    worker = _Worker(queue, broker_url)
-    figures: dict = {"source": source, "model": backend.model_id, "worker_concurrency": 1,
+    worker = _Worker(queue, broker_url, concurrency=options["worker_concurrency"], threads=options["worker_threads"])
+    figures: dict = {"source": source, "model": backend.model_id, "backend": type(backend).__name__,
+                     "worker_concurrency": options["worker_concurrency"],
+                     "worker_threads": options["worker_threads"] or None,
                      "docs_per_task": options["batch"]}
     figures["worker_start_s"] = round(worker.start(app), 2)
     restarts = 0
@@ -173,7 +183,8 @@ def bench_ingest(*, stdout, options):
                 worker.kill()
                 killed_at = ready
                 progress.write(f"kill -9 worker at {ready} documents; restarting")
-                worker = _Worker(queue, broker_url)
+                worker = _Worker(queue, broker_url, concurrency=options["worker_concurrency"],
+                                 threads=options["worker_threads"])
                 worker.start(app)
                 restarts += 1
         elapsed = time.perf_counter() - started

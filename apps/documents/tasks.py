@@ -13,7 +13,7 @@ import random
 
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_init
+from celery.signals import worker_init, worker_process_init
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
@@ -86,16 +86,26 @@ def purge_document(document_id: int) -> int:
 
 
 @worker_init.connect
+def _prepare_embedding_model(**kwargs):
+    """Prepare the model in the worker's main process before it forks its pool: torch's weights
+    load there (no task pays the 4-7 s import; children share them copy-on-write), ONNX
+    Runtime's export is written there (its session is each child's own, see OnnxBackend.prepare)."""
+    _load_model("prepare")
+
+
+@worker_process_init.connect
 def _load_embedding_model(**kwargs):
-    """Load the model in the worker's main process before it forks its pool, so
-    no task pays the 4-7 s import and children share the weights copy-on-write."""
-    backend = get_embedding_backend()
-    load = getattr(backend, "load", None)
-    if load is not None:
+    """Load the model in each pool child as it starts, so its first task does not wait for it."""
+    _load_model("load")
+
+
+def _load_model(step: str) -> None:
+    method = getattr(get_embedding_backend(), step, None)
+    if method is not None:
         try:
-            load()
+            method()
         except Exception:  # the first task will raise the same error, with retries
-            logger.exception("documents.model_preload_failed")
+            logger.exception("documents.model_preload_failed", step=step)
 
 
 def enqueue_embedding_batches(document_ids: list[int], *, batch_size: int | None = None) -> int:

@@ -72,3 +72,12 @@ def test_run_c_can_ask_a_file_of_questions_in_turn(tmp_path):
     assert figures["ttft_questions"] == "queries.jsonl"
     assert _figures(0, None, None, None, first_tokens=EMPTY_RUN, fast=NO_THROUGHPUT, nofile=1024,
                     options={"upstream_pool_limit": 10})["ttft_questions"] == "fixed"
+
+
+def test_the_figures_say_who_embedded_the_questions(settings):
+    settings.EMBEDDING_PROVIDER = "local"
+    settings.EMBEDDING_BACKENDS = {"default": {"BACKEND": "apps.llm.embeddings.onnx.OnnxBackend", "OPTIONS": {}}}
+    run = dict(first_tokens=EMPTY_RUN, fast=NO_THROUGHPUT, nofile=1024)
+    assert _figures(0, None, None, None, options={"upstream_pool_limit": 10}, **run)["query_embeddings"] == "upstream"
+    local = _figures(0, None, None, None, options={"upstream_pool_limit": 10, "query_embeddings": "local"}, **run)
+    assert local["query_embeddings"] == "local:OnnxBackend"

@@ -128,3 +128,25 @@ def test_prepare_embedding_models_loads_each_backend_ahead_of_time(exported, set
     lines = out.getvalue().splitlines()
     assert lines == ["default: DeterministicBackend, nothing to load",
                      f"local: OnnxBackend sentence-transformers/all-MiniLM-L6-v2 ready ({tmp_path / 'minilm.onnx'})"]
+
+
+def test_a_worker_prepares_before_forking_and_each_child_embeds(exported):
+    """The Celery worker prepares the model in its main process, then forks its pool. A session
+    made before the fork is not the children's (a child making its own then hung; one using
+    the parent's ran at half speed): prepare() makes none, and each child loads the export."""
+    script = (
+        "import json, os, django; django.setup()\n"
+        "from apps.llm.embeddings.onnx import OnnxBackend\n"
+        f"backend = OnnxBackend('worker', CACHE_DIR={str(exported.onnx_path.parent)!r})\n"
+        "backend.prepare()\n"
+        "assert backend._model is None\n"
+        "read, write = os.pipe()\n"
+        "if os.fork() == 0:\n"
+        f"    os.write(write, json.dumps(backend.embed_query({TEXTS[0]!r})).encode()); os._exit(0)\n"
+        "os.close(write); print(os.fdopen(read).read())\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=BASE_DIR, env=child_env(), capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    vector = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert _max_difference([vector], [exported.embed_query(TEXTS[0])]) < 1e-6

@@ -127,10 +127,15 @@ class SentenceTransformerBackend(EmbeddingBackend):
         return self._model
 
     def load(self) -> None:
-        """Load tokenizer and weights now (workers call this at start-up)."""
+        """Load tokenizer and weights now (web processes call this at start-up)."""
         with self._lock.hold(urgent=True):
             self._get_tokenizer()
             self._get_model()
+
+    def prepare(self) -> None:
+        """What a process about to fork loads for its children (the Celery worker's main
+        process): here the weights, shared copy-on-write, so no task pays the 4-7 s import."""
+        self.load()
 
     # --- API ------------------------------------------------------------------------
     def _embed(self, texts: list[str], *, kind: str) -> list[list[float]]:
