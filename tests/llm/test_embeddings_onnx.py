@@ -150,3 +150,12 @@ def test_a_worker_prepares_before_forking_and_each_child_embeds(exported):
     assert proc.returncode == 0, proc.stderr[-3000:]
     vector = json.loads(proc.stdout.strip().splitlines()[-1])
     assert _max_difference([vector], [exported.embed_query(TEXTS[0])]) < 1e-6
+
+
+def test_a_damaged_export_is_written_again(exported, tmp_path):
+    damaged = tmp_path / "minilm.onnx"
+    damaged.write_bytes(exported.onnx_path.read_bytes()[:4096])  # a copy cut short
+    backend = OnnxBackend("damaged", ONNX_PATH=str(damaged))
+    vector = backend.embed_query(TEXTS[0])
+    assert damaged.stat().st_size == exported.onnx_path.stat().st_size
+    assert _max_difference([vector], [exported.embed_query(TEXTS[0])]) < 1e-6

@@ -12,8 +12,9 @@ The model is exported to ONNX once per machine, from the sentence-transformers
 directory (torch and onnx are imported for that export only), into ``CACHE_DIR``
 under a name fingerprinting the model's files; every later process loads the file and
 never imports torch. Two processes exporting at once each write a file of their own
-and rename it into place. ``python manage.py export_embedding_model`` does it ahead of
-time (the Docker image runs it at build).
+and rename it into place; a file the runtime cannot read is exported again, once.
+``python manage.py prepare_embedding_models`` does it ahead of time (the Docker image
+runs it at build).
 
 Only what the ONNX graph cannot hold is done here: the model's own tokenizer (Rust
 ``tokenizers``, truncating at the model's sequence limit, as sentence-transformers
@@ -125,18 +126,14 @@ class OnnxBackend(SentenceTransformerBackend):
             self._warned_fork = True  # still works, slower: see prepare()
             logger.warning("embedding.session_from_before_fork", path=str(self.onnx_path))
         if self._model is None:
-            import onnxruntime
-
             if not self.onnx_path.exists():
                 export_onnx(self.model_path, self.onnx_path)
-            options = onnxruntime.SessionOptions()
-            options.intra_op_num_threads = int(self.threads or 0)
-            options.inter_op_num_threads = 1
-            # No busy-waiting after each call: on a small machine the spinning threads would take
-            # the cores the event loop and PostgreSQL need between two queries.
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            session = onnxruntime.InferenceSession(str(self.onnx_path), options,
-                                                   providers=["CPUExecutionProvider"])
+            try:
+                session = self._session()
+            except Exception as exc:  # a damaged file (a disk that filled up, a copy cut short)
+                logger.warning("embedding.export_unreadable", path=str(self.onnx_path), error=str(exc)[:500])
+                export_onnx(self.model_path, self.onnx_path)  # once: a second failure is raised
+                session = self._session()
             produced = session.get_outputs()[0].shape[-1]
             if produced != self.dimensions:
                 raise ImproperlyConfigured(f"{self.onnx_path}: model produces {produced}-d vectors, "
@@ -145,6 +142,17 @@ class OnnxBackend(SentenceTransformerBackend):
             self._get_model_tokenizer()
             self._model, self._pid = session, os.getpid()
         return self._model
+
+    def _session(self):
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = int(self.threads or 0)
+        options.inter_op_num_threads = 1
+        # No busy-waiting after each call: on a small machine the spinning threads would take
+        # the cores the event loop and PostgreSQL need between two queries.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return onnxruntime.InferenceSession(str(self.onnx_path), options, providers=["CPUExecutionProvider"])
 
     # --- API ------------------------------------------------------------------------
     def _embed(self, texts: list[str], *, kind: str) -> list[list[float]]:
