@@ -15,7 +15,8 @@ BREAKER_STATE = Gauge("quire_llm_breaker_state", "Circuit breaker as last seen b
 PROVIDER_FAILURES = Counter("quire_llm_provider_failures_total", "Failed provider attempts", ["provider", "code"])
 LEDGER_FLUSHED = Counter("quire_llm_ledger_flushed_total", "UsageRecords written to the database")
 QUERY_EMBEDDING_CACHE = Counter("quire_embedding_query_cache_total",
-                                "Query embeddings served from the process's recent queries, or computed",
+                                "Query embeddings by where the vector came from: hit (this process's recent "
+                                "queries), shared_hit (another process's, through Redis), miss (computed)",
                                 ["result"])
 BUDGET_REJECTED = Counter("quire_llm_budget_rejected_total", "Calls refused by a budget", ["holder"])
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from django.db import transaction
+from django.test import override_settings
 from django.utils import timezone
 from django.utils.text import slugify
 
@@ -152,7 +153,15 @@ def evaluate(dataset_dir: Path, *, mode: str, k: int = 10, depth: int = 100,
 
     Ranks 100 documents per query without snippets (``snippets=False``): the same
     SQL ranking the pages run; the latency excludes ts_headline over 100 passages.
+    Every query is embedded anew: neither this process's recent queries nor the ones shared
+    through Redis (an earlier run's) are used.
     """
+    with override_settings(EMBEDDING_QUERY_SHARED_CACHE_SECONDS=0):
+        return _evaluate(dataset_dir, mode=mode, k=k, depth=depth, progress=progress)
+
+
+def _evaluate(dataset_dir: Path, *, mode: str, k: int, depth: int,
+              progress: Callable[[int], None] | None) -> dict:
     qrels = read_qrels(dataset_dir)
     queries = read_queries(dataset_dir, qrels)
     source = source_name(dataset_dir)

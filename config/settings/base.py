@@ -320,6 +320,8 @@ SPECTACULAR_SETTINGS["POSTPROCESSING_HOOKS"] = [
 EMBEDDING_PROVIDER = env.str("EMBEDDING_PROVIDER", default="local")
 # Distinct search queries whose vectors each process keeps (3 KB each; 0 = embed every time).
 EMBEDDING_QUERY_CACHE_SIZE = env.int("EMBEDDING_QUERY_CACHE_SIZE", default=1024)
+# How long query vectors stay shared between processes through Redis (1.5 KB each; 0 = not shared).
+EMBEDDING_QUERY_SHARED_CACHE_SECONDS = env.int("EMBEDDING_QUERY_SHARED_CACHE_SECONDS", default=86400)
 # Where the local model's ONNX export is kept (written once per machine, see apps.llm.embeddings.onnx).
 EMBEDDING_MODEL_CACHE_DIR = env.path("EMBEDDING_MODEL_CACHE_DIR", default=BASE_DIR / ".data" / "models")
 # The local model's runtime: onnx (ONNX Runtime: same vectors, half the CPU) or torch (any model directory).

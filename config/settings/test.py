@@ -27,6 +27,7 @@ EMBEDDING_BACKENDS = {
 # Every query embedded anew: tests count embedding calls and inject failures, and the
 # backend instance outlives a test. The cache's own tests switch it on.
 EMBEDDING_QUERY_CACHE_SIZE = 0
+EMBEDDING_QUERY_SHARED_CACHE_SECONDS = env.int("EMBEDDING_QUERY_SHARED_CACHE_SECONDS", default=0)  # its tests set it
 EMBEDDING_TASK_MAX_RETRIES = 2
 EMBEDDING_TASK_BACKOFF = 0.05
 EMBEDDING_TASK_BACKOFF_MAX = 0.2

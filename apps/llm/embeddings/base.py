@@ -27,6 +27,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 from apps.core.backends import backend_class, reject_unknown_options
+from apps.llm.embeddings import query_cache
 from apps.llm.metrics import QUERY_EMBEDDING_CACHE
 
 # Where async callers' embeddings run when the backend has no async client of its own (a model
@@ -76,24 +77,51 @@ class EmbeddingBackend:
 
         The last ``EMBEDDING_QUERY_CACHE_SIZE`` distinct queries are kept in this process
         (3 KB each): a reader paging through results, changing a filter or the mode, or asking
-        what others just asked, is not embedded again (the local model spends about 10 ms of a
-        core per query). Failures are not kept.
+        what others just asked, is not embedded again (the local model spends about 5 ms of a
+        core per query). Behind them, every process shares its query vectors through Redis for
+        ``EMBEDDING_QUERY_SHARED_CACHE_SECONDS`` (:mod:`apps.llm.embeddings.query_cache`).
+        Failures are not kept.
         """
         kept = self._kept_query(text)
         if kept is not None:
-            return kept
+            return self._served(kept, "hit")
+        key = self._shared_key(text)
+        shared = query_cache.get(key, self.dimensions) if key else None
+        if shared is not None:
+            self._keep_query(text, shared)
+            return self._served(shared, "shared_hit")
         vector = self._embed([text], kind="query")[0]
         self._keep_query(text, vector)
-        return vector
+        if key:
+            query_cache.put(key, vector)
+        return self._served(vector, "miss")
 
     async def aembed_query(self, text: str) -> list[float]:
-        """:meth:`embed_query` for async code (the same kept queries). A backend that calls a
-        service implements :meth:`_aembed` on the event loop; otherwise the model runs in a thread."""
+        """:meth:`embed_query` for async code (the same kept and shared queries). A backend that
+        calls a service implements :meth:`_aembed` on the event loop; otherwise the model runs in
+        a thread. The shared copy is stored without waiting for Redis."""
         kept = self._kept_query(text)
         if kept is not None:
-            return kept
+            return self._served(kept, "hit")
+        key = self._shared_key(text)
+        shared = await query_cache.aget(key, self.dimensions) if key else None
+        if shared is not None:
+            self._keep_query(text, shared)
+            return self._served(shared, "shared_hit")
         vector = (await self._aembed([text], kind="query"))[0]
         self._keep_query(text, vector)
+        if key:
+            query_cache.aput_soon(key, vector)
+        return self._served(vector, "miss")
+
+    def _shared_key(self, text: str) -> str | None:
+        if query_cache.ttl() <= 0:
+            return None
+        return query_cache.cache_key(model_id=self.model_id, dimensions=self.dimensions, text=text)
+
+    @staticmethod
+    def _served(vector: list[float], result: str) -> list[float]:
+        QUERY_EMBEDDING_CACHE.labels(result).inc()
         return vector
 
     async def aembed_documents(self, texts: list[str], *, kind: str = "document") -> list[list[float]]:
@@ -110,7 +138,6 @@ class EmbeddingBackend:
             kept = self._queries.get(text)
             if kept is not None:
                 self._queries.move_to_end(text)
-        QUERY_EMBEDDING_CACHE.labels("hit" if kept is not None else "miss").inc()
         return None if kept is None else kept.tolist()
 
     def _keep_query(self, text: str, vector: list[float]) -> None:
