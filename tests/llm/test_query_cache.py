@@ -13,6 +13,7 @@ from apps.llm.metrics import QUERY_EMBEDDING_CACHE
 from apps.llm.runtime import sync_redis
 from apps.llm.testing import run
 from tests.conftest import BASE_DIR, child_env
+from tests.llm.test_embeddings import embeddings_server, http_backend  # noqa: F401 - a fixture
 
 QUESTION = "How do tidal currents shape estuaries?"
 
@@ -107,3 +108,25 @@ def test_off_shares_nothing(shared, settings):
     assert backend._shared_key(QUESTION) is None
     backend.embed_query(QUESTION)
     assert sync_redis().get(shared) is None
+
+
+def test_a_provider_is_not_called_again_for_a_query_another_process_sent(shared, embeddings_server):  # noqa: F811
+    """An embedding provider over HTTP (on the event loop): a shared hit saves a paid call."""
+    from apps.llm.embeddings import query_cache
+
+    first, second = http_backend(embeddings_server.url), http_backend(embeddings_server.url)  # two processes
+    sync_redis().delete(first._shared_key(QUESTION))
+
+    async def ask(backend):
+        vector = await backend.aembed_query(QUESTION)
+        for task in list(query_cache._pending):
+            await task
+        return vector
+
+    try:
+        vector = run(ask, first)
+        assert len(embeddings_server.handler.requests) == 1
+        assert _close(run(ask, second), vector)
+        assert len(embeddings_server.handler.requests) == 1  # found in Redis, not asked again
+    finally:
+        sync_redis().delete(first._shared_key(QUESTION))
