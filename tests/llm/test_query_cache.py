@@ -130,3 +130,24 @@ def test_a_provider_is_not_called_again_for_a_query_another_process_sent(shared,
         assert len(embeddings_server.handler.requests) == 1  # found in Redis, not asked again
     finally:
         sync_redis().delete(first._shared_key(QUESTION))
+
+
+def test_chat_questions_keep_to_the_process(shared):
+    """Chat's early question embedding (the async retrieval) neither reads nor stores shared vectors:
+    a question is rarely asked twice word for word, and the round trip would come before its first token."""
+    from apps.llm.embeddings import query_cache
+    from apps.search.services import aembed_query_soon
+
+    sync_redis().set(shared, query_cache._encode([0.5] * 384), ex=60)  # another process's vector
+    calls = recorded_calls()["calls"]
+
+    async def ask():
+        vector = await aembed_query_soon(QUESTION)
+        for task in list(query_cache._pending):
+            await task
+        return vector
+
+    vector = run(ask)
+    assert recorded_calls()["calls"] == calls + 1  # embedded here, the shared copy not read
+    assert _close(list(vector), get_embedding_backend().vector(QUESTION))
+    assert query_cache._decode(sync_redis().get(shared), 384) == [0.5] * 384  # nor replaced

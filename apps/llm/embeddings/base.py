@@ -92,14 +92,16 @@ class EmbeddingBackend:
             query_cache.put(key, vector)
         return self._served(vector, result)
 
-    async def aembed_query(self, text: str) -> list[float]:
+    async def aembed_query(self, text: str, *, shared: bool = True) -> list[float]:
         """:meth:`embed_query` for async code (the same kept and shared queries). A backend that
         calls a service implements :meth:`_aembed` on the event loop; otherwise the model runs in
-        a thread. The shared copy is stored without waiting for Redis."""
+        a thread. The shared copy is stored without waiting for Redis. ``shared=False``: this
+        process's recent queries only, for a caller to whom a miss's Redis round trip costs more
+        than the rare hit saves."""
         kept = self._kept_query(text)
         if kept is not None:
             return self._served(kept, "hit")
-        key = self._shared_key(text)
+        key = self._shared_key(text) if shared else None
         if type(self)._aembed is EmbeddingBackend._aembed:
             # A model in this process: its thread reads the shared copy, then embeds on a miss. Read
             # on the loop instead, the reply waited for whatever the loop was doing (a chat request
