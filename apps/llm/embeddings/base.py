@@ -110,8 +110,8 @@ class EmbeddingBackend:
             run = functools.partial(contextvars.copy_context().run, self._shared_or_embedded, text, key)
             vector, result = await asyncio.get_running_loop().run_in_executor(_MODEL_THREADS, run)
         else:
-            shared = await query_cache.aget(key, self.dimensions) if key else None
-            vector, result = (shared, "shared_hit") if shared is not None else (
+            found = await query_cache.aget(key, self.dimensions) if key else None
+            vector, result = (found, "shared_hit") if found is not None else (
                 (await self._aembed([text], kind="query"))[0], "miss")
         self._keep_query(text, vector)
         if key and result == "miss":

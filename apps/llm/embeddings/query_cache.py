@@ -1,10 +1,11 @@
 """Query vectors shared by every process through Redis, behind each process's own recent ones.
 
-A search or chat question embedded by one web process is found by the others (a reader's
-next results page often lands on another worker), by a restarted process, and by the
-Celery workers, for ``EMBEDDING_QUERY_SHARED_CACHE_SECONDS`` (a day by default; 0 turns it
-off). With the local model a hit saves about 4-5 ms of CPU per query; with an embedding
-provider it saves a paid HTTP call.
+A search query embedded by one web process is found by the others (a reader's next results
+page often lands on another worker) and by a restarted process, for
+``EMBEDDING_QUERY_SHARED_CACHE_SECONDS`` (a day by default; 0 turns it off). With the local
+model a hit saves about 4-5 ms of CPU per query; with an embedding provider it saves a paid
+HTTP call. Chat's questions keep to their process (``aembed_query(shared=False)``, see
+apps.search.services).
 
 A vector is stored as its float32 bytes (1.5 KB for 384 dimensions; the models' vectors
 are float32, so nothing is lost) under a key naming the model, its dimensions and the
