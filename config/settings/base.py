@@ -332,15 +332,16 @@ _LOCAL_EMBEDDING_BACKENDS = {
 }
 if EMBEDDING_PROVIDER == "local":
     if EMBEDDING_LOCAL_RUNTIME not in _LOCAL_EMBEDDING_BACKENDS:
-        raise ImproperlyConfigured(f"EMBEDDING_LOCAL_RUNTIME={EMBEDDING_LOCAL_RUNTIME!r}: onnx or torch")
+        raise ImproperlyConfigured("Environment variable EMBEDDING_LOCAL_RUNTIME is malformed: use onnx or torch")
     EMBEDDING_BACKENDS = {
         "default": {
             "BACKEND": _LOCAL_EMBEDDING_BACKENDS[EMBEDDING_LOCAL_RUNTIME],
             "OPTIONS": {
                 "BATCH_SIZE": env.int("EMBEDDING_BATCH_SIZE", default=32),
-                # 0 = the runtime's choice (all cores: best for the worker's batches). Web
-                # processes embed one short query at a time and set 1 (config/asgi.py):
-                # measured p95 of a query embedding on 2 busy cores, 577 ms -> 16 ms (torch).
+                # 0 = the runtime's choice (every core). Web processes embed one short query at
+                # a time and set 1 (config/asgi.py): measured p95 of a query embedding on 2 busy
+                # cores, 577 ms -> 16 ms (torch). The worker runs a pool child per core with 1
+                # (Procfile, docker/compose.yml): one embeds while another writes (bench ingest).
                 "THREADS": env.int("EMBEDDING_THREADS", default=0) or None,
             },
         }

@@ -51,6 +51,8 @@ def test_malformed_values_are_named():
     assert "DB_POOL_MAX_SIZE is malformed" in result.stderr
     result = load_production(REDIS_URL="localhost:6379")
     assert "REDIS_URL is malformed" in result.stderr
+    result = load_production(EMBEDDING_LOCAL_RUNTIME="tensorflow")
+    assert result.returncode != 0 and "EMBEDDING_LOCAL_RUNTIME is malformed: use onnx or torch" in result.stderr
     for amount in ("twenty", "-5", "NaN"):
         result = load_production(LLM_ANONYMOUS_MONTHLY_BUDGET_USD=amount)
         assert result.returncode != 0 and "LLM_ANONYMOUS_MONTHLY_BUDGET_USD is malformed" in result.stderr
