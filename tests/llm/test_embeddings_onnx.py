@@ -159,3 +159,28 @@ def test_a_damaged_export_is_written_again(exported, tmp_path):
     vector = backend.embed_query(TEXTS[0])
     assert damaged.stat().st_size == exported.onnx_path.stat().st_size
     assert _max_difference([vector], [exported.embed_query(TEXTS[0])]) < 1e-6
+
+
+def test_a_single_query_does_not_wait_for_a_batch_in_progress(exported):
+    """Batches take the model's lock one at a time; a question runs beside one (an ONNX Runtime
+    session takes concurrent calls) instead of waiting for its slice, and gets its own vector."""
+    import threading
+
+    backend = OnnxBackend("concurrent", ONNX_PATH=str(exported.onnx_path), BATCH_SIZE=8)
+    backend.load()
+    passages = [f"{TEXTS[1]} passage {i}" for i in range(96)]  # 12 runs of 8 texts of 256 tokens
+    done = threading.Event()
+    batch = threading.Thread(target=lambda: (backend.embed_documents(passages), done.set()))
+    batch.start()
+    try:
+        for _ in range(500):  # until the batch holds the lock
+            if backend._lock._busy:
+                break
+            threading.Event().wait(0.002)
+        assert backend._lock._busy and not done.is_set()
+        vector = backend.embed_query(TEXTS[0])
+        assert not done.is_set()  # answered while the batch still runs
+    finally:
+        batch.join(120)
+    assert done.is_set()
+    assert _max_difference([vector], [exported.embed_query(TEXTS[0])]) < 1e-6
