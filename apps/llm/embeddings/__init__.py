@@ -21,8 +21,8 @@ WARM_UP_STATE: dict[str, str] = {}
 
 def warm_up_in_background(alias: str = "default") -> None:
     """Load the backend's model in a daemon thread, so a web process's first
-    query does not wait for the runtime and the weights (about 0.3 s for the ONNX
-    export, ~10 s for torch, or the export itself on a machine's first start;
+    query does not wait for the runtime and the weights (about 0.3 s to load the
+    ONNX export, ~10 s for torch, or the export itself on a machine's first start;
     queries arriving meanwhile wait on the backend's lock instead of loading a
     second copy).
 

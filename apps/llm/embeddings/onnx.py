@@ -1,12 +1,12 @@
 """The local sentence-transformers model (all-MiniLM-L6-v2) on ONNX Runtime: the same
 vectors as :class:`~apps.llm.embeddings.sentence_transformers.SentenceTransformerBackend`
-(within 1e-6) for about half the CPU.
+(tests hold them within 1e-5; 1.7e-7 measured) for about half the CPU.
 
 On this project's machine (docs/benchmarks.md) a search query or chat question took
-7-8 ms of the model on torch and 2.5 ms on ONNX Runtime (two threads; 9.6 -> 5.0 ms on
-one, as a web process runs it), and batches of passages about 30 % less. The graph is
-small and runs in one call that releases the GIL, where torch spends a Python call per
-operation.
+8-9.5 ms with sentence-transformers on torch and 3.1 ms on ONNX Runtime (two threads;
+10.9 -> 5.0 ms on one, as a web process runs it), and a batch of passages about half
+the time. The graph runs in one call that releases the GIL, where torch makes a Python
+call per operation.
 
 The model is exported to ONNX once per machine, from the sentence-transformers
 directory (torch and onnx are imported for that export only), into ``CACHE_DIR``

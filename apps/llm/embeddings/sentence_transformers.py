@@ -1,7 +1,8 @@
 """Local all-MiniLM-L6-v2 (or any sentence-transformers model directory) on torch CPU.
 
 The default local backend is its ONNX Runtime twin (apps.llm.embeddings.onnx), which
-shares this class's tokenizer, limits and lock; this one runs any model directory.
+shares this class's token counting, limits and lock (for batches only: an ONNX Runtime
+session takes concurrent calls); this one runs any model directory.
 
 The tokenizer (Rust ``tokenizers``, no torch) loads on first token count so
 chunking never pays for torch; the model loads on first embedding call. Both
