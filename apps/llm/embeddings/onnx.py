@@ -72,11 +72,10 @@ class OnnxBackend(SentenceTransformerBackend):
     def _check_mean_pooled(self) -> None:
         try:
             modules = json.loads((self.model_path / "modules.json").read_text())
-            pooling = json.loads((self.model_path / "1_Pooling" / "config.json").read_text())
         except (OSError, ValueError) as exc:
             raise ImproperlyConfigured(f"EMBEDDING_BACKENDS[{self.alias!r}]: {self.model_path}: {exc}") from exc
         kinds = [module.get("type", "").rsplit(".", 1)[-1] for module in modules]
-        modes = sorted(key for key, value in pooling.items() if key.startswith("pooling_mode") and value)
+        modes = sorted(key for key, value in self.pooling_config.items() if key.startswith("pooling_mode") and value)
         if kinds not in (["Transformer", "Pooling", "Normalize"], ["Transformer", "Pooling"]) or \
                 modes != ["pooling_mode_mean_tokens"]:
             raise ImproperlyConfigured(
@@ -119,8 +118,7 @@ class OnnxBackend(SentenceTransformerBackend):
         import onnxruntime  # noqa: F401
 
         with self._lock.hold(urgent=True):
-            if not self.onnx_path.exists():
-                export_onnx(self.model_path, self.onnx_path)
+            self._ensure_export()
             self._get_tokenizer()
             self._get_model_tokenizer()
 
@@ -129,8 +127,7 @@ class OnnxBackend(SentenceTransformerBackend):
             self._warned_fork = True  # still works, slower: see prepare()
             logger.warning("embedding.session_from_before_fork", path=str(self.onnx_path))
         if self._model is None:
-            if not self.onnx_path.exists():
-                export_onnx(self.model_path, self.onnx_path)
+            self._ensure_export()
             try:
                 session = self._session()
             except Exception as exc:  # a damaged file (a disk that filled up, a copy cut short)
@@ -145,6 +142,10 @@ class OnnxBackend(SentenceTransformerBackend):
             self._get_model_tokenizer()
             self._model, self._pid = session, os.getpid()
         return self._model
+
+    def _ensure_export(self) -> None:
+        if not self.onnx_path.exists():
+            export_onnx(self.model_path, self.onnx_path)
 
     def _session(self):
         import onnxruntime

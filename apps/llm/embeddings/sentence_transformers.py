@@ -90,6 +90,7 @@ class SentenceTransformerBackend(EmbeddingBackend):
             raise ImproperlyConfigured(
                 f"EMBEDDING_BACKENDS[{alias!r}]: {self.model_path} is not a sentence-transformers model: {exc}"
             ) from exc
+        self.pooling_config = pooling  # the Pooling module's settings (the ONNX backend checks its mode)
         self.dimensions = int(pooling["word_embedding_dimension"])
         self.max_tokens = int(st_config["max_seq_length"])
         self._lock = ModelLock()
