@@ -4,6 +4,9 @@ The per-minute limit is a fixed one-minute window counted in Redis (one INCR per
 question), shared by every web process; a signed-in user is counted by user
 id, an anonymous reader by session key and, since a new session costs nothing, all
 anonymous sessions from one address together as well (both counters in one round trip).
+While Redis is unavailable questions are not counted, and admitted (as the API's own rate
+limits and the LLM budgets do: :mod:`apps.core.degraded`); the per-conversation limit, kept in
+PostgreSQL, still holds.
 """
 
 from __future__ import annotations
@@ -12,9 +15,11 @@ import ipaddress
 import time
 
 from django.conf import settings
+from redis.exceptions import RedisError
 from rest_framework import status
 
 from apps.core import parsers
+from apps.core.degraded import redis_unavailable
 from apps.core.exceptions import QuireAPIError
 from apps.llm.runtime import aredis
 
@@ -108,10 +113,14 @@ async def atake_rate_slot(*, user, session_key: str, address: str | None = None)
     windows, now = _rate_windows(user=user, session_key=session_key, address=address)
     if not windows:
         return
-    async with aredis().pipeline(transaction=True) as pipe:
-        for key, _, _ in windows:
-            pipe.incr(key)
-            pipe.expire(key, 70)
-        counts = (await pipe.execute())[::2]
+    try:
+        async with aredis().pipeline(transaction=True) as pipe:
+            for key, _, _ in windows:
+                pipe.incr(key)
+                pipe.expire(key, 70)
+            counts = (await pipe.execute())[::2]
+    except (RedisError, OSError) as exc:
+        redis_unavailable("chat.rate_limit", exc)
+        return
     for (_, limit, scope), count in zip(windows, counts, strict=True):
         _check_count(count, limit, now, scope)

@@ -9,7 +9,11 @@ Drafts and private documents are therefore only ever seen by their author and st
 
 from __future__ import annotations
 
+import json
+from datetime import timedelta
+
 from django.db.models import Q, QuerySet
+from django.utils import timezone
 
 from apps.documents.models import Document
 
@@ -84,20 +88,42 @@ def embedding_overview() -> dict:
 
 
 def queue_depth(queue: str) -> dict:
-    """Messages waiting in a Redis-backed Celery queue (all priority lists) and the
-    broker-wide count of delivered, unacknowledged messages."""
+    """Messages waiting in a Redis-backed Celery queue (all priority lists), the broker-wide
+    count of delivered, unacknowledged messages, and how many of those came from this queue."""
     import redis
     from django.conf import settings
 
-    # kombu's Redis transport keeps priorities 3/6/9 in lists suffixed "\x06\x16<n>"
+    # kombu's Redis transport keeps priorities 3/6/9 in lists suffixed "\x06\x16<n>", and each
+    # delivered, unacknowledged message in the hash "unacked" as [message, exchange, routing key]
     names = [queue, *(f"{queue}\x06\x16{p}" for p in (3, 6, 9))]
     try:
         client = redis.Redis.from_url(settings.CELERY_BROKER_URL, socket_timeout=2)
         waiting = sum(client.llen(name) for name in names)
-        unacked = client.hlen("unacked")
+        unacked = client.hvals("unacked")
     except redis.RedisError as exc:
-        return {"name": queue, "waiting": None, "unacked": None, "error": str(exc)}
-    return {"name": queue, "waiting": waiting, "unacked": unacked, "error": None}
+        return {"name": queue, "waiting": None, "unacked": None, "unacked_here": None, "error": str(exc)}
+    return {"name": queue, "waiting": waiting, "unacked": len(unacked),
+            "unacked_here": sum(1 for raw in unacked if _routing_key(raw) == queue), "error": None}
+
+
+def _routing_key(raw: bytes) -> str | None:
+    try:
+        return json.loads(raw)[2]
+    except (ValueError, TypeError, IndexError, KeyError):
+        return None
+
+
+def stranded_documents() -> QuerySet[Document]:
+    """Documents waiting for an embedding (pending, or processing) that have not changed for
+    ``DOCUMENT_REQUEUE_MIN_AGE_SECONDS``: if the queue is idle, no task is on its way for them
+    (see apps.documents.tasks.requeue_stranded). The age spares a document saved a moment ago,
+    whose task is being sent."""
+    from django.conf import settings
+
+    Status = Document.EmbeddingStatus
+    since = timezone.now() - timedelta(seconds=settings.DOCUMENT_REQUEUE_MIN_AGE_SECONDS)
+    return (Document.objects.filter(embedding_status__in=[Status.PENDING, Status.PROCESSING], updated_at__lt=since)
+            .order_by("pk"))
 
 
 def documents_to_reindex(*, which: str) -> QuerySet[Document]:

@@ -1,4 +1,5 @@
-"""Signal handlers only enqueue, after the transaction commits."""
+"""Signal handlers only enqueue, after the transaction commits (through
+:func:`apps.documents.tasks.enqueue`: a broker outage never fails the save)."""
 
 from __future__ import annotations
 
@@ -17,10 +18,10 @@ def enqueue_embedding(sender, instance: Document, raw: bool = False, update_fiel
         return
     if update_fields is not None and not (EMBEDDED_FIELDS & set(update_fields)):
         return  # e.g. publish/unpublish: the embedded content did not change
-    from apps.documents.tasks import embed_document
+    from apps.documents.tasks import embed_document, enqueue
 
     document_id = instance.pk
-    transaction.on_commit(lambda: embed_document.delay(document_id))
+    transaction.on_commit(lambda: enqueue(embed_document, document_id))
 
 
 @receiver(post_save, sender=Document, dispatch_uid="documents.enqueue_enrichment")
@@ -33,15 +34,15 @@ def enqueue_enrichment(sender, instance: Document, raw: bool = False, **kwargs):
 
     if not needs_enrichment(instance):
         return
-    from apps.documents.tasks import enrich_document
+    from apps.documents.tasks import enqueue, enrich_document
 
     document_id = instance.pk
-    transaction.on_commit(lambda: enrich_document.delay(document_id))
+    transaction.on_commit(lambda: enqueue(enrich_document, document_id))
 
 
 @receiver(post_delete, sender=Document, dispatch_uid="documents.enqueue_purge")
 def enqueue_purge(sender, instance: Document, **kwargs):
-    from apps.documents.tasks import purge_document
+    from apps.documents.tasks import enqueue, purge_document
 
     document_id = instance.pk
-    transaction.on_commit(lambda: purge_document.delay(document_id))
+    transaction.on_commit(lambda: enqueue(purge_document, document_id))

@@ -4,7 +4,9 @@ with exponential backoff and full jitter; after the last retry the document is
 marked ``failed`` with the error text, which staff see in admin.
 
 Safe under ``acks_late`` redelivery and concurrency: the services are idempotent
-(see ``apps.documents.services``).
+(see ``apps.documents.services``). Their results are not stored (the documents' status is
+the outcome): sending one needs the broker only, and a broker outage costs a save nothing
+(:func:`enqueue`, :func:`requeue_stranded`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,11 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_init, worker_process_init
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
+from kombu.exceptions import OperationalError as KombuOperationalError
+from prometheus_client import Counter
+from redis.exceptions import RedisError
 
+from apps.core.degraded import redis_unavailable
 from apps.core.logging import get_logger
 from apps.documents import services
 from apps.llm.embeddings import EmbeddingError, get_embedding_backend
@@ -24,6 +30,9 @@ from apps.llm.embeddings import EmbeddingError, get_embedding_backend
 logger = get_logger("quire.documents.tasks")
 
 TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError)
+ENQUEUE_FAILED = Counter("quire_documents_enqueue_failed_total",
+                         "Tasks that could not be sent to the broker (their documents wait for the sweep)", ["task"])
+REQUEUED = Counter("quire_documents_requeued_total", "Stranded documents queued again by the sweep")
 
 
 def retry_delay(retries: int) -> float:
@@ -55,19 +64,20 @@ def _run(task, document_ids: list[int]) -> list[dict]:
             for r in results]
 
 
-@shared_task(bind=True, name="documents.embed_document", acks_late=True, max_retries=None)
+@shared_task(bind=True, name="documents.embed_document", acks_late=True, max_retries=None, ignore_result=True)
 def embed_document(self, document_id: int) -> dict:
     """Chunk and embed one document (no-op if its content is already embedded)."""
     return _run(self, [int(document_id)])[0]
 
 
-@shared_task(bind=True, name="documents.embed_documents_batch", acks_late=True, max_retries=None)
+@shared_task(bind=True, name="documents.embed_documents_batch", acks_late=True, max_retries=None,
+             ignore_result=True)
 def embed_documents_batch(self, document_ids: list[int]) -> list[dict]:
     """Many documents with batched model calls (imports and reindex enqueue these)."""
     return _run(self, [int(i) for i in document_ids])
 
 
-@shared_task(name="documents.purge_document", acks_late=True)
+@shared_task(name="documents.purge_document", acks_late=True, ignore_result=True)
 def purge_document(document_id: int) -> int:
     """After a delete: make sure no chunk of the document survives (the foreign key
     cascades, so this normally deletes nothing; it guards raw deletes).
@@ -108,19 +118,61 @@ def _load_model(step: str) -> None:
             logger.exception("documents.model_preload_failed", step=step)
 
 
-def enqueue_embedding_batches(document_ids: list[int], *, batch_size: int | None = None) -> int:
+BROKER_ERRORS = (KombuOperationalError, RedisError, OSError)
+
+
+def enqueue(task, *args, queue: str | None = None) -> bool:
+    """Send ``task(*args)``, or, if the broker cannot be reached, count it and return False
+    (never raise: this runs after a commit that stands, the save must not become a 500).
+    The document it was for keeps its ``pending`` status and :func:`requeue_stranded`
+    queues it once the broker is back."""
+    try:
+        task.apply_async(args=args, queue=queue)
+    except BROKER_ERRORS as exc:
+        ENQUEUE_FAILED.labels(task.name).inc()
+        redis_unavailable("documents.enqueue", exc, task=task.name, args=list(args)[:1])
+        return False
+    return True
+
+
+def enqueue_embedding_batches(document_ids: list[int], *, batch_size: int | None = None,
+                              queue: str | None = None) -> int:
     """Enqueue ``embed_documents_batch`` tasks of ``EMBEDDING_ENQUEUE_BATCH`` ids each.
 
     Batches keep the broker light for big imports; each task embeds its documents
-    with batched model calls. Returns the number of tasks sent."""
+    with batched model calls. Returns how many documents were queued: fewer than given if
+    the broker could not be reached (the rest stay pending, for :func:`requeue_stranded`)."""
     size = batch_size or settings.EMBEDDING_ENQUEUE_BATCH
     ids = list(document_ids)
     for start in range(0, len(ids), size):
-        embed_documents_batch.delay(ids[start: start + size])
-    return (len(ids) + size - 1) // size
+        if not enqueue(embed_documents_batch, ids[start: start + size], queue=queue):
+            return start
+    return len(ids)
 
 
-@shared_task(bind=True, name="documents.enrich_document", acks_late=True, max_retries=None)
+@shared_task(name="documents.requeue_stranded", acks_late=False, ignore_result=True)
+def requeue_stranded(queue: str | None = None) -> int:
+    """Queue again the documents nothing will embed: pending or processing, unchanged for
+    ``DOCUMENT_REQUEUE_MIN_AGE_SECONDS``, while the embedding queue is idle (nothing waiting,
+    nothing delivered and unacknowledged). That is a document saved while the broker was down
+    (its task was never sent), or one whose task was lost with the broker's data. Celery beat
+    runs it every ``DOCUMENT_REQUEUE_SECONDS``. Returns how many documents were queued."""
+    from apps.documents.selectors import queue_depth, stranded_documents
+
+    queue = queue or settings.CELERY_TASK_DEFAULT_QUEUE
+    depth = queue_depth(queue)
+    if depth["error"] or depth["waiting"] or depth["unacked_here"]:
+        return 0  # busy (its documents may be in it) or unreachable: the next run looks again
+    ids = list(stranded_documents().values_list("pk", flat=True))
+    if not ids:
+        return 0
+    queued = enqueue_embedding_batches(ids, queue=queue)
+    REQUEUED.inc(queued)
+    logger.warning("documents.requeued_stranded", documents=queued, of=len(ids), first_ids=ids[:20])
+    return queued
+
+
+@shared_task(bind=True, name="documents.enrich_document", acks_late=True, max_retries=None, ignore_result=True)
 def enrich_document(self, document_id: int) -> str:
     """Suggest a summary and tags for a published document that has none (idempotent)."""
     from apps.documents import enrichment

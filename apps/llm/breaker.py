@@ -15,12 +15,10 @@ from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
-from apps.core.logging import get_logger
+from apps.core.degraded import redis_unavailable
 from apps.llm import runtime
 from apps.llm.conf import breaker_settings
 from apps.llm.metrics import BREAKER_STATE, BREAKER_VALUES
-
-logger = get_logger("quire.llm.breaker")
 
 # KEYS: state hash, probe lease. ARGV: cool-down ms, probe lease ms.
 # Returns {allowed (0/1), state, consecutive failures}.
@@ -82,7 +80,7 @@ class CircuitBreaker:
                 _ALLOW, [self.state_key, self.probe_key], [cooldown_ms, max(cooldown_ms, 60_000)]
             )
         except RedisError as exc:
-            logger.warning("llm.breaker.redis_unavailable", provider=self.alias, error=str(exc))
+            redis_unavailable("llm.breaker", exc, provider=self.alias)
             return Permit(True, "closed", -1)
         state = state.decode() if isinstance(state, bytes) else state
         BREAKER_STATE.labels(self.alias).set(BREAKER_VALUES[state])
@@ -108,7 +106,7 @@ class CircuitBreaker:
                 pipe.delete(self.probe_key)
                 await pipe.execute()
         except RedisError as exc:
-            logger.warning("llm.breaker.redis_unavailable", provider=self.alias, error=str(exc))
+            redis_unavailable("llm.breaker", exc, provider=self.alias)
             return
         BREAKER_STATE.labels(self.alias).set(0)
 
@@ -117,7 +115,7 @@ class CircuitBreaker:
         try:
             state = await runtime.run_script(_FAILURE, [self.state_key, self.probe_key], [threshold])
         except RedisError as exc:
-            logger.warning("llm.breaker.redis_unavailable", provider=self.alias, error=str(exc))
+            redis_unavailable("llm.breaker", exc, provider=self.alias)
             return "closed"
         state = state.decode() if isinstance(state, bytes) else state
         BREAKER_STATE.labels(self.alias).set(BREAKER_VALUES[state])

@@ -23,12 +23,11 @@ from django.db.models import Sum
 from django.db.models.signals import post_delete, post_save
 from redis.exceptions import RedisError
 
-from apps.core.logging import get_logger
+from apps.core.degraded import redis_unavailable
 from apps.llm import runtime
 from apps.llm.exceptions import BudgetExceeded
 from apps.llm.metrics import BUDGET_REJECTED
 
-logger = get_logger("quire.llm.budgets")
 NANO = Decimal(1_000_000_000)
 SPEND_TTL = 40 * 24 * 3600
 
@@ -142,7 +141,7 @@ async def _follow_limits_version() -> None:
     try:
         version = await runtime.aredis().get(limits_version_key())
     except RedisError as exc:
-        logger.warning("llm.budget.redis_unavailable", error=str(exc))
+        redis_unavailable("llm.budget", exc)
         return
     if version != _limits_version.value:
         _user_limits.clear()
@@ -227,7 +226,7 @@ async def reserve(*, holders: list[Holder], estimate: Decimal, call_id: str, ttl
             )
         except RedisError as exc:
             # Budgets fail open: a Redis outage must not stop every call. The ledger still records them.
-            logger.warning("llm.budget.redis_unavailable", error=str(exc))
+            redis_unavailable("llm.budget", exc)
             return None
         status = status.decode() if isinstance(status, bytes) else status
         if status == "ok":

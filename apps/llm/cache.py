@@ -13,6 +13,7 @@ import json
 
 from redis.exceptions import RedisError
 
+from apps.core.degraded import redis_unavailable
 from apps.core.logging import get_logger
 from apps.llm import runtime
 from apps.llm.metrics import CACHE
@@ -44,7 +45,7 @@ async def get(key: str, *, route: str) -> dict | None:
     try:
         raw = await runtime.aredis().get(key)
     except RedisError as exc:
-        logger.warning("llm.cache.redis_unavailable", error=str(exc))
+        redis_unavailable("llm.cache", exc)
         raw = None
     return decode(raw, key=key, route=route)
 
@@ -77,4 +78,4 @@ async def put(key: str, value: dict, *, ttl: int) -> None:
         try:
             await runtime.aredis().set(key, json.dumps(value), ex=ttl)
         except RedisError as exc:
-            logger.warning("llm.cache.redis_unavailable", error=str(exc))
+            redis_unavailable("llm.cache", exc)

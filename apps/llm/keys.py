@@ -49,10 +49,8 @@ from django.db.models.signals import post_delete, post_save
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
-from apps.core.logging import get_logger
+from apps.core.degraded import redis_unavailable
 from apps.llm import runtime
-
-logger = get_logger("quire.llm.keys")
 
 RATE_LIMITED = Counter("quire_llm_rate_limited_total", "Requests on /v1/ refused by an API key's requests-per-minute "
                        "limit")
@@ -274,7 +272,7 @@ async def admit(raw_key: str, *, count: bool = True,
             head, value = await runtime.run_script(
                 _ADMIT, redis_keys, [seen if attempt < 3 else _ANY, limit or 0, token_limit or 0])
         except RedisError as exc:
-            logger.warning("llm.api_key.redis_unavailable", error=str(exc))
+            redis_unavailable("llm.api_key", exc)
             ADMISSION_DEGRADED.inc()
             if entry is None:
                 entry = await _reload(digest, _UNKNOWN)

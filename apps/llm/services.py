@@ -62,6 +62,7 @@ from django.utils import timezone
 from redis.exceptions import RedisError
 
 from apps.core import spans
+from apps.core.degraded import redis_unavailable
 from apps.core.logging import get_logger
 from apps.core.text import TextBuffer
 from apps.llm import budgets, cache, keys, ledger, runtime, tokens
@@ -242,7 +243,7 @@ async def _cached_answer(request: ChatRequest, key: str, route: RouteConfig) -> 
             pipe.hmget(breaker.state_key, "state", "failures")
             raw, fields = await pipe.execute()
     except RedisError as exc:
-        logger.warning("llm.cache.redis_unavailable", error=str(exc))
+        redis_unavailable("llm.cache", exc)
         return cache.decode(None, key=key, route=route.name), None
     return cache.decode(raw, key=key, route=route.name), breaker.closed_permit(fields)
 
@@ -353,7 +354,7 @@ def complete(request: ChatRequest) -> ChatResult:
         try:
             ledger.flush()
         except RedisError as exc:  # the row went straight to the database, or waits in Redis
-            logger.warning("llm.ledger.flush_skipped", error=str(exc))
+            redis_unavailable("llm.ledger", exc)
 
 
 # --- bookkeeping of one call ---------------------------------------------------------------
@@ -408,7 +409,7 @@ async def _record(entry: dict, cost: Decimal, reservation: budgets.Reservation |
             await pipe.execute()
     except RedisError as exc:
         # No queue: write this row straight to the database (slower, still not lost).
-        logger.warning("llm.ledger.redis_unavailable", error=str(exc), record=entry["id"])
+        redis_unavailable("llm.ledger", exc)
         try:
             await sync_to_async(ledger.write_now)([entry])
         except Exception:

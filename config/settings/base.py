@@ -381,6 +381,15 @@ EMBEDDING_TASK_BACKOFF = env.float("EMBEDDING_TASK_BACKOFF", default=2.0)
 EMBEDDING_TASK_BACKOFF_MAX = env.float("EMBEDDING_TASK_BACKOFF_MAX", default=300.0)
 # Imports and reindex enqueue embedding tasks in batches of this many documents.
 EMBEDDING_ENQUEUE_BATCH = env.int("EMBEDDING_ENQUEUE_BATCH", default=32)
+# A document saved while the broker was unreachable keeps its pending status (the save
+# succeeds); every DOCUMENT_REQUEUE_SECONDS (0 = never) Celery beat queues again the documents
+# pending or processing, unchanged for DOCUMENT_REQUEUE_MIN_AGE_SECONDS, while the embedding
+# queue is idle (apps.documents.tasks.requeue_stranded).
+DOCUMENT_REQUEUE_SECONDS = env.float("DOCUMENT_REQUEUE_SECONDS", default=300.0)
+DOCUMENT_REQUEUE_MIN_AGE_SECONDS = env.int("DOCUMENT_REQUEUE_MIN_AGE_SECONDS", default=120)
+if DOCUMENT_REQUEUE_SECONDS > 0:
+    CELERY_BEAT_SCHEDULE["requeue-stranded-documents"] = {"task": "documents.requeue_stranded",
+                                                          "schedule": DOCUMENT_REQUEUE_SECONDS}
 # Publishing a document without a summary asks the "enrich" LLM route for a suggested
 # summary and tags (staff accept them in admin). Bulk imports never trigger it.
 DOCUMENT_ENRICHMENT = env.bool("DOCUMENT_ENRICHMENT", default=True)

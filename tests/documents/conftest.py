@@ -30,6 +30,11 @@ def drain_queue(timeout: float = 60.0) -> None:
     app.send_task("core.ping", args=["drain"], queue=settings.CELERY_TASK_DEFAULT_QUEUE).get(timeout=timeout)
 
 
+def with_result(task, *args):
+    """Send ``task`` asking for its result: the pipeline's tasks store none by default."""
+    return task.apply_async(args=args, ignore_result=False)
+
+
 class CallCounter:
     """Embedding backend calls made by every process of this run since creation."""
 

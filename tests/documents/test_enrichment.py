@@ -13,6 +13,7 @@ from apps.documents.tasks import enrich_document
 from apps.llm.models import UsageRecord
 from apps.llm.testing import EXTRACTIVE, openai_provider
 from config.celery_app import app
+from tests.documents.conftest import with_result
 from tests.factories.documents import StaffFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -49,7 +50,7 @@ def test_publishing_without_a_summary_stores_suggestions_once_and_records_the_ca
     assert prompt.startswith("<document>") and "Documents are chunked and embedded." in prompt
     assert UsageRecord.objects.filter(route="enrich", outcome="ok").count() == 1
 
-    assert enrich_document.delay(document.pk).get() == "skipped"  # idempotent
+    assert with_result(enrich_document, document.pk).get(timeout=60) == "skipped"  # idempotent
     document.save()
     assert enrich_route.calls() == 1
 

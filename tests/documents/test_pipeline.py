@@ -12,7 +12,7 @@ from apps.documents.chunking import chunk_document
 from apps.documents.models import Chunk, Document
 from apps.documents.tasks import embed_document
 from apps.llm.embeddings import get_embedding_backend
-from tests.documents.conftest import CallCounter, drain_queue, wait_for
+from tests.documents.conftest import CallCounter, drain_queue, wait_for, with_result
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
@@ -111,13 +111,13 @@ def test_running_the_task_twice_or_concurrently_leaves_one_chunk_set(celery_work
 
     # twice in a row, in process and through the worker: the second run is a no-op
     assert services.embed_document(document.pk).outcome == "unchanged"
-    assert embed_document.delay(document.pk).get(timeout=60)["outcome"] == "unchanged"
+    assert with_result(embed_document, document.pk).get(timeout=60)["outcome"] == "unchanged"
     assert_one_correct_chunk_set(document)
 
     # concurrently: force a rebuild and let three worker processes race on it
     worker_factory(concurrency=2)
     services.mark_embedding_pending([document.pk])
-    results = [embed_document.delay(document.pk) for _ in range(6)]
+    results = [with_result(embed_document, document.pk) for _ in range(6)]
     outcomes = sorted(r.get(timeout=120)["outcome"] for r in results)
     assert outcomes.count("embedded") == 1, outcomes
     assert set(outcomes) <= {"embedded", "unchanged"}
@@ -132,7 +132,7 @@ def test_deleting_a_document_mid_task_leaves_nothing_behind(celery_worker, backe
     document_id = document.pk
     wait_for(lambda: Document.objects.filter(pk=document_id, embedding_status="processing").exists(),
              message="the task to start embedding")
-    late = embed_document.delay(document_id)  # queued behind the held one
+    late = with_result(embed_document, document_id)  # queued behind the held one
 
     document.delete()
     backend_switches.hold(False)
@@ -159,7 +159,7 @@ def test_a_failing_backend_is_retried_then_the_document_is_marked_failed(celery_
     # once the backend recovers, re-embedding (the admin action) succeeds
     backend_switches.fail(False)
     services.mark_embedding_pending([document.pk])
-    embed_document.delay(document.pk).get(timeout=60)
+    with_result(embed_document, document.pk).get(timeout=60)
     document.refresh_from_db()
     assert document.embedding_status == Document.EmbeddingStatus.READY
     assert document.embedding_error == ""

@@ -6,7 +6,9 @@ import subprocess
 import sys
 
 import pytest
+from prometheus_client import REGISTRY
 
+from apps.core import degraded
 from apps.llm.embeddings import get_embedding_backend, reset_embedding_backends
 from apps.llm.embeddings.testing import recorded_calls
 from apps.llm.metrics import QUERY_EMBEDDING_CACHE
@@ -16,6 +18,10 @@ from tests.conftest import BASE_DIR, child_env
 from tests.llm.test_embeddings import embeddings_server, http_backend  # noqa: F401 - a fixture
 
 QUESTION = "How do tidal currents shape estuaries?"
+
+
+def metric(name: str, **labels) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 @pytest.fixture
@@ -90,16 +96,17 @@ def test_models_and_sizes_do_not_share_vectors(shared, settings):
 
 
 def test_without_redis_the_query_is_embedded_and_one_warning_says_so(shared, settings, caplog):
-    from apps.llm.embeddings import query_cache
-
     settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
-    query_cache._last_warning[0] = float("-inf")
+    degraded.reset()
+    before = metric("quire_redis_unavailable_total", component="embedding.query_cache")
     backend = get_embedding_backend()
     calls = recorded_calls()["calls"]
     assert _close(backend.embed_query(QUESTION), backend.vector(QUESTION))
     assert _close(backend.embed_query("another question"), backend.vector("another question"))
     assert recorded_calls()["calls"] == calls + 2
-    assert caplog.text.count("embedding.query_cache_unavailable") == 1  # not one per query
+    assert caplog.text.count("embedding.query_cache.redis_unavailable") == 1  # not one per query
+    # ...but every one is counted: a miss's GET and a store's SET per query
+    assert metric("quire_redis_unavailable_total", component="embedding.query_cache") == before + 4
 
 
 def test_off_shares_nothing(shared, settings):

@@ -10,25 +10,21 @@ apps.search.services).
 A vector is stored as its float32 bytes (1.5 KB for 384 dimensions; the models' vectors
 are float32, so nothing is lost) under a key naming the model, its dimensions and the
 SHA-256 of the query: the query's text is not stored. When Redis is unavailable the query
-is embedded as if nothing were shared (a warning at most once a minute per process).
+is embedded as if nothing were shared (counted, and a warning at most once a minute per process:
+apps.core.degraded).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
 from array import array
 
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from apps.core.logging import get_logger
+from apps.core.degraded import redis_unavailable
 
-logger = get_logger("quire.embeddings")
-
-_WARN_EVERY_S = 60.0
-_last_warning = [float("-inf")]
 _pending: set[asyncio.Task] = set()  # stores in flight (a task nobody holds may be collected)
 
 
@@ -55,20 +51,13 @@ def _encode(vector: list[float]) -> bytes:
     return array("f", vector).tobytes()
 
 
-def _unavailable(exc: Exception) -> None:
-    now = time.monotonic()
-    if now - _last_warning[0] >= _WARN_EVERY_S:
-        _last_warning[0] = now
-        logger.warning("embedding.query_cache_unavailable", error=str(exc)[:300])
-
-
 def get(key: str, dimensions: int) -> list[float] | None:
     from apps.llm import runtime
 
     try:
         return _decode(runtime.sync_redis().get(key), dimensions)
     except (RedisError, OSError) as exc:
-        _unavailable(exc)
+        redis_unavailable("embedding.query_cache", exc)
         return None
 
 
@@ -78,7 +67,7 @@ def put(key: str, vector: list[float]) -> None:
     try:
         runtime.sync_redis().set(key, _encode(vector), ex=ttl())
     except (RedisError, OSError) as exc:
-        _unavailable(exc)
+        redis_unavailable("embedding.query_cache", exc)
 
 
 async def aget(key: str, dimensions: int) -> list[float] | None:
@@ -87,7 +76,7 @@ async def aget(key: str, dimensions: int) -> list[float] | None:
     try:
         return _decode(await runtime.aredis().get(key), dimensions)
     except (RedisError, OSError) as exc:
-        _unavailable(exc)
+        redis_unavailable("embedding.query_cache", exc)
         return None
 
 
@@ -104,4 +93,4 @@ async def _aput(key: str, raw: bytes, seconds: int) -> None:
     try:
         await runtime.aredis().set(key, raw, ex=seconds)
     except (RedisError, OSError) as exc:
-        _unavailable(exc)
+        redis_unavailable("embedding.query_cache", exc)

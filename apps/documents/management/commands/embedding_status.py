@@ -19,4 +19,4 @@ class Command(BaseCommand):
             self.stdout.write(f"queue {queue['name']}: unavailable ({queue['error']})")
         else:
             self.stdout.write(f"queue {queue['name']}: {queue['waiting']} waiting, "
-                              f"{queue['unacked']} delivered but unacknowledged (all queues)")
+                              f"{queue['unacked_here']} delivered but unacknowledged ({queue['unacked']} in all queues)")

@@ -34,14 +34,17 @@ class Command(BaseCommand):
         total = count_records(path)
         progress = tqdm(total=total, unit="doc", desc=f"import {source}", disable=no_progress,
                         file=self.stderr._out)
-        queued = 0
+        queued = unsent = 0
 
         def enqueue(ids):
-            nonlocal queued
+            def send():
+                nonlocal queued, unsent
+                # after one refusal the broker is not asked again: the sweep queues the rest
+                sent = enqueue_embedding_batches(ids) if not unsent else 0
+                queued, unsent = queued + sent, unsent + len(ids) - sent
+
             if not no_embed:
-                # after the batch committed, so the worker sees the rows
-                transaction.on_commit(lambda: enqueue_embedding_batches(ids))
-                queued += len(ids)
+                transaction.on_commit(send)  # after the batch committed, so the worker sees the rows
 
         try:
             report = import_records(read_path(path), source=source, visibility=visibility, publish=publish,
@@ -55,5 +58,8 @@ class Command(BaseCommand):
             f"{source}: {report.created} created, {report.updated} updated, {report.unchanged} unchanged, "
             f"{len(report.errors)} failed; {0 if no_embed else queued} queued for embedding"
         )
+        if unsent:
+            self.stderr.write(f"warning: the broker could not be reached; {unsent} documents stay pending until "
+                              "it is back (Celery beat's documents.requeue_stranded queues them then)")
         if report.errors:
             raise CommandError(f"{len(report.errors)} line(s) were not imported (listed above)", returncode=1)

@@ -1,7 +1,7 @@
 import math
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from django.db.models import Count
 from tqdm import tqdm
 
@@ -55,8 +55,11 @@ class Command(BaseCommand):
             if sync:
                 for result in services.embed_documents_bulk(batch):
                     outcomes[result.outcome] = outcomes.get(result.outcome, 0) + 1
-            else:
-                enqueue_embedding_batches(batch, batch_size=batch_size)
+            elif (sent := enqueue_embedding_batches(batch, batch_size=batch_size)) < len(batch):
+                progress.close()
+                raise CommandError(
+                    f"the broker could not be reached: {start + sent} of {len(ids)} documents queued. Run the "
+                    "command again once it is back (or embed here with --sync).")
             progress.update(len(batch))
         progress.close()
         if sync:

@@ -1,0 +1,143 @@
+"""Redis down: every surface keeps answering (degraded, never a 500), says so once a minute
+per component, counts every occurrence, and loses no document.
+
+The site runs under uvicorn against a Redis of its own (cache, rate limits, LLM state and
+Celery broker alike), which the test stops; the database and the fake LLM upstream stay up.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from apps.core import degraded
+from apps.documents.models import Document
+from apps.documents.tasks import embed_document, requeue_stranded
+from apps.llm.services import api_key_create
+from tests.chat.sse_client import AppServer, parse_sse
+from tests.conftest import BASE_DIR, child_env, free_port
+from tests.documents.conftest import wait_for
+from tests.factories.documents import DocumentFactory, StaffFactory
+
+
+def _warnings(log: str) -> dict[str, int]:
+    """How many times each ``<component>.redis_unavailable`` warning was logged."""
+    counts: dict[str, int] = {}
+    for line in log.splitlines():
+        if line.startswith("{") and '.redis_unavailable"' in line:
+            event = json.loads(line)["event"]
+            counts[event] = counts.get(event, 0) + 1
+    return counts
+
+
+def _counted(metrics: str) -> dict[str, float]:
+    return {m.group(1): float(m.group(2)) for m in
+            re.finditer(r'^quire_redis_unavailable_total\{component="([^"]+)"\} (\S+)$', metrics, re.M)}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_without_redis_every_surface_answers_and_nothing_is_lost(redis_server, _fake_upstream_server, worker_factory,
+                                                                settings, tmp_path):
+    from rest_framework.authtoken.models import Token
+
+    staff = StaffFactory()
+    embed_document(DocumentFactory(author=staff, title="Geysers", body="Geysers erupt hot water and steam.").pk)
+    auth = {"Authorization": f"Token {Token.objects.create(user=staff).key}"}
+    _, raw_key = api_key_create(name="outage", user=staff)
+    gateway = {"Authorization": f"Bearer {raw_key}"}
+    server = AppServer(free_port(), child_env(REDIS_URL=redis_server.url, LLM_OPENAI_BASE_URL=_fake_upstream_server.url,
+                                              LLM_OPENAI_API_KEY="test-key")).start()
+    try:
+        redis_server.stop()
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            for headers in [auth] * 5 + [{}]:  # the API's rate limit admits (anonymous too), warns once
+                found = client.get("/api/v1/search", params={"q": "geysers"}, headers=headers)
+                assert found.status_code == 200 and found.json()["results"][0]["title"] == "Geysers", found.text
+            assert "Geysers" in client.get("/search", params={"q": "geysers"}).text
+
+            conversation = client.post("/api/v1/chat/conversations", json={}, headers=auth)
+            assert conversation.status_code == 201, conversation.text
+            stream = client.post(f"/api/v1/chat/conversations/{conversation.json()['id']}/messages",
+                                 json={"question": "What do geysers erupt?"}, headers=auth)
+            events = parse_sse(stream.text)
+            assert stream.status_code == 200 and events[-1][0] == "done", stream.text[-500:]
+            assert events[-1][1]["status"] == "complete" and "".join(
+                e[1]["text"] for e in events if e[0] == "token").startswith("tok0")
+
+            completion = client.post("/v1/chat/completions", headers=gateway,
+                                     json={"model": "chat", "messages": [{"role": "user", "content": "hi"}]})
+            assert completion.status_code == 200, completion.text
+            embedding = client.post("/v1/embeddings", headers=gateway, json={"model": "default", "input": "hi"})
+            assert embedding.status_code == 200 and len(embedding.json()["data"][0]["embedding"]) == 384
+
+            created = client.post("/api/v1/documents", headers=auth, json={
+                "title": "Saved during the outage", "body": "Tidal currents shape estuaries.",
+                "visibility": "public", "status": "published"})
+            assert created.status_code == 201, created.text
+            assert created.json()["embedding_status"] == "pending"
+            metrics = client.get("/metrics").text
+    finally:
+        server.stop()
+    log = server.log.read_text()
+    assert '"api.unhandled_error"' not in log and "Internal Server Error" not in log
+
+    # Each component said so once, however many requests went on without Redis...
+    warned = _warnings(log)
+    for component in ("api.throttle", "chat.rate_limit", "llm.cache", "llm.breaker", "llm.budget", "llm.ledger",
+                      "llm.api_key", "documents.enqueue"):
+        assert warned.get(f"{component}.redis_unavailable") == 1, warned
+    # ...and the metric counted every one of them.
+    counted = _counted(metrics)
+    assert counted["api.throttle"] >= 9, counted  # 6 searches, the conversation, its question, the document
+    assert counted["documents.enqueue"] == 1 and counted["chat.rate_limit"] == 1, counted
+
+    # The document saved meanwhile was never queued: the sweep queues it, a real worker embeds it.
+    document = Document.objects.get(title="Saved during the outage")
+    assert document.embedding_status == "pending"
+    settings.DOCUMENT_REQUEUE_MIN_AGE_SECONDS = 0
+    queue = f"{settings.CELERY_TASK_DEFAULT_QUEUE}-outage"
+    assert requeue_stranded(queue=queue) == 1
+    assert requeue_stranded(queue=queue) == 0  # its task is waiting: not queued twice
+    worker_factory(queue=queue)
+    wait_for(lambda: Document.objects.get(pk=document.pk).embedding_status == "ready", message="the sweep's task")
+    assert document.chunks.count() >= 1
+    assert requeue_stranded(queue=queue) == 0  # nothing stranded any more
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_import_while_the_broker_is_down_saves_everything_and_says_what_waits(tmp_path):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": f"d{i}", "title": f"Title {i}", "text": f"Body {i}."}) + "\n"
+                              for i in range(5)))
+    completed = subprocess.run(
+        [sys.executable, "manage.py", "import_documents", str(corpus), "--source", "outage", "--batch-size", "2",
+         "--no-progress"],
+        cwd=BASE_DIR, env=child_env(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0"),  # nothing listens there
+        capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "outage: 5 created" in completed.stdout and "0 queued for embedding" in completed.stdout
+    assert "5 documents stay pending" in completed.stderr
+    assert set(Document.objects.filter(source="outage").values_list("embedding_status", flat=True)) == {"pending"}
+
+
+def test_a_component_warns_once_a_minute_and_counts_every_time(caplog):
+    from prometheus_client import REGISTRY
+
+    def counted() -> float:
+        return REGISTRY.get_sample_value("quire_redis_unavailable_total", {"component": "test.part"}) or 0.0
+
+    degraded.reset()
+    before = counted()
+    for _ in range(3):
+        degraded.redis_unavailable("test.part", ConnectionError("refused"))
+    assert caplog.text.count("test.part.redis_unavailable") == 1
+    assert counted() == before + 3
+    degraded._last["test.part"] -= degraded._WARN_EVERY_S  # a minute later
+    degraded.redis_unavailable("test.part", ConnectionError("refused"))
+    lines = [line for line in caplog.text.splitlines() if "test.part.redis_unavailable" in line]
+    assert len(lines) == 2 and re.search(r"suppressed.\W*2\b", lines[-1]), lines  # the two not logged since
