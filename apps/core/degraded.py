@@ -1,4 +1,4 @@
-"""What a process does without Redis: goes on, counts it, and says so once a minute.
+"""What a process does without Redis, or without PostgreSQL: counts it, and says so once a minute.
 
 Redis holds what makes Quire fast and fair, not what it answers from: rate-limit counters,
 the LLM proxy's cache, breaker and budget state, the ledger's queue, shared query vectors,
@@ -11,6 +11,16 @@ calls :func:`redis_unavailable`, which
 - logs ``<component>.redis_unavailable`` at most once per ``_WARN_EVERY_S`` per component and
   process, with how many were not logged since (``suppressed``): an outage at a thousand
   requests a second is a few lines a minute, not thousands a second.
+
+Without PostgreSQL nothing can be answered, but it is said plainly: a request whose view
+fails to reach the database (a refused connection, the pool's timeout, a statement cancelled
+or a deadlock: Django's ``OperationalError`` / ``InterfaceError``) is a **503** with
+``Retry-After`` (the envelope's ``database_unavailable`` on API paths, a short page elsewhere),
+not a 500 with a traceback for each request (:func:`database_unavailable_response`, from
+:class:`apps.core.middleware.DatabaseUnavailableMiddleware`, the lean handlers of
+apps.llm.asgi and DRF's exception handler). It is counted in
+``quire_database_unavailable_total{surface}`` and logged as ``database.unavailable`` once a
+minute per process.
 """
 
 from __future__ import annotations
@@ -18,6 +28,8 @@ from __future__ import annotations
 import threading
 import time
 
+import psycopg
+from django.db import InterfaceError, OperationalError
 from prometheus_client import Counter
 
 from apps.core.logging import get_logger
@@ -26,25 +38,65 @@ logger = get_logger("quire.degraded")
 
 REDIS_UNAVAILABLE = Counter("quire_redis_unavailable_total",
                             "Redis calls that failed and were carried on without (by component)", ["component"])
+DATABASE_UNAVAILABLE = Counter("quire_database_unavailable_total",
+                               "Requests answered 503 because the database could not serve them", ["surface"])
+# Django's wrappers (the ORM), and psycopg's own (statements on the event loop's pool, apps.core.adb;
+# psycopg_pool.PoolTimeout is an OperationalError).
+DATABASE_ERRORS = (OperationalError, InterfaceError, psycopg.OperationalError, psycopg.InterfaceError)
+RETRY_AFTER_S = 5
 
 _WARN_EVERY_S = 60.0
 _lock = threading.Lock()
-_last: dict[str, float] = {}  # component: when its warning was last logged (monotonic)
+_last: dict[str, float] = {}  # event: when its warning was last logged (monotonic)
 _suppressed: dict[str, int] = {}
 
 
 def redis_unavailable(component: str, exc: BaseException, **fields) -> None:
     """Record that ``component`` went on without Redis after ``exc`` (see the module's doc)."""
     REDIS_UNAVAILABLE.labels(component).inc()
+    _warn(f"{component}.redis_unavailable", exc, **fields)
+
+
+def database_unavailable(surface: str, exc: BaseException, **fields) -> None:
+    """Record that a request on ``surface`` (``api``, ``page``, ``gateway``) could not reach the
+    database (see the module's doc)."""
+    DATABASE_UNAVAILABLE.labels(surface).inc()
+    _warn("database.unavailable", exc, surface=surface, **fields)
+
+
+def database_unavailable_response(request, exc: BaseException):
+    """The 503 for a request whose view raised ``exc``, one of :data:`DATABASE_ERRORS`; None for
+    any other exception (Django's handling goes on)."""
+    if not isinstance(exc, DATABASE_ERRORS):
+        return None
+    from django.http import HttpResponse, JsonResponse
+
+    from apps.core.exceptions import envelope, is_api
+
+    headers = {"Retry-After": str(RETRY_AFTER_S)}
+    if is_api(request):
+        database_unavailable("gateway" if request.path.startswith("/v1/") else "api", exc, path=request.path)
+        return JsonResponse(envelope("database_unavailable", DATABASE_MESSAGE,
+                                     {"retry_after": RETRY_AFTER_S}, request=request), status=503, headers=headers)
+    database_unavailable("page", exc, path=request.path)
+    # Not rendered from the site's templates: the base template reads the signed-in user (the database).
+    return HttpResponse(_PAGE, status=503, headers=headers, content_type="text/html; charset=utf-8")
+
+
+DATABASE_MESSAGE = "The database is unavailable; try again in a few seconds."
+_PAGE = (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Quire is unavailable</title></head>"
+         f"<body><h1>Quire is unavailable for a moment</h1><p>{DATABASE_MESSAGE}</p></body></html>\n")
+
+
+def _warn(event: str, exc: BaseException, **fields) -> None:
     now = time.monotonic()
     with _lock:
-        if now - _last.get(component, float("-inf")) < _WARN_EVERY_S:
-            _suppressed[component] = _suppressed.get(component, 0) + 1
+        if now - _last.get(event, float("-inf")) < _WARN_EVERY_S:
+            _suppressed[event] = _suppressed.get(event, 0) + 1
             return
-        _last[component] = now
-        suppressed = _suppressed.pop(component, 0)
-    logger.warning(f"{component}.redis_unavailable", error=f"{type(exc).__name__}: {str(exc)[:300]}",
-                   suppressed=suppressed, **fields)
+        _last[event] = now
+        suppressed = _suppressed.pop(event, 0)
+    logger.warning(event, error=f"{type(exc).__name__}: {str(exc)[:300]}", suppressed=suppressed, **fields)
 
 
 def reset() -> None:

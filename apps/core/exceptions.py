@@ -17,6 +17,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import set_rollback
 
+from apps.core.degraded import DATABASE_ERRORS, DATABASE_MESSAGE, RETRY_AFTER_S, database_unavailable
 from apps.core.logging import get_logger
 
 logger = get_logger("quire.api")
@@ -63,6 +64,17 @@ class PayloadTooLarge(QuireAPIError):
     default_detail = "The request body is too large."
 
 
+class DatabaseUnavailable(QuireAPIError):
+    """The database could not serve the request (apps.core.degraded): try again shortly."""
+
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_code = "database_unavailable"
+    default_detail = DATABASE_MESSAGE
+
+    def __init__(self):
+        super().__init__(details={"retry_after": RETRY_AFTER_S})
+
+
 def refused_request_error(exc: SuspiciousOperation) -> QuireAPIError:
     """The client error for a request Django refused to read (Django's own views answer these with
     a 400 page; raised inside an API view they would be a 500): a body above
@@ -88,6 +100,9 @@ def api_exception_handler(exc, context):
     elif isinstance(exc, DjangoValidationError):
         exc = exceptions.ValidationError(detail=exc.message_dict if hasattr(exc, "error_dict") else exc.messages)
 
+    if isinstance(exc, DATABASE_ERRORS):
+        database_unavailable("api", exc, path=getattr(request, "path", None))
+        exc = DatabaseUnavailable()
     if not isinstance(exc, exceptions.APIException):
         logger.exception("api.unhandled_error", path=getattr(request, "path", None))
         set_rollback()
@@ -128,12 +143,12 @@ def _error_parts(exc: exceptions.APIException, request) -> tuple[dict, dict]:
     return envelope(code, message, details, request), headers
 
 
-def _is_api(request) -> bool:
+def is_api(request) -> bool:
     return request.path.startswith(("/api/", "/v1/"))
 
 
 def json_or_html_404(request, exception=None):
-    if _is_api(request):
+    if is_api(request):
         return JsonResponse(envelope("not_found", "Not found.", request=request), status=404)
     from django.views.defaults import page_not_found
 
@@ -141,7 +156,7 @@ def json_or_html_404(request, exception=None):
 
 
 def json_or_html_500(request):
-    if _is_api(request):
+    if is_api(request):
         return JsonResponse(
             envelope("server_error", "An unexpected error occurred. It has been logged.", request=request),
             status=500,

@@ -1,5 +1,6 @@
 """Request id on every log line of a request and in the ``X-Request-ID`` header; Django's
-security headers and django-prometheus's request metrics on the lean handlers' responses."""
+security headers and django-prometheus's request metrics on the lean handlers' responses; a 503,
+not a 500, when a view cannot reach the database."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import uuid
 import structlog
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.middleware.security import SecurityMiddleware
+from django.utils.deprecation import MiddlewareMixin
 from django_prometheus.middleware import Metrics, PrometheusAfterMiddleware
 from django_prometheus.utils import Time, TimeSince
 
+from apps.core.degraded import database_unavailable_response
 from apps.core.logging import get_logger
 
 logger = get_logger("quire.request")
@@ -64,6 +67,16 @@ class RequestIDMiddleware:
         started = self._start(request)
         response = await self.get_response(request)
         return self._finish(request, response, started)
+
+
+class DatabaseUnavailableMiddleware(MiddlewareMixin):
+    """A view that could not reach the database answers 503 with ``Retry-After``
+    (:func:`apps.core.degraded.database_unavailable_response`). Only ``process_exception``: on
+    the event loop a request that raises nothing costs no thread hop. The lean handlers
+    (apps.llm.asgi) call the same function."""
+
+    def process_exception(self, request, exception):
+        return database_unavailable_response(request, exception)
 
 
 class LoopSecurityMiddleware:

@@ -9,7 +9,8 @@ status an operation can answer with, from what the view is made of:
 * 401 for every operation: a wrong token is refused even where no sign-in is needed;
 * 403 where a permission or the session's CSRF check can refuse the caller;
 * 404 for a path naming an object (``{id}``);
-* 429 where the view is throttled (``throttled``, ``details.retry_after``, the ``Retry-After`` header).
+* 429 where the view is throttled (``throttled``, ``details.retry_after``, the ``Retry-After`` header);
+* 503 for every operation: the database could not serve it (``database_unavailable``, ``Retry-After``).
 
 A status an operation documents itself (e.g. the chat stream's 409) is left as written. It
 also marks reads that need no credentials (``security: {}``) for the permission classes that
@@ -42,6 +43,8 @@ ERROR_DESCRIPTIONS = {
     "403": "The caller may not do this, or the session's CSRF token is missing (permission_denied).",
     "404": "No such object, or not one the caller may see (not_found).",
     "429": "Too many requests (throttled; details.retry_after in seconds, also the Retry-After header).",
+    "503": "The database is unavailable for a moment (database_unavailable; details.retry_after in seconds, also "
+           "the Retry-After header).",
 }
 # The headers the envelope's statuses carry (apps.core.exceptions).
 ERROR_HEADERS = {
@@ -50,6 +53,7 @@ ERROR_HEADERS = {
     "429": {"Retry-After": {"description": "Seconds to wait before asking again.",
                             "schema": {"type": "integer", "minimum": 0}}},
 }
+ERROR_HEADERS["503"] = ERROR_HEADERS["429"]
 _BODY_METHODS = ("POST", "PUT", "PATCH")
 
 
@@ -68,7 +72,7 @@ class QuireAutoSchema(AutoSchema):
         return auths
 
     def _error_statuses(self) -> list[str]:
-        statuses = ["401"]
+        statuses = ["401", "503"]  # 503: every operation reads the database (apps.core.degraded)
         reads_input = (self.method in _BODY_METHODS and self.get_request_serializer() is not None) or any(
             parameter.get("in") == "query" for parameter in self._get_parameters())
         if reads_input:

@@ -23,6 +23,8 @@ from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.exception import convert_exception_to_response
 from django.utils.module_loading import import_string
 
+from apps.core.degraded import database_unavailable_response
+
 PROXY_PREFIX = "/v1/"
 PROXY_MIDDLEWARE = ("apps.core.middleware.LoopPrometheusMiddleware", "apps.core.middleware.RequestIDMiddleware",
                     "apps.core.middleware.LoopSecurityMiddleware")
@@ -39,7 +41,7 @@ class ProxyASGIHandler(ASGIHandler):
     def load_middleware(self, is_async=False):
         self._view_middleware = []
         self._template_response_middleware = []
-        self._exception_middleware = []
+        self._exception_middleware = [database_unavailable_response]  # a 503 when the database is unreachable
         handler = convert_exception_to_response(self._get_response_async)
         for path in reversed(PROXY_MIDDLEWARE):
             middleware = import_string(path)

@@ -179,7 +179,8 @@ def add_openai_compatible_paths(result, generator, request, public):
          "404": _error("Unknown model (route)."),
          "413": _error("The request body is too large."),
          "502": _error("No provider could answer."),
-         "503": _error("No provider could answer."),
+         "503": _error("No provider could answer, or the database is unavailable (database_unavailable, with "
+                       "Retry-After)."),
          "504": _error("No provider answered in time.")},
         security)
     paths["/v1/embeddings"] = _post(
@@ -192,7 +193,8 @@ def add_openai_compatible_paths(result, generator, request, public):
          "404": _error("Unknown embedding model."),
          "413": _error("The request body is too large."),
          "502": _error("The embedding model failed."),
-         "503": _error("The embedding model could not be reached."),
+         "503": _error("The embedding model could not be reached, or the database is unavailable "
+                       "(database_unavailable, with Retry-After)."),
          "504": _error("The embedding model did not answer in time.")},
         security)
     paths["/v1/models"] = {"get": {
@@ -202,6 +204,7 @@ def add_openai_compatible_paths(result, generator, request, public):
         "security": security,
         "responses": {"200": {"description": "Model list", "content": {
                                   "application/json": {"schema": {"$ref": "#/components/schemas/OpenAIModelList"}}}},
-                      "401": _error("Missing or invalid API key.")},
+                      "401": _error("Missing or invalid API key."),
+                      "503": _error("The database is unavailable (database_unavailable, with Retry-After).")},
     }}
     return result

@@ -1,8 +1,9 @@
-"""Redis down: every surface keeps answering (degraded, never a 500), says so once a minute
-per component, counts every occurrence, and loses no document.
+"""Backing services down. Without Redis every surface keeps answering (degraded, never a 500),
+says so once a minute per component, counts every occurrence, and loses no document. Without
+PostgreSQL every surface answers a plain 503 with Retry-After.
 
 The site runs under uvicorn against a Redis of its own (cache, rate limits, LLM state and
-Celery broker alike), which the test stops; the database and the fake LLM upstream stay up.
+Celery broker alike), which the test stops, or against a PostgreSQL address nobody listens on.
 """
 
 from __future__ import annotations
@@ -137,7 +138,43 @@ def test_a_component_warns_once_a_minute_and_counts_every_time(caplog):
         degraded.redis_unavailable("test.part", ConnectionError("refused"))
     assert caplog.text.count("test.part.redis_unavailable") == 1
     assert counted() == before + 3
-    degraded._last["test.part"] -= degraded._WARN_EVERY_S  # a minute later
+    degraded._last["test.part.redis_unavailable"] -= degraded._WARN_EVERY_S  # a minute later
     degraded.redis_unavailable("test.part", ConnectionError("refused"))
     lines = [line for line in caplog.text.splitlines() if "test.part.redis_unavailable" in line]
     assert len(lines) == 2 and re.search(r"suppressed.\W*2\b", lines[-1]), lines  # the two not logged since
+
+
+def test_without_postgresql_every_surface_answers_503_with_retry_after(_fake_upstream_server):
+    """Nothing can be answered, and it is said plainly: a 503 with Retry-After (the envelope on
+    API paths, a short page elsewhere), counted, logged once a minute; no 500, no traceback."""
+    env = child_env(DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/quire",  # nothing listens there
+                    DB_POOL_TIMEOUT="1", LLM_OPENAI_BASE_URL=_fake_upstream_server.url, LLM_OPENAI_API_KEY="test-key")
+    server = AppServer(free_port(), env).start()
+    api = {"Authorization": "Token 0123456789abcdef0123456789abcdef01234567"}
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            answers = {
+                "page": client.get("/search", params={"q": "geysers"}),
+                "document page": client.get("/d/geysers/"),
+                "api": client.get("/api/v1/search", params={"q": "geysers"}, headers=api),
+                "api, anonymous": client.get("/api/v1/documents"),
+                "chat stream": client.post("/api/v1/chat/conversations/1/messages", json={"question": "Why?"},
+                                           headers=api),
+                "gateway": client.post("/v1/chat/completions", headers={"Authorization": "Bearer qk_0123456789"},
+                                       json={"model": "chat", "messages": [{"role": "user", "content": "hi"}]}),
+            }
+            metrics = client.get("/metrics").text
+    finally:
+        server.stop()
+    for surface, response in answers.items():
+        assert response.status_code == 503 and response.headers["Retry-After"] == "5", (surface, response.text[:300])
+        if surface in ("page", "document page"):
+            assert "Quire is unavailable for a moment" in response.text
+        else:
+            assert response.json()["error"]["code"] == "database_unavailable", (surface, response.text[:300])
+    log = server.log.read_text()
+    assert "Internal Server Error" not in log and '"api.unhandled_error"' not in log and "Traceback" not in log
+    assert log.count('"database.unavailable"') == 1  # once a minute per process, however many requests
+    counted = {m.group(1): float(m.group(2)) for m in re.finditer(
+        r'^quire_database_unavailable_total\{surface="([^"]+)"\} (\S+)$', metrics, re.M)}
+    assert counted == {"page": 2.0, "api": 3.0, "gateway": 1.0}, counted
