@@ -49,6 +49,69 @@ def wait_until_healthy(url: str, proc: subprocess.Popen, output: Callable[[], st
         time.sleep(0.05)
 
 
+# --- the suite runs on its own database, or not at all ----------------------------------------
+# Django creates the test database through a connection to the server's "postgres" database. If
+# that connection fails (the server still starting, or a role that may not connect there), Django
+# 5.2 falls back to the database DATABASE_URL names, through a wrapper with the same alias: with
+# the connection pool on (config.settings.base.DB_POOL), that wrapper's pool is kept as the
+# alias's pool, so every later connection, the test database's migrate and every transactional
+# test's closing TRUNCATE included, goes to the development (or any external) database. It
+# happened here once, PostgreSQL coming up a second after pytest started: the development
+# database was emptied. Two guards: the "postgres" database must answer before the test database
+# is created, and the suite stops before any test unless its connections are on the test database.
+MAINTENANCE_DB_WAIT_S = 30.0
+
+
+def maintenance_database_error(settings_dict: dict, *, wait_s: float = MAINTENANCE_DB_WAIT_S) -> str | None:
+    """None once the server's "postgres" database answers (trying for ``wait_s``), else why not."""
+    import psycopg
+
+    from apps.core.db import database_url
+
+    url = database_url({**settings_dict, "NAME": "postgres"})
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            psycopg.connect(url, connect_timeout=2).close()
+            return None
+        except psycopg.Error as exc:
+            if time.monotonic() >= deadline:
+                return f"{type(exc).__name__}: {exc}".strip()
+        time.sleep(0.5)
+
+
+def connected_database() -> str:
+    """The database the default connection (through its pool) is really on."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_database()")
+        return cursor.fetchone()[0]
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings):
+    from django.db import connection
+
+    error = maintenance_database_error(connection.settings_dict)
+    if error is not None:
+        pytest.exit(f"The PostgreSQL server's 'postgres' database did not answer ({error}); not creating the test "
+                    f"database through {connection.settings_dict['NAME']!r} instead (Django's fallback would then "
+                    "migrate and flush that database).", returncode=3)
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    from django.db import connection
+
+    with django_db_blocker.unblock():
+        actual, expected = connected_database(), connection.settings_dict["NAME"]
+    if actual != expected:
+        connection.close_pool()
+        pytest.exit(f"The test connections are on the database {actual!r}, not the test database {expected!r}: "
+                    "stopping before any test could flush it.", returncode=3)
+
+
 def test_database_url() -> str:
     """URL of the pytest-django test database, for child processes."""
     from django.db import connection

@@ -104,3 +104,27 @@ def test_every_django_connection_can_send_a_vector_whenever_it_was_opened():
     opened_early = AdaptersMap()  # a map made before the registration
     on_connection_created(None, SimpleNamespace(vendor="postgresql", connection=SimpleNamespace(adapters=opened_early)))
     assert opened_early.get_dumper(BinaryVector, PyFormat.AUTO) is _BinaryVectorDumper
+
+
+@pytest.mark.django_db
+def test_the_suite_runs_on_its_own_database_pool_included():
+    """The guard of tests/conftest.py: had the pool been made for the development database while
+    the test database was created, every test would run there, and flush it."""
+    from django.conf import settings
+
+    from tests.conftest import connected_database
+
+    name = connection.settings_dict["NAME"]
+    assert name == settings.DATABASES["default"]["TEST"]["NAME"] and name.startswith("test_")
+    assert connected_database() == name
+    assert connection.pool.kwargs["dbname"] == name
+
+
+def test_a_server_whose_postgres_database_does_not_answer_stops_the_suite_before_it_starts():
+    from tests.conftest import free_port, maintenance_database_error
+
+    nobody = {"ENGINE": "django.db.backends.postgresql", "NAME": "quire", "USER": "postgres",
+              "HOST": "127.0.0.1", "PORT": str(free_port())}
+    error = maintenance_database_error(nobody, wait_s=0)
+    assert error is not None and "OperationalError" in error and "refused" in error
+    assert maintenance_database_error(connection.settings_dict, wait_s=0) is None  # the real server answers
