@@ -84,7 +84,7 @@ def database_unavailable_response(request, exc: BaseException):
 
 
 DATABASE_MESSAGE = "The database is unavailable; try again in a few seconds."
-_PAGE = (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Quire is unavailable</title></head>"
+_PAGE = ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Quire is unavailable</title></head>"
          f"<body><h1>Quire is unavailable for a moment</h1><p>{DATABASE_MESSAGE}</p></body></html>\n")
 
 

@@ -30,8 +30,6 @@ from apps.llm.embeddings import EmbeddingError, get_embedding_backend
 logger = get_logger("quire.documents.tasks")
 
 TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError)
-ENQUEUE_FAILED = Counter("quire_documents_enqueue_failed_total",
-                         "Tasks that could not be sent to the broker (their documents wait for the sweep)", ["task"])
 REQUEUED = Counter("quire_documents_requeued_total", "Stranded documents queued again by the sweep")
 
 
@@ -122,14 +120,14 @@ BROKER_ERRORS = (KombuOperationalError, RedisError, OSError)
 
 
 def enqueue(task, *args, queue: str | None = None) -> bool:
-    """Send ``task(*args)``, or, if the broker cannot be reached, count it and return False
+    """Send ``task(*args)``, or, if the broker cannot be reached, count it
+    (``quire_redis_unavailable_total{component="documents.enqueue"}``) and return False
     (never raise: this runs after a commit that stands, the save must not become a 500).
     The document it was for keeps its ``pending`` status and :func:`requeue_stranded`
     queues it once the broker is back."""
     try:
         task.apply_async(args=args, queue=queue)
     except BROKER_ERRORS as exc:
-        ENQUEUE_FAILED.labels(task.name).inc()
         redis_unavailable("documents.enqueue", exc, task=task.name, args=list(args)[:1])
         return False
     return True

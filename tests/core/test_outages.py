@@ -43,7 +43,7 @@ def _counted(metrics: str) -> dict[str, float]:
 
 @pytest.mark.django_db(transaction=True)
 def test_without_redis_every_surface_answers_and_nothing_is_lost(redis_server, _fake_upstream_server, worker_factory,
-                                                                settings, tmp_path):
+                                                                settings):
     from rest_framework.authtoken.models import Token
 
     staff = StaffFactory()
