@@ -54,14 +54,14 @@ _suppressed: dict[str, int] = {}
 def redis_unavailable(component: str, exc: BaseException, **fields) -> None:
     """Record that ``component`` went on without Redis after ``exc`` (see the module's doc)."""
     REDIS_UNAVAILABLE.labels(component).inc()
-    _warn(f"{component}.redis_unavailable", exc, **fields)
+    warn_once_a_minute(f"{component}.redis_unavailable", exc, **fields)
 
 
 def database_unavailable(surface: str, exc: BaseException, **fields) -> None:
     """Record that a request on ``surface`` (``api``, ``page``, ``gateway``) could not reach the
     database (see the module's doc)."""
     DATABASE_UNAVAILABLE.labels(surface).inc()
-    _warn("database.unavailable", exc, surface=surface, **fields)
+    warn_once_a_minute("database.unavailable", exc, surface=surface, **fields)
 
 
 def database_unavailable_response(request, exc: BaseException):
@@ -88,7 +88,9 @@ _PAGE = ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><titl
          f"<body><h1>Quire is unavailable for a moment</h1><p>{DATABASE_MESSAGE}</p></body></html>\n")
 
 
-def _warn(event: str, exc: BaseException, **fields) -> None:
+def warn_once_a_minute(event: str, exc: BaseException, **fields) -> None:
+    """Log ``event`` as a warning with ``exc`` unless it was logged less than ``_WARN_EVERY_S``
+    ago by this process; the next line says how many were not logged (``suppressed``)."""
     now = time.monotonic()
     with _lock:
         if now - _last.get(event, float("-inf")) < _WARN_EVERY_S:

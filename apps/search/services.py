@@ -36,6 +36,7 @@ from prometheus_client import Counter, Histogram
 
 from apps.core.adb import afetch_prepared
 from apps.core.db import BinaryVector, fetch_prepared
+from apps.core.degraded import warn_once_a_minute
 from apps.core.logging import get_logger
 from apps.documents.models import EMBEDDING_DIMENSIONS, HNSW_INDEX_EXPRESSION
 from apps.documents.selectors import visibility_sql
@@ -62,6 +63,8 @@ _HEADLINE_OPTIONS = (
 
 SEARCH_QUERIES = Counter("quire_search_queries_total", "Search queries served", ["mode"])
 SEARCH_ZERO_RESULTS = Counter("quire_search_zero_results_total", "Search queries with no result", ["mode"])
+SEARCH_DEGRADED = Counter("quire_search_degraded_total", "Searches (and chat retrievals) ranked by keyword only: "
+                          "the embedding backend failed", ["surface"])
 SEARCH_LATENCY = Histogram(
     "quire_search_latency_seconds",
     "Search service latency (SQL and query embedding)",
@@ -306,8 +309,15 @@ def _embed_query(text: str) -> list[float] | None:
     try:
         return get_embedding_backend().embed_query(text)
     except EmbeddingError as exc:
-        logger.warning("search.embedding_unavailable", error=str(exc))
+        _semantic_side_lost("search", exc)
         return None
+
+
+def _semantic_side_lost(surface: str, exc: Exception) -> None:
+    """The embedding backend failed: keyword ranking only (``degraded``), counted, and said
+    once a minute per process, not once per query (apps.core.degraded)."""
+    SEARCH_DEGRADED.labels(surface).inc()
+    warn_once_a_minute("search.embedding_unavailable", exc, surface=surface)
 
 
 def _vector_literal(vector) -> str:
@@ -654,7 +664,7 @@ async def _aembed_query(text: str) -> list[float] | None:
         # way to the first token (retrieval +0.3-0.5 ms in bench sse), and seldom save one.
         return await get_embedding_backend().aembed_query(text, shared=False)
     except EmbeddingError as exc:
-        logger.warning("search.embedding_unavailable", error=str(exc))
+        _semantic_side_lost("chat", exc)
         return None
 
 

@@ -209,10 +209,18 @@ def test_explain_shows_the_hnsw_index_for_the_semantic_query():
     assert "Index Scan using chunk_embedding_halfvec_hnsw" in plan, plan
 
 
-def test_embedding_outage_degrades_to_keyword_results_instead_of_failing(client):
+def test_embedding_outage_degrades_to_keyword_results_instead_of_failing(client, caplog):
+    from prometheus_client import REGISTRY
+
+    from apps.core import degraded
     from apps.llm.embeddings.testing import fail_embeddings
 
+    def counted() -> float:
+        return REGISTRY.get_sample_value("quire_search_degraded_total", {"surface": "search"}) or 0.0
+
     doc = indexed_document(title="Geysers", body="Geysers erupt when groundwater boils.")
+    degraded.reset()
+    before = counted()
     fail_embeddings(True)
     try:
         found = hybrid_search(query="geysers erupt", user=None)
@@ -222,6 +230,8 @@ def test_embedding_outage_degrades_to_keyword_results_instead_of_failing(client)
         assert "Geysers" in page and "semantic search unavailable" in page
     finally:
         fail_embeddings(False)
+    assert counted() == before + 3  # every degraded query counted...
+    assert caplog.text.count("search.embedding_unavailable") == 1  # ...and said once a minute, not per query
 
 
 @pytest.mark.django_db(transaction=True)
