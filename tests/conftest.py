@@ -139,9 +139,10 @@ def child_env(**extra) -> dict:
 class WorkerProcess(CoreWorkerProcess):
     """A real `celery worker` subprocess consuming this run's queue and test database."""
 
-    def __init__(self, concurrency: int = 1, extra_env: dict | None = None, queue: str | None = None):
+    def __init__(self, concurrency: int = 1, extra_env: dict | None = None, queue: str | None = None,
+                 extra_args: tuple[str, ...] = ()):
         super().__init__(queue=queue or settings.CELERY_TASK_DEFAULT_QUEUE, env=child_env(**(extra_env or {})),
-                         name="test-worker", concurrency=concurrency)
+                         name="test-worker", concurrency=concurrency, extra_args=extra_args)
 
     def start(self, timeout: float = 90) -> WorkerProcess:
         super().start(timeout=timeout)

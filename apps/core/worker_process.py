@@ -17,8 +17,9 @@ BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
 class WorkerProcess:
     def __init__(self, *, queue: str, env: dict, name: str = "worker", concurrency: int = 1,
-                 loglevel: str = "WARNING", broker_url: str | None = None, pool: str = "prefork"):
-        self.queue, self.env, self.name, self.pool = queue, env, name, pool
+                 loglevel: str = "WARNING", broker_url: str | None = None, pool: str = "prefork",
+                 extra_args: tuple[str, ...] = ()):
+        self.queue, self.env, self.name, self.pool, self.extra_args = queue, env, name, pool, tuple(extra_args)
         self.concurrency, self.loglevel, self.broker_url = concurrency, loglevel, broker_url
         self.log_path = Path(tempfile.mkstemp(prefix=f"{name}-", suffix=".log")[1])
         self.proc: subprocess.Popen | None = None
@@ -33,7 +34,7 @@ class WorkerProcess:
                 [sys.executable, "-m", "celery", "-A", "config.celery_app", "worker",
                  "--loglevel", self.loglevel, "--pool", self.pool, "--concurrency", str(self.concurrency),
                  "-Q", self.queue, "-n", f"{self.name}-{os.getpid()}-{time.time_ns()}@%h",
-                 "--without-gossip", "--without-mingle", "--without-heartbeat"],
+                 "--without-gossip", "--without-mingle", "--without-heartbeat", *self.extra_args],
                 cwd=BASE_DIR, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         with app.connection_for_write(self.broker_url) as conn:

@@ -111,6 +111,22 @@ def test_without_redis_every_surface_answers_and_nothing_is_lost(redis_server, _
 
 
 @pytest.mark.django_db(transaction=True)
+def test_celery_beat_in_the_worker_queues_a_document_no_task_was_sent_for(worker_factory, settings, tmp_path):
+    """The schedule as make run and docker/compose.yml run it: beat beside the worker."""
+    queue = f"{settings.CELERY_TASK_DEFAULT_QUEUE}-beat"
+    # bulk_create sends no post_save: the document is saved and nothing is queued for it, as when
+    # the broker refused the task, or lost it with its data
+    stranded = Document.objects.bulk_create([DocumentFactory.build(title="Never queued", body="Estuaries mix water.")])[0]
+    assert stranded.embedding_status == "pending"
+    worker_factory(queue=queue, extra_env={"CELERY_TASK_DEFAULT_QUEUE": queue, "DOCUMENT_REQUEUE_SECONDS": "1",
+                                           "DOCUMENT_REQUEUE_MIN_AGE_SECONDS": "0"},
+                   extra_args=("--beat", "--schedule", str(tmp_path / "celerybeat-schedule")))
+    wait_for(lambda: Document.objects.get(pk=stranded.pk).embedding_status == "ready", timeout=60,
+             message="beat's documents.requeue_stranded, then the embedding")
+    assert Document.objects.get(pk=stranded.pk).chunks.count() >= 1
+
+
+@pytest.mark.django_db(transaction=True)
 def test_an_import_while_the_broker_is_down_saves_everything_and_says_what_waits(tmp_path):
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"_id": f"d{i}", "title": f"Title {i}", "text": f"Body {i}."}) + "\n"
