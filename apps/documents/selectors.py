@@ -69,7 +69,8 @@ def visible_documents(*, user) -> QuerySet[Document]:
 
 # --- pipeline state (staff / operations) ---------------------------------------------------
 def embedding_overview() -> dict:
-    """Counts by embedding status, chunk totals and the Celery queue depth."""
+    """Counts by embedding status, chunk totals, the Celery queue depth, and the documents the
+    sweep would queue again if the queue were idle (:func:`stranded_documents`)."""
     from django.conf import settings
     from django.db.models import Count
 
@@ -84,6 +85,7 @@ def embedding_overview() -> dict:
         "chunks_without_vector": Chunk.objects.filter(embedding__isnull=True).count(),
         "model_id": get_embedding_backend().model_id,
         "queue": queue_depth(settings.CELERY_TASK_DEFAULT_QUEUE),
+        "stranded": stranded_documents().count(),
     }
 
 

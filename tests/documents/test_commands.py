@@ -20,11 +20,13 @@ def run(*args) -> str:
     return out.getvalue()
 
 
-def test_embedding_status_prints_counts_by_status_and_the_queue_depth():
+def test_embedding_status_prints_counts_by_status_and_the_queue_depth(settings):
+    settings.DOCUMENT_REQUEUE_MIN_AGE_SECONDS = 0
     embed_document(DocumentFactory().pk)
     DocumentFactory(embedding_status="failed")
-    DocumentFactory()
+    DocumentFactory()  # pending, and (inside the test's transaction) never queued
     out = run("embedding_status")
+    assert "stranded: 1 documents pending or processing for over 0 s" in out
     assert re.search(r"^ready\s+1$", out, re.M) and re.search(r"^failed\s+1$", out, re.M)
     assert re.search(r"^pending\s+1$", out, re.M) and re.search(r"^total\s+3$", out, re.M)
     assert "chunks: 1 (0 without a vector)" in out

@@ -1,10 +1,11 @@
+from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from apps.documents.selectors import embedding_overview
 
 
 class Command(BaseCommand):
-    help = "Documents by embedding status, chunk totals, and the embedding queue depth."
+    help = "Documents by embedding status, chunk totals, the embedding queue depth, and stranded documents."
 
     def handle(self, *args, **options):
         overview = embedding_overview()
@@ -20,3 +21,10 @@ class Command(BaseCommand):
         else:
             self.stdout.write(f"queue {queue['name']}: {queue['waiting']} waiting, "
                               f"{queue['unacked_here']} delivered but unacknowledged ({queue['unacked']} in all queues)")
+        if overview["stranded"]:
+            idle = not queue.get("error") and not queue["waiting"] and not queue["unacked_here"]
+            self.stdout.write(
+                f"stranded: {overview['stranded']} documents pending or processing for over "
+                f"{settings.DOCUMENT_REQUEUE_MIN_AGE_SECONDS} s; "
+                + ("no task is on its way for them: Celery beat's documents.requeue_stranded queues them "
+                   "(or run `manage.py reindex --stale`)" if idle else "the queue still holds work; they may be in it"))
