@@ -112,6 +112,16 @@ def django_db_setup(django_db_setup, django_db_blocker):
                     "stopping before any test could flush it.", returncode=3)
 
 
+@pytest.fixture(autouse=True)
+def _redis_not_marked_down():
+    """A test that points this process at a Redis that is down marks Redis down for the process
+    (apps.core.degraded): the next tests, on the real one, must not inherit that."""
+    yield
+    from apps.core import degraded
+
+    degraded.reset()
+
+
 def test_database_url() -> str:
     """URL of the pytest-django test database, for child processes."""
     from django.db import connection

@@ -16,6 +16,8 @@ import threading
 from django.core.cache.backends.redis import RedisCache as DjangoRedisCache
 from django.utils.functional import cached_property
 
+from apps.core.degraded import REDIS_TIMEOUTS, fail_fast_connection_class
+
 _clients: dict[tuple, object] = {}
 _lock = threading.Lock()
 
@@ -27,8 +29,18 @@ class RedisCache(DjangoRedisCache):
         with _lock:
             client = _clients.get(key)
             if client is None:
-                client = _clients[key] = self._class(self._servers, **self._options)
+                client = _clients[key] = self._class(self._servers, **self._fail_fast(self._options))
         return client
+
+    def _fail_fast(self, options: dict) -> dict:
+        """Short timeouts, one retry without backoff (redis-py's default backs off three times:
+        10 s per request against a Redis that hangs, measured), and no new connection while
+        Redis is marked down (apps.core.degraded); OPTIONS may set their own."""
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        return {**REDIS_TIMEOUTS, "retry": Retry(NoBackoff(), 1),
+                "connection_class": fail_fast_connection_class(self._servers[0]), **options}
 
     def count(self, key: str, timeout: int) -> int:
         """Add one to the counter ``key`` (made if missing, expiring ``timeout`` seconds after

@@ -22,7 +22,7 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
-from apps.core.degraded import redis_unavailable
+from apps.core.degraded import RedisKnownDown, redis_known_down, redis_unavailable
 from apps.core.logging import get_logger
 from apps.documents import services
 from apps.llm.embeddings import EmbeddingError, get_embedding_backend
@@ -126,6 +126,8 @@ def enqueue(task, *args, queue: str | None = None) -> bool:
     The document it was for keeps its ``pending`` status and :func:`requeue_stranded`
     queues it once the broker is back."""
     try:
+        if redis_known_down():  # an outage a moment ago: do not make this save wait for the broker's timeouts
+            raise RedisKnownDown("the broker failed a moment ago in this process")
         task.apply_async(args=args, queue=queue)
     except BROKER_ERRORS as exc:
         redis_unavailable("documents.enqueue", exc, task=task.name, args=list(args)[:1])

@@ -19,6 +19,7 @@ from django.conf import settings
 from django.db import transaction
 from redis.exceptions import RedisError
 
+from apps.core.degraded import REDIS_TIMEOUTS, fail_fast_connection_class
 from apps.core.logging import get_logger
 from apps.core.loops import aclose_loop_resources, forget_loop_local, loop_local  # noqa: F401 (part of this API)
 
@@ -51,8 +52,8 @@ def key(*parts: object) -> str:
 
 # Redis holds breaker state, cache, spend and the ledger queue; when it is down
 # every caller degrades (see breaker, cache, budgets, services) instead of failing,
-# so it must fail fast.
-REDIS_TIMEOUTS = {"socket_connect_timeout": 0.5, "socket_timeout": 2.0}
+# so it must fail fast: short timeouts, and no new connection for a while after an outage
+# (apps.core.degraded).
 
 
 def aredis() -> aioredis.Redis:
@@ -66,7 +67,8 @@ def aredis() -> aioredis.Redis:
         # streams turned cache/breaker/ledger calls into fallbacks (bench sse).
         pool = aioredis.BlockingConnectionPool.from_url(
             settings.REDIS_URL, max_connections=settings.LLM_REDIS_MAX_CONNECTIONS,
-            timeout=REDIS_TIMEOUTS["socket_timeout"], retry=AsyncRetry(NoBackoff(), 1), **REDIS_TIMEOUTS)
+            timeout=REDIS_TIMEOUTS["socket_timeout"], retry=AsyncRetry(NoBackoff(), 1), **REDIS_TIMEOUTS,
+            connection_class=fail_fast_connection_class(settings.REDIS_URL, asynchronous=True))
         return aioredis.Redis(connection_pool=pool)
 
     return loop_local("redis", create)
@@ -82,7 +84,8 @@ def sync_redis() -> redis.Redis:
         from redis.retry import Retry
 
         client = _sync_redis[settings.REDIS_URL] = redis.Redis.from_url(
-            settings.REDIS_URL, retry=Retry(NoBackoff(), 1), **REDIS_TIMEOUTS)
+            settings.REDIS_URL, retry=Retry(NoBackoff(), 1), **REDIS_TIMEOUTS,
+            connection_class=fail_fast_connection_class(settings.REDIS_URL))
     return client
 
 

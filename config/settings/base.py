@@ -152,7 +152,16 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # Unacked tasks are redelivered after this many seconds; must exceed the longest
 # task (hard limit below) or a slow task would run twice.
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=3600)}
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=3600),
+    # kombu waits forever by default: a save would hang on a broker that stopped answering
+    # without closing the connection. Above the worker's 1 s BRPOP wait.
+    "socket_connect_timeout": 1.0,
+    "socket_timeout": 5.0,
+}
+# One quick retry when a task cannot be sent (Celery's default is three): a save waits for the
+# broker at most twice; what could not be sent is queued by the sweep (apps.documents.tasks).
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
 CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=300)
 CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=360)
 CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_TASK_DEFAULT_QUEUE", default="quire")

@@ -1,6 +1,7 @@
 """Backing services down. Without Redis every surface keeps answering (degraded, never a 500),
-says so once a minute per component, counts every occurrence, and loses no document. Without
-PostgreSQL every surface answers a plain 503 with Retry-After.
+says so once a minute per component, counts every occurrence, and loses no document; a Redis that
+hangs costs one timeout per process, not one per request. Without PostgreSQL every surface
+answers a plain 503 with Retry-After.
 
 The site runs under uvicorn against a Redis of its own (cache, rate limits, LLM state and
 Celery broker alike), which the test stops, or against a PostgreSQL address nobody listens on.
@@ -8,13 +9,18 @@ Celery broker alike), which the test stops, or against a PostgreSQL address nobo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import socket
 import subprocess
 import sys
+import threading
+import time
 
 import httpx
 import pytest
+import redis
 
 from apps.core import degraded
 from apps.documents.models import Document
@@ -24,6 +30,86 @@ from tests.chat.sse_client import AppServer, parse_sse
 from tests.conftest import BASE_DIR, child_env, free_port
 from tests.documents.conftest import wait_for
 from tests.factories.documents import DocumentFactory, StaffFactory
+
+
+@contextlib.contextmanager
+def silent_redis():
+    """The URL of a server that accepts connections and never answers: a Redis that hangs (a
+    failover, a frozen server), which is worse than one that refuses."""
+    server = socket.create_server(("127.0.0.1", 0), backlog=128)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(server.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"redis://127.0.0.1:{server.getsockname()[1]}/0"
+    finally:
+        server.close()
+        for connection in held:
+            connection.close()
+
+
+def _timed(call) -> tuple[object, float]:
+    started = time.perf_counter()
+    try:
+        result = call()
+    except redis.exceptions.RedisError as exc:
+        result = exc
+    return result, time.perf_counter() - started
+
+
+def test_a_redis_that_hangs_costs_one_timeout_per_process_then_nothing(settings):
+    from apps.core.cache import RedisCache
+    from apps.llm import cache as llm_cache
+    from apps.llm.testing import run
+
+    timeout = degraded.REDIS_TIMEOUTS["socket_timeout"]
+    with silent_redis() as url:
+        counters = RedisCache(url, {"KEY_PREFIX": "hang"})  # Django's cache (the API's rate limits)
+        first, waited = _timed(lambda: counters.count("k", 60))
+        assert isinstance(first, redis.exceptions.RedisError) and waited < 1.5 * timeout  # one timeout, not a retry's too
+        again, instant = _timed(lambda: counters.count("k", 60))
+        assert isinstance(again, degraded.RedisKnownDown) and "TimeoutError" in str(again) and instant < 0.2
+        # the LLM layer's clients (asyncio) refuse at once as well: its cache reads a miss
+        settings.REDIS_URL = url
+        miss, instant = _timed(lambda: run(llm_cache.get, "hang:key", route="chat"))
+        assert miss is None and instant < 0.2
+        degraded._down_until[0] = time.monotonic()  # the window has passed: the next call tries Redis again
+        retried, waited = _timed(lambda: counters.count("k", 60))
+        assert isinstance(retried, redis.exceptions.RedisError) and waited >= 0.9 * timeout
+        assert degraded.redis_known_down()  # ...and marks it down again
+
+
+@pytest.mark.django_db(transaction=True)
+def test_with_a_redis_that_hangs_the_site_answers_at_once_after_the_first_timeout(_fake_upstream_server):
+    from rest_framework.authtoken.models import Token
+
+    staff = StaffFactory()
+    embed_document(DocumentFactory(author=staff, title="Geysers", body="Geysers erupt hot water and steam.").pk)
+    auth = {"Authorization": f"Token {Token.objects.create(user=staff).key}"}
+    with silent_redis() as url:
+        server = AppServer(free_port(), child_env(REDIS_URL=url, LLM_OPENAI_BASE_URL=_fake_upstream_server.url,
+                                                  LLM_OPENAI_API_KEY="test-key")).start()
+        try:
+            with httpx.Client(base_url=server.url, timeout=30) as client:
+                first, waited = _timed(lambda: client.get("/api/v1/search", params={"q": "geysers"}, headers=auth))
+                assert first.status_code == 200 and waited < 2 * degraded.REDIS_TIMEOUTS["socket_timeout"]
+                started = time.perf_counter()
+                for _ in range(5):
+                    assert client.get("/api/v1/search", params={"q": "geysers"}, headers=auth).status_code == 200
+                created = client.post("/api/v1/documents", headers=auth, json={
+                    "title": "Saved while Redis hangs", "body": "Tides.", "visibility": "public", "status": "published"})
+                assert created.status_code == 201 and created.json()["embedding_status"] == "pending"
+                assert "Geysers" in client.get("/search", params={"q": "geysers"}).text
+                # seven requests, none waiting for Redis (each would have waited 2-10 s, a save for ever)
+                assert time.perf_counter() - started < 3.0
+        finally:
+            server.stop()
+    assert "Internal Server Error" not in server.log.read_text()
 
 
 def _warnings(log: str) -> dict[str, int]:
