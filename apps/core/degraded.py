@@ -63,9 +63,9 @@ REDIS_DOWN_FOR_S = 10.0
 # Every Redis client Quire makes: it is an accelerator, so it must fail fast (a command waits at
 # most this long; Celery's broker connection has its own, in settings).
 REDIS_TIMEOUTS = {"socket_connect_timeout": 0.5, "socket_timeout": 2.0}
-# What says Redis is out (not a bad command, e.g. a script's error): refused, reset, timed out.
-REDIS_OUTAGE_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError,
-                       KombuOperationalError)
+# What a socket raises when Redis is out (not a bad command, e.g. a script's error): refused,
+# reset, timed out.
+REDIS_OUTAGE_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 _down_until = [float("-inf")]
 _down_cause = [""]
 _lock = threading.Lock()
@@ -76,7 +76,10 @@ _suppressed: dict[str, int] = {}
 def redis_unavailable(component: str, exc: BaseException, **fields) -> None:
     """Record that ``component`` went on without Redis after ``exc`` (see the module's doc)."""
     REDIS_UNAVAILABLE.labels(component).inc()
-    if isinstance(exc, REDIS_OUTAGE_ERRORS) and not isinstance(exc, RedisKnownDown):
+    # redis-py's clients mark Redis down themselves, where a socket failed (the connection classes
+    # below), not on a full pool's "No connection available" (a busy process, not an outage).
+    # The broker's client is kombu's: its failure to publish marks it here.
+    if isinstance(exc, KombuOperationalError):
         mark_redis_down(exc)
     warn_once_a_minute(f"{component}.redis_unavailable", exc, **fields)
 

@@ -84,6 +84,25 @@ def test_a_redis_that_hangs_costs_one_timeout_per_process_then_nothing(settings)
         assert degraded.redis_known_down()  # ...and marks it down again
 
 
+def test_a_full_connection_pool_is_not_an_outage(settings):
+    """2,000 streams can take every connection of a process's pool for a moment (bench sse): the
+    wait that times out is counted like an outage, but Redis is not marked down for it."""
+    pool = redis.BlockingConnectionPool.from_url(
+        settings.REDIS_URL, max_connections=1, timeout=0.1,
+        connection_class=degraded.fail_fast_connection_class(settings.REDIS_URL))
+    held = pool.get_connection()
+    try:
+        with pytest.raises(redis.exceptions.ConnectionError, match="No connection available") as caught:
+            pool.get_connection()
+        degraded.redis_unavailable("test.pool", caught.value)
+        assert not degraded.redis_known_down()
+        assert redis.Redis(connection_pool=redis.ConnectionPool.from_url(
+            settings.REDIS_URL, connection_class=degraded.fail_fast_connection_class(settings.REDIS_URL))).ping()
+    finally:
+        pool.release(held)
+        pool.disconnect()
+
+
 @pytest.mark.django_db(transaction=True)
 def test_with_a_redis_that_hangs_the_site_answers_at_once_after_the_first_timeout(_fake_upstream_server):
     from rest_framework.authtoken.models import Token
