@@ -25,8 +25,8 @@ Without PostgreSQL nothing can be answered, but it is said plainly: a request wh
 fails to reach the database (a refused connection, the pool's timeout, a statement cancelled
 or a deadlock: Django's ``OperationalError`` / ``InterfaceError``) is a **503** with
 ``Retry-After`` (the envelope's ``database_unavailable`` on API paths, a short page elsewhere),
-not a 500 with a traceback for each request (:func:`database_unavailable_response`, from
-:class:`apps.core.middleware.DatabaseUnavailableMiddleware`, the lean handlers of
+not a 500 with a traceback for each request (:func:`apps.core.exceptions.database_unavailable_response`,
+from :class:`apps.core.middleware.DatabaseUnavailableMiddleware`, the lean handlers of
 apps.llm.asgi and DRF's exception handler). It is counted in
 ``quire_database_unavailable_total{surface}`` and logged as ``database.unavailable`` once a
 minute per process.
@@ -56,8 +56,6 @@ DATABASE_UNAVAILABLE = Counter("quire_database_unavailable_total",
 # Django's wrappers (the ORM), and psycopg's own (statements on the event loop's pool, apps.core.adb;
 # psycopg_pool.PoolTimeout is an OperationalError).
 DATABASE_ERRORS = (OperationalError, InterfaceError, psycopg.OperationalError, psycopg.InterfaceError)
-RETRY_AFTER_S = 5
-
 _WARN_EVERY_S = 60.0
 REDIS_DOWN_FOR_S = 10.0
 # Every Redis client Quire makes: it is an accelerator, so it must fail fast (a command waits at
@@ -164,30 +162,6 @@ def database_unavailable(surface: str, exc: BaseException, **fields) -> None:
     database (see the module's doc)."""
     DATABASE_UNAVAILABLE.labels(surface).inc()
     warn_once_a_minute("database.unavailable", exc, surface=surface, **fields)
-
-
-def database_unavailable_response(request, exc: BaseException):
-    """The 503 for a request whose view raised ``exc``, one of :data:`DATABASE_ERRORS`; None for
-    any other exception (Django's handling goes on)."""
-    if not isinstance(exc, DATABASE_ERRORS):
-        return None
-    from django.http import HttpResponse, JsonResponse
-
-    from apps.core.exceptions import envelope, is_api
-
-    headers = {"Retry-After": str(RETRY_AFTER_S)}
-    if is_api(request):
-        database_unavailable("gateway" if request.path.startswith("/v1/") else "api", exc, path=request.path)
-        return JsonResponse(envelope("database_unavailable", DATABASE_MESSAGE,
-                                     {"retry_after": RETRY_AFTER_S}, request=request), status=503, headers=headers)
-    database_unavailable("page", exc, path=request.path)
-    # Not rendered from the site's templates: the base template reads the signed-in user (the database).
-    return HttpResponse(_PAGE, status=503, headers=headers, content_type="text/html; charset=utf-8")
-
-
-DATABASE_MESSAGE = "The database is unavailable; try again in a few seconds."
-_PAGE = ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Quire is unavailable</title></head>"
-         f"<body><h1>Quire is unavailable for a moment</h1><p>{DATABASE_MESSAGE}</p></body></html>\n")
 
 
 def warn_once_a_minute(event: str, exc: BaseException, **fields) -> None:

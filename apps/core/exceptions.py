@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation, TooManyFieldsSent
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.http import Http404, JsonResponse
+from django.http import Http404, HttpResponse, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import set_rollback
 
-from apps.core.degraded import DATABASE_ERRORS, DATABASE_MESSAGE, RETRY_AFTER_S, database_unavailable
+from apps.core.degraded import DATABASE_ERRORS, database_unavailable
 from apps.core.logging import get_logger
 
 logger = get_logger("quire.api")
@@ -64,15 +64,18 @@ class PayloadTooLarge(QuireAPIError):
     default_detail = "The request body is too large."
 
 
+DATABASE_RETRY_AFTER_S = 5
+
+
 class DatabaseUnavailable(QuireAPIError):
     """The database could not serve the request (apps.core.degraded): try again shortly."""
 
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     default_code = "database_unavailable"
-    default_detail = DATABASE_MESSAGE
+    default_detail = "The database is unavailable; try again in a few seconds."
 
     def __init__(self):
-        super().__init__(details={"retry_after": RETRY_AFTER_S})
+        super().__init__(details={"retry_after": DATABASE_RETRY_AFTER_S})
 
 
 def refused_request_error(exc: SuspiciousOperation) -> QuireAPIError:
@@ -153,6 +156,27 @@ def json_or_html_404(request, exception=None):
     from django.views.defaults import page_not_found
 
     return page_not_found(request, exception)
+
+
+def database_unavailable_response(request, exc: BaseException):
+    """The 503 for a request whose view raised ``exc``, one of
+    :data:`apps.core.degraded.DATABASE_ERRORS` (the envelope with ``Retry-After`` on API paths,
+    a page that reads nothing elsewhere; counted and logged); None for any other exception
+    (Django's handling goes on). For the views outside DRF: its handler does the same above."""
+    if not isinstance(exc, DATABASE_ERRORS):
+        return None
+    if is_api(request):
+        database_unavailable("gateway" if request.path.startswith("/v1/") else "api", exc, path=request.path)
+        return error_response(DatabaseUnavailable(), request)
+    database_unavailable("page", exc, path=request.path)
+    # Not rendered from the site's templates: the base template reads the signed-in user (the database).
+    return HttpResponse(_DATABASE_UNAVAILABLE_PAGE, status=503, content_type="text/html; charset=utf-8",
+                        headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)})
+
+
+_DATABASE_UNAVAILABLE_PAGE = (
+    "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Quire is unavailable</title></head>"
+    f"<body><h1>Quire is unavailable for a moment</h1><p>{DatabaseUnavailable.default_detail}</p></body></html>\n")
 
 
 def json_or_html_500(request):

@@ -15,7 +15,7 @@ from django.utils.deprecation import MiddlewareMixin
 from django_prometheus.middleware import Metrics, PrometheusAfterMiddleware
 from django_prometheus.utils import Time, TimeSince
 
-from apps.core.degraded import database_unavailable_response
+from apps.core.exceptions import database_unavailable_response
 from apps.core.logging import get_logger
 
 logger = get_logger("quire.request")
@@ -71,7 +71,7 @@ class RequestIDMiddleware:
 
 class DatabaseUnavailableMiddleware(MiddlewareMixin):
     """A view that could not reach the database answers 503 with ``Retry-After``
-    (:func:`apps.core.degraded.database_unavailable_response`). Only ``process_exception``: on
+    (:func:`apps.core.exceptions.database_unavailable_response`). Only ``process_exception``: on
     the event loop a request that raises nothing costs no thread hop. The lean handlers
     (apps.llm.asgi) call the same function."""
 

@@ -108,6 +108,12 @@ def queue_depth(queue: str) -> dict:
             "unacked_here": sum(1 for raw in unacked if _routing_key(raw) == queue), "error": None}
 
 
+def queue_idle(depth: dict) -> bool:
+    """Whether a :func:`queue_depth` says no task is on its way: reachable, nothing waiting,
+    nothing delivered and unacknowledged from that queue."""
+    return not depth["error"] and not depth["waiting"] and not depth["unacked_here"]
+
+
 def _routing_key(raw: bytes) -> str | None:
     try:
         return json.loads(raw)[2]

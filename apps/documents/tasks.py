@@ -157,11 +157,10 @@ def requeue_stranded(queue: str | None = None) -> int:
     nothing delivered and unacknowledged). That is a document saved while the broker was down
     (its task was never sent), or one whose task was lost with the broker's data. Celery beat
     runs it every ``DOCUMENT_REQUEUE_SECONDS``. Returns how many documents were queued."""
-    from apps.documents.selectors import queue_depth, stranded_documents
+    from apps.documents.selectors import queue_depth, queue_idle, stranded_documents
 
     queue = queue or settings.CELERY_TASK_DEFAULT_QUEUE
-    depth = queue_depth(queue)
-    if depth["error"] or depth["waiting"] or depth["unacked_here"]:
+    if not queue_idle(queue_depth(queue)):
         return 0  # busy (its documents may be in it) or unreachable: the next run looks again
     ids = list(stranded_documents().values_list("pk", flat=True))
     if not ids:

@@ -23,7 +23,7 @@ from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.exception import convert_exception_to_response
 from django.utils.module_loading import import_string
 
-from apps.core.degraded import database_unavailable_response
+from apps.core.exceptions import database_unavailable_response
 
 PROXY_PREFIX = "/v1/"
 PROXY_MIDDLEWARE = ("apps.core.middleware.LoopPrometheusMiddleware", "apps.core.middleware.RequestIDMiddleware",

@@ -17,6 +17,7 @@ apps.core.degraded).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from array import array
 
@@ -51,33 +52,36 @@ def _encode(vector: list[float]) -> bytes:
     return array("f", vector).tobytes()
 
 
+@contextlib.contextmanager
+def _without_redis():
+    """Redis failing here costs a shared copy, nothing else: counted and carried on."""
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        redis_unavailable("embedding.query_cache", exc)
+
+
 def get(key: str, dimensions: int) -> list[float] | None:
     from apps.llm import runtime
 
-    try:
+    with _without_redis():
         return _decode(runtime.sync_redis().get(key), dimensions)
-    except (RedisError, OSError) as exc:
-        redis_unavailable("embedding.query_cache", exc)
-        return None
+    return None
 
 
 def put(key: str, vector: list[float]) -> None:
     from apps.llm import runtime
 
-    try:
+    with _without_redis():
         runtime.sync_redis().set(key, _encode(vector), ex=ttl())
-    except (RedisError, OSError) as exc:
-        redis_unavailable("embedding.query_cache", exc)
 
 
 async def aget(key: str, dimensions: int) -> list[float] | None:
     from apps.llm import runtime
 
-    try:
+    with _without_redis():
         return _decode(await runtime.aredis().get(key), dimensions)
-    except (RedisError, OSError) as exc:
-        redis_unavailable("embedding.query_cache", exc)
-        return None
+    return None
 
 
 def aput_soon(key: str, vector: list[float]) -> None:
@@ -90,7 +94,5 @@ def aput_soon(key: str, vector: list[float]) -> None:
 async def _aput(key: str, raw: bytes, seconds: int) -> None:
     from apps.llm import runtime
 
-    try:
+    with _without_redis():
         await runtime.aredis().set(key, raw, ex=seconds)
-    except (RedisError, OSError) as exc:
-        redis_unavailable("embedding.query_cache", exc)

@@ -1,7 +1,7 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from apps.documents.selectors import embedding_overview
+from apps.documents.selectors import embedding_overview, queue_idle
 
 
 class Command(BaseCommand):
@@ -22,7 +22,7 @@ class Command(BaseCommand):
             self.stdout.write(f"queue {queue['name']}: {queue['waiting']} waiting, "
                               f"{queue['unacked_here']} delivered but unacknowledged ({queue['unacked']} in all queues)")
         if overview["stranded"]:
-            idle = not queue.get("error") and not queue["waiting"] and not queue["unacked_here"]
+            idle = queue_idle(queue)
             self.stdout.write(
                 f"stranded: {overview['stranded']} documents pending or processing for over "
                 f"{settings.DOCUMENT_REQUEUE_MIN_AGE_SECONDS} s; "
